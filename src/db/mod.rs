@@ -1,0 +1,410 @@
+//! Storage: one pool type over PostgreSQL or SQLite, the `db_run!` macro that expands the same
+//! Diesel code for either connection, embedded migrations, and the mapping of Diesel errors
+//! into the domain's error. SQL lives only under `models/`.
+
+pub mod models;
+pub mod schema;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::sqlite::SqliteConnection;
+use diesel_async::AsyncPgConnection;
+use diesel_async::pooled_connection::deadpool::{Object, Pool};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
+use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use futures_util::FutureExt;
+
+use crate::error::Error;
+
+pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
+
+const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+/// Where the data lives, parsed from `DATABASE_URL`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DbTarget {
+    /// A `postgres://` or `postgresql://` URL.
+    Postgres(String),
+    /// A SQLite database file.
+    Sqlite(PathBuf),
+}
+
+impl DbTarget {
+    /// Accepts `postgres://...`, `postgresql://...`, SQLAlchemy-style `sqlite:///relative.db` and
+    /// `sqlite:////absolute.db`, `sqlite://path`, `sqlite:path`, or a bare file path.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let url = url.trim();
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Self::Postgres(url.to_owned()));
+        }
+        let path = url
+            .strip_prefix("sqlite:///")
+            .or_else(|| url.strip_prefix("sqlite://"))
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
+        if path.is_empty() || path.contains("://") {
+            return Err(format!(
+                "DATABASE_URL must be postgres://..., postgresql://... or a SQLite path (sqlite:///./data/auth.db); got scheme {:?}",
+                url.split("://").next().unwrap_or_default()
+            ));
+        }
+        if path == ":memory:" {
+            return Err(
+                "an in-memory SQLite database would vanish with each pooled connection; use a file"
+                    .into(),
+            );
+        }
+        Ok(Self::Sqlite(PathBuf::from(path)))
+    }
+
+    /// Names the backend without credentials, for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Postgres(url) => match url::Url::parse(url) {
+                Ok(u) => format!(
+                    "postgres {}:{}{}",
+                    u.host_str().unwrap_or("?"),
+                    u.port().unwrap_or(5432),
+                    u.path()
+                ),
+                Err(_) => "postgres".into(),
+            },
+            Self::Sqlite(path) => format!("sqlite {}", path.display()),
+        }
+    }
+}
+
+/// A pool of connections to one of the two backends.
+#[derive(Clone)]
+pub enum DbPool {
+    Postgres(Pool<AsyncPgConnection>),
+    Sqlite(Pool<SqliteConn>),
+}
+
+/// A connection checked out of a [`DbPool`].
+#[expect(
+    clippy::large_enum_variant,
+    reason = "lives briefly on the stack of one request; boxing would add an allocation per checkout"
+)]
+pub enum DbConn {
+    Postgres(Object<AsyncPgConnection>),
+    Sqlite(Object<SqliteConn>),
+}
+
+/// Runs the same Diesel code on whichever backend `$conn` holds. Inside the block `$conn`
+/// is `&mut` the concrete connection, so queries type-check once per backend.
+#[macro_export]
+macro_rules! db_run {
+    ($conn:ident: $body:block) => {
+        match &mut *$conn {
+            $crate::db::DbConn::Postgres($conn) => {
+                let $conn: &mut ::diesel_async::AsyncPgConnection = &mut **$conn;
+                $body
+            }
+            $crate::db::DbConn::Sqlite($conn) => {
+                let $conn: &mut $crate::db::SqliteConn = &mut **$conn;
+                $body
+            }
+        }
+    };
+}
+
+/// Pool limits.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolOptions {
+    pub max_size: usize,
+    /// How long a request waits for a free connection before failing with UNAVAILABLE.
+    pub wait_timeout: Duration,
+}
+
+impl DbPool {
+    /// Opens a pool; the first connection is made eagerly so a wrong URL fails at start-up.
+    pub async fn connect(target: &DbTarget, opts: PoolOptions) -> anyhow::Result<Self> {
+        let pool = match target {
+            DbTarget::Postgres(url) => {
+                let mut config = ManagerConfig::<AsyncPgConnection>::default();
+                // Verified recycling costs a round trip per checkout; broken connections are
+                // still detected, and a failed query on a dead one is retried by the client.
+                config.recycling_method = RecyclingMethod::Fast;
+                let manager = AsyncDieselConnectionManager::new_with_config(url, config);
+                Self::Postgres(build_pool(manager, opts)?)
+            }
+            DbTarget::Sqlite(path) => {
+                ensure_parent_dir(path)?;
+                let mut config = ManagerConfig::<SqliteConn>::default();
+                config.recycling_method = RecyclingMethod::Fast;
+                config.custom_setup = Box::new(|url| setup_sqlite(url.to_owned()).boxed());
+                let url = path.to_string_lossy().into_owned();
+                let manager = AsyncDieselConnectionManager::new_with_config(url, config);
+                Self::Sqlite(build_pool(manager, opts)?)
+            }
+        };
+        pool.get().await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot connect to the database ({}): {e}",
+                target.describe()
+            )
+        })?;
+        Ok(pool)
+    }
+
+    /// Checks out a connection; pool exhaustion and connection failures are UNAVAILABLE.
+    pub async fn get(&self) -> Result<DbConn, Error> {
+        match self {
+            Self::Postgres(p) => p.get().await.map(DbConn::Postgres),
+            Self::Sqlite(p) => p.get().await.map(DbConn::Sqlite),
+        }
+        .map_err(|e| {
+            tracing::warn!(error = %e, "database connection unavailable");
+            Error::Unavailable("database unavailable")
+        })
+    }
+
+    /// Cheap liveness probe for health checks.
+    pub async fn ping(&self) -> bool {
+        let Ok(mut conn) = self.get().await else {
+            return false;
+        };
+        let conn = &mut conn;
+        db_run!(conn: {
+            diesel::sql_query("SELECT 1").execute(conn).await.is_ok()
+        })
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Self::Postgres(_) => "postgres",
+            Self::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// (connections in use, pool size) for metrics.
+    pub fn usage(&self) -> (usize, usize) {
+        let status = match self {
+            Self::Postgres(p) => p.status(),
+            Self::Sqlite(p) => p.status(),
+        };
+        (
+            status.size.saturating_sub(status.available),
+            status.max_size,
+        )
+    }
+}
+
+fn build_pool<C>(
+    manager: AsyncDieselConnectionManager<C>,
+    opts: PoolOptions,
+) -> anyhow::Result<Pool<C>>
+where
+    AsyncDieselConnectionManager<C>: deadpool::managed::Manager<Type = C>,
+{
+    Pool::builder(manager)
+        .max_size(opts.max_size)
+        .wait_timeout(Some(opts.wait_timeout))
+        .create_timeout(Some(opts.wait_timeout))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot build the database pool: {e}"))
+}
+
+fn ensure_parent_dir(path: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            anyhow::anyhow!("cannot create database directory {}: {e}", dir.display())
+        })?;
+    }
+    Ok(())
+}
+
+/// Per-connection SQLite settings: WAL lets readers run beside the writer, busy_timeout makes
+/// concurrent writers wait instead of failing with "database is locked", and foreign keys are
+/// off by default in SQLite.
+async fn setup_sqlite(url: String) -> diesel::ConnectionResult<SqliteConn> {
+    let mut conn = SqliteConn::establish(&url).await?;
+    for pragma in [
+        "PRAGMA journal_mode = WAL",
+        "PRAGMA busy_timeout = 5000",
+        "PRAGMA foreign_keys = ON",
+        "PRAGMA synchronous = NORMAL",
+    ] {
+        diesel::sql_query(pragma)
+            .execute(&mut conn)
+            .await
+            .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+    }
+    Ok(conn)
+}
+
+/// Applies pending migrations; returns the versions applied.
+pub async fn migrate(target: &DbTarget) -> anyhow::Result<Vec<String>> {
+    let applied = match target {
+        DbTarget::Postgres(url) => {
+            let conn = AsyncPgConnection::establish(url)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", target.describe()))?;
+            // The async harness blocks on the runtime internally; run it on a blocking thread.
+            tokio::task::spawn_blocking(move || {
+                let mut harness = diesel_async::AsyncMigrationHarness::new(conn);
+                harness
+                    .run_pending_migrations(PG_MIGRATIONS)
+                    .map(|v| v.iter().map(ToString::to_string).collect::<Vec<_>>())
+                    .map_err(|e| anyhow::anyhow!("migration failed: {e}"))
+            })
+            .await??
+        }
+        DbTarget::Sqlite(path) => {
+            ensure_parent_dir(path)?;
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || {
+                use diesel::Connection;
+                let mut conn = SqliteConnection::establish(&path.to_string_lossy())
+                    .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+                diesel::RunQueryDsl::execute(
+                    diesel::sql_query("PRAGMA journal_mode = WAL"),
+                    &mut conn,
+                )?;
+                conn.run_pending_migrations(SQLITE_MIGRATIONS)
+                    .map(|v| v.iter().map(ToString::to_string).collect::<Vec<_>>())
+                    .map_err(|e| anyhow::anyhow!("migration failed: {e}"))
+            })
+            .await??
+        }
+    };
+    Ok(applied)
+}
+
+/// The migration versions each backend embeds (their lists must be identical).
+pub fn migration_versions() -> (Vec<String>, Vec<String>) {
+    use diesel::migration::MigrationSource;
+    let names = |source: EmbeddedMigrations| -> Vec<String> {
+        MigrationSource::<diesel::pg::Pg>::migrations(&source)
+            .map(|ms| ms.iter().map(|m| m.name().version().to_string()).collect())
+            .unwrap_or_default()
+    };
+    (names(PG_MIGRATIONS), names(SQLITE_MIGRATIONS))
+}
+
+/// Maps Diesel errors: unique violations become `AlreadyExists` naming the field; anything else
+/// is internal, with the detail kept for the log only.
+pub fn map_err(e: DieselError) -> Error {
+    match e {
+        DieselError::NotFound => Error::NotFound("record"),
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
+            // PostgreSQL names the constraint; SQLite only says it in the message.
+            let text = info
+                .constraint_name()
+                .map_or_else(|| info.message().to_owned(), ToOwned::to_owned);
+            let field = if text.contains("email") {
+                "email"
+            } else if text.contains("username") {
+                "username"
+            } else {
+                "record"
+            };
+            Error::AlreadyExists { field }
+        }
+        other => Error::Internal(anyhow::Error::new(other).context("database query failed")),
+    }
+}
+
+impl DbConn {
+    /// Runs `work` in a transaction: commit on `Ok`, roll back on `Err`.
+    ///
+    /// Not cancel-safe (no diesel-async transaction is): callers whose future may be dropped
+    /// mid-way (every RPC handler) run it inside [`detached`].
+    pub async fn transaction<T>(
+        &mut self,
+        work: impl AsyncFnOnce(&mut DbConn) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        use diesel_async::TransactionManager;
+        async fn begin<C: AsyncConnection>(c: &mut C) -> diesel::QueryResult<()> {
+            C::TransactionManager::begin_transaction(c).await
+        }
+        async fn commit<C: AsyncConnection>(c: &mut C) -> diesel::QueryResult<()> {
+            C::TransactionManager::commit_transaction(c).await
+        }
+        async fn rollback<C: AsyncConnection>(c: &mut C) -> diesel::QueryResult<()> {
+            C::TransactionManager::rollback_transaction(c).await
+        }
+        {
+            let conn = &mut *self;
+            db_run!(conn: { begin(conn).await.map_err(map_err)? });
+        }
+        match work(self).await {
+            Ok(value) => {
+                let conn = &mut *self;
+                db_run!(conn: { commit(conn).await.map_err(map_err)? });
+                Ok(value)
+            }
+            Err(e) => {
+                let conn = &mut *self;
+                let rolled_back = db_run!(conn: { rollback(conn).await });
+                if let Err(rb) = rolled_back {
+                    tracing::error!(error = %rb, "rollback failed");
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Runs a database write to completion on its own task, so that a client going away (tonic
+/// then drops the handler's future) cannot cut a transaction in half.
+pub async fn detached<T, F>(work: F) -> Result<T, Error>
+where
+    F: Future<Output = Result<T, Error>> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::spawn(work)
+        .await
+        .map_err(|e| Error::internal("database task failed", e))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_backends_have_the_same_migrations() {
+        let (pg, sqlite) = migration_versions();
+        assert!(!pg.is_empty());
+        assert_eq!(
+            pg, sqlite,
+            "migrations/postgres and migrations/sqlite must list the same versions"
+        );
+    }
+
+    #[test]
+    fn database_urls() {
+        assert_eq!(
+            DbTarget::parse("sqlite:///./x.db"),
+            Ok(DbTarget::Sqlite("./x.db".into()))
+        );
+        assert_eq!(
+            DbTarget::parse("sqlite:////abs/x.db"),
+            Ok(DbTarget::Sqlite("/abs/x.db".into()))
+        );
+        assert_eq!(
+            DbTarget::parse("data/x.db"),
+            Ok(DbTarget::Sqlite("data/x.db".into()))
+        );
+        assert!(matches!(
+            DbTarget::parse("postgresql://u@h/db"),
+            Ok(DbTarget::Postgres(_))
+        ));
+        assert!(DbTarget::parse("mysql://u@h/db").is_err());
+        assert!(DbTarget::parse("sqlite://:memory:").is_err());
+        let pg = DbTarget::parse("postgres://user:hunter2@db.example:5433/auth").unwrap();
+        assert!(
+            !pg.describe().contains("hunter2"),
+            "credentials never reach logs"
+        );
+    }
+}

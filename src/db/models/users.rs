@@ -1,0 +1,156 @@
+//! The `users` table.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+
+use super::BackendRow;
+use crate::db::schema::{user_backends, users};
+use crate::db::{DbConn, map_err};
+use crate::db_run;
+use crate::error::Result;
+
+diesel::define_sql_function!(fn lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text);
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = users)]
+pub struct UserRow {
+    pub id: i32,
+    pub username: String,
+    pub email: String,
+    pub password_hash: String,
+    pub role: String,
+    pub is_active: bool,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+    pub last_login: Option<NaiveDateTime>,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = users)]
+pub struct NewUserRow<'a> {
+    pub username: &'a str,
+    pub email: &'a str,
+    pub password_hash: &'a str,
+    pub role: &'a str,
+    pub is_active: bool,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+/// Admin edits; `None` leaves a column as it is.
+#[derive(Debug, Default, AsChangeset)]
+#[diesel(table_name = users)]
+pub struct UserChanges {
+    pub email: Option<String>,
+    pub role: Option<String>,
+    pub is_active: Option<bool>,
+    pub password_hash: Option<String>,
+    pub updated_at: Option<NaiveDateTime>,
+}
+
+pub type UserWithBackend = (UserRow, Option<BackendRow>);
+
+pub async fn insert(conn: &mut DbConn, row: &NewUserRow<'_>) -> Result<UserRow> {
+    db_run!(conn: {
+        diesel::insert_into(users::table)
+            .values(row)
+            .returning(UserRow::as_returning())
+            .get_result(conn)
+            .await
+            .map_err(map_err)
+    })
+}
+
+pub async fn find(conn: &mut DbConn, id: i32) -> Result<Option<UserWithBackend>> {
+    db_run!(conn: {
+        users::table
+            .left_join(user_backends::table)
+            .filter(users::id.eq(id))
+            .select((UserRow::as_select(), Option::<BackendRow>::as_select()))
+            .first(conn)
+            .await
+            .optional()
+            .map_err(map_err)
+    })
+}
+
+/// Looks a user up by username or email, case-insensitively (both are unique that way).
+pub async fn find_by_login(conn: &mut DbConn, login: &str) -> Result<Option<UserWithBackend>> {
+    let login = login.to_lowercase();
+    db_run!(conn: {
+        users::table
+            .left_join(user_backends::table)
+            .filter(lower(users::username).eq(&login).or(lower(users::email).eq(&login)))
+            .select((UserRow::as_select(), Option::<BackendRow>::as_select()))
+            .first(conn)
+            .await
+            .optional()
+            .map_err(map_err)
+    })
+}
+
+pub async fn list(conn: &mut DbConn, limit: i64, offset: i64) -> Result<Vec<UserWithBackend>> {
+    db_run!(conn: {
+        users::table
+            .left_join(user_backends::table)
+            .order(users::id.asc())
+            .limit(limit)
+            .offset(offset)
+            .select((UserRow::as_select(), Option::<BackendRow>::as_select()))
+            .load(conn)
+            .await
+            .map_err(map_err)
+    })
+}
+
+pub async fn count(conn: &mut DbConn) -> Result<i64> {
+    db_run!(conn: {
+        users::table.count().get_result(conn).await.map_err(map_err)
+    })
+}
+
+pub async fn count_active_admins(conn: &mut DbConn) -> Result<i64> {
+    db_run!(conn: {
+        users::table
+            .filter(users::role.eq("admin").and(users::is_active.eq(true)))
+            .count()
+            .get_result(conn)
+            .await
+            .map_err(map_err)
+    })
+}
+
+/// Applies `changes`; returns false when no such user.
+pub async fn update(conn: &mut DbConn, id: i32, changes: &UserChanges) -> Result<bool> {
+    db_run!(conn: {
+        diesel::update(users::table.find(id))
+            .set(changes)
+            .execute(conn)
+            .await
+            .map(|n| n > 0)
+            .map_err(map_err)
+    })
+}
+
+pub async fn set_last_login(conn: &mut DbConn, id: i32, at: NaiveDateTime) -> Result<()> {
+    db_run!(conn: {
+        diesel::update(users::table.find(id))
+            .set(users::last_login.eq(at))
+            .execute(conn)
+            .await
+            .map(drop)
+            .map_err(map_err)
+    })
+}
+
+/// Deletes the user; backends and sessions cascade, audit rows keep `user_id = NULL`.
+pub async fn delete(conn: &mut DbConn, id: i32) -> Result<bool> {
+    db_run!(conn: {
+        diesel::delete(users::table.find(id))
+            .execute(conn)
+            .await
+            .map(|n| n > 0)
+            .map_err(map_err)
+    })
+}

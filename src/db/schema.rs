@@ -1,0 +1,59 @@
+//! The one Diesel schema for both backends, written by hand with portable SQL types.
+//! It must match `migrations/postgres` and `migrations/sqlite`.
+
+diesel::table! {
+    users (id) {
+        id -> Integer,
+        username -> Text,
+        email -> Text,
+        password_hash -> Text,
+        role -> Text,
+        is_active -> Bool,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+        last_login -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    user_backends (id) {
+        id -> Integer,
+        user_id -> Integer,
+        instagram_username -> Text,
+        api_base_url -> Text,
+        bearer_token_encrypted -> Text,
+        is_active -> Bool,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    sessions (id) {
+        id -> Text,
+        user_id -> Integer,
+        created_at -> Timestamp,
+        refreshed_at -> Timestamp,
+        expires_at -> Timestamp,
+        revoked_at -> Nullable<Timestamp>,
+        ip_address -> Nullable<Text>,
+        user_agent -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    audit_logs (id) {
+        id -> BigInt,
+        user_id -> Nullable<Integer>,
+        actor_id -> Nullable<Integer>,
+        action -> Text,
+        ip_address -> Nullable<Text>,
+        user_agent -> Nullable<Text>,
+        metadata -> Text,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::joinable!(user_backends -> users (user_id));
+diesel::joinable!(sessions -> users (user_id));
+diesel::allow_tables_to_appear_in_same_query!(users, user_backends, sessions, audit_logs);
