@@ -1,0 +1,201 @@
+//! Domain values: who is calling, from where, and the user views the transports render.
+
+use std::net::IpAddr;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use secrecy::SecretString;
+
+use crate::db::models::{BackendRow, SessionRow, UserRow};
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    User,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::User => "user",
+        }
+    }
+
+    /// Parses a role; `field` names the request field in the error.
+    pub fn parse(field: &'static str, value: &str) -> Result<Self> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "admin" => Ok(Self::Admin),
+            "user" => Ok(Self::User),
+            _ => Err(Error::invalid(field, "must be \"admin\" or \"user\"")),
+        }
+    }
+
+    pub fn from_db(value: &str) -> Self {
+        if value == "admin" {
+            Self::Admin
+        } else {
+            Self::User
+        }
+    }
+}
+
+/// Where a request came from, for audit rows (and rate limits).
+#[derive(Debug, Clone, Default)]
+pub struct ClientInfo {
+    pub ip: Option<IpAddr>,
+    pub user_agent: Option<String>,
+}
+
+/// An authenticated caller: a live session of an active user.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user: UserRow,
+    pub backend: Option<BackendRow>,
+    pub session: SessionRow,
+}
+
+impl Principal {
+    pub fn role(&self) -> Role {
+        Role::from_db(&self.user.role)
+    }
+}
+
+/// Who performs an administrative action.
+#[derive(Debug, Clone, Copy)]
+pub enum Actor<'a> {
+    /// A signed-in user (must be an admin for admin actions).
+    User(&'a Principal),
+    /// The operator at the CLI or the start-up bootstrap.
+    System(&'static str),
+}
+
+impl Actor<'_> {
+    pub fn require_admin(&self) -> Result<()> {
+        match self {
+            Self::User(p) if p.role() != Role::Admin => {
+                Err(Error::PermissionDenied("Admin privileges required"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub fn user_id(&self) -> Option<i32> {
+        match self {
+            Self::User(p) => Some(p.user.id),
+            Self::System(_) => None,
+        }
+    }
+}
+
+/// A backend to store for a user (validated).
+#[derive(Debug, Clone)]
+pub struct BackendInput {
+    pub api_base_url: String,
+    pub bearer_token: SecretString,
+    /// `None` keeps the stored value (or "" for a new backend).
+    pub instagram_username: Option<String>,
+}
+
+/// A user to create (validated, except the password policy which the domain applies).
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub username: String,
+    pub email: String,
+    pub password: SecretString,
+    pub role: Role,
+    pub backend: Option<BackendInput>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub enum BackendChange {
+    #[default]
+    Keep,
+    Set(BackendInput),
+    Remove,
+}
+
+/// An admin's edit of a user; `None` keeps the field.
+#[derive(Debug, Clone, Default)]
+pub struct UserPatch {
+    pub email: Option<String>,
+    pub role: Option<Role>,
+    pub is_active: Option<bool>,
+    pub backend: BackendChange,
+}
+
+/// A user as the API shows it: no password hash, no backend token.
+#[derive(Debug, Clone)]
+pub struct UserView {
+    pub id: i32,
+    pub username: String,
+    pub email: String,
+    pub role: Role,
+    pub is_active: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub last_login: Option<DateTime<Utc>>,
+    pub backend: Option<BackendView>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendView {
+    pub api_base_url: String,
+    pub instagram_username: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl UserView {
+    pub fn instagram_username(&self) -> &str {
+        self.backend
+            .as_ref()
+            .map_or("", |b| b.instagram_username.as_str())
+    }
+}
+
+impl From<&BackendRow> for BackendView {
+    fn from(b: &BackendRow) -> Self {
+        Self {
+            api_base_url: b.api_base_url.clone(),
+            instagram_username: b.instagram_username.clone(),
+            updated_at: utc(b.updated_at),
+        }
+    }
+}
+
+impl From<(&UserRow, Option<&BackendRow>)> for UserView {
+    fn from((u, b): (&UserRow, Option<&BackendRow>)) -> Self {
+        Self {
+            id: u.id,
+            username: u.username.clone(),
+            email: u.email.clone(),
+            role: Role::from_db(&u.role),
+            is_active: u.is_active,
+            created_at: utc(u.created_at),
+            updated_at: utc(u.updated_at),
+            last_login: u.last_login.map(utc),
+            backend: b.map(BackendView::from),
+        }
+    }
+}
+
+/// The database stores UTC without a zone.
+pub fn utc(t: NaiveDateTime) -> DateTime<Utc> {
+    t.and_utc()
+}
+
+/// What a successful login hands back.
+#[derive(Debug)]
+pub struct LoginOutcome {
+    pub token: IssuedToken,
+    pub user: UserView,
+    /// The backend URL and its decrypted bearer token, when the user has a backend.
+    pub backend: Option<(String, SecretString)>,
+}
+
+#[derive(Debug)]
+pub struct IssuedToken {
+    pub access_token: SecretString,
+    /// Seconds until the token expires.
+    pub expires_in: i32,
+}

@@ -1,0 +1,173 @@
+//! Field rules (seed 2.2 constraints and 4.1 policy). Each failure names the request field.
+
+use crate::error::{Error, Result};
+
+pub const USERNAME_MIN: usize = 3;
+pub const USERNAME_MAX: usize = 50;
+pub const EMAIL_MAX: usize = 100;
+pub const URL_MAX: usize = 255;
+pub const INSTAGRAM_MAX: usize = 50;
+pub const BEARER_TOKEN_MAX: usize = 4096;
+
+/// 3-50 characters of ASCII letters, digits, `_`, `.` or `-`. ASCII keeps case-insensitive
+/// uniqueness identical on both databases and rules out look-alike names.
+pub fn username(value: &str) -> Result<String> {
+    let v = value.trim();
+    let len = v.chars().count();
+    if !(USERNAME_MIN..=USERNAME_MAX).contains(&len) {
+        return Err(Error::invalid("username", "must be 3 to 50 characters"));
+    }
+    if !v
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        return Err(Error::invalid(
+            "username",
+            "may contain only letters, digits, '_', '.' and '-'",
+        ));
+    }
+    Ok(v.to_owned())
+}
+
+/// The seed's pattern `^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$`, at most 100 characters.
+pub fn email(value: &str) -> Result<String> {
+    let v = value.trim();
+    let bad = || Error::invalid("email", "must be a valid email address");
+    if v.len() > EMAIL_MAX {
+        return Err(Error::invalid("email", "must be at most 100 characters"));
+    }
+    let (local, domain) = v.split_once('@').ok_or_else(bad)?;
+    let local_ok = !local.is_empty()
+        && local
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '%' | '+' | '-'));
+    let (host, tld) = domain.rsplit_once('.').ok_or_else(bad)?;
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'));
+    let tld_ok = tld.len() >= 2 && tld.chars().all(|c| c.is_ascii_alphabetic());
+    if local_ok && host_ok && tld_ok {
+        Ok(v.to_owned())
+    } else {
+        Err(bad())
+    }
+}
+
+/// An absolute http(s) URL with a host, no embedded credentials, at most 255 characters.
+pub fn api_base_url(value: &str) -> Result<String> {
+    let field = "api_base_url";
+    let v = value.trim();
+    if v.is_empty() {
+        return Err(Error::invalid(field, "is required"));
+    }
+    if v.len() > URL_MAX {
+        return Err(Error::invalid(field, "must be at most 255 characters"));
+    }
+    let url = url::Url::parse(v)
+        .map_err(|_| Error::invalid(field, "must be an absolute http:// or https:// URL"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+        return Err(Error::invalid(
+            field,
+            "must be an absolute http:// or https:// URL",
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(Error::invalid(
+            field,
+            "must not contain credentials; use bearer_token",
+        ));
+    }
+    // Keep what the user wrote (the seed's UI appends paths to it); only whitespace is trimmed.
+    Ok(v.to_owned())
+}
+
+pub fn bearer_token(value: &str) -> Result<()> {
+    let field = "bearer_token";
+    if value.trim().is_empty() {
+        return Err(Error::invalid(field, "is required"));
+    }
+    if value.len() > BEARER_TOKEN_MAX {
+        return Err(Error::invalid(field, "must be at most 4096 bytes"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Error::invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// Empty, or up to 50 of Instagram's handle characters (letters, digits, `.`, `_`).
+pub fn instagram_username(value: &str) -> Result<String> {
+    let v = value.trim().trim_start_matches('@');
+    if v.chars().count() > INSTAGRAM_MAX {
+        return Err(Error::invalid(
+            "instagram_username",
+            "must be at most 50 characters",
+        ));
+    }
+    if !v
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_'))
+    {
+        return Err(Error::invalid(
+            "instagram_username",
+            "may contain only letters, digits, '.' and '_'",
+        ));
+    }
+    Ok(v.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames() {
+        assert!(username("alice").is_ok());
+        assert!(username("al").is_err());
+        assert!(username(&"a".repeat(51)).is_err());
+        assert!(username("bad name").is_err());
+        assert!(username("ålice").is_err());
+    }
+
+    #[test]
+    fn emails() {
+        for good in ["alice@example.com", "a.b+c@sub.example.org"] {
+            assert!(email(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "alice",
+            "alice@",
+            "@example.com",
+            "alice@example",
+            "alice@example.c",
+            "a b@x.com",
+        ] {
+            assert!(email(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn urls() {
+        assert!(api_base_url("http://localhost:4291/api/v1").is_ok());
+        assert!(api_base_url("https://backend.example.com").is_ok());
+        for bad in [
+            "",
+            "ftp://x.com",
+            "localhost:4291",
+            "http://",
+            "http://user:pw@x.com",
+            "javascript:alert(1)",
+        ] {
+            assert!(api_base_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn instagram() {
+        assert_eq!(instagram_username("@alice_ig").unwrap(), "alice_ig");
+        assert!(instagram_username("").is_ok());
+        assert!(instagram_username("bad name").is_err());
+    }
+}
