@@ -1,0 +1,309 @@
+//! The command line: `serve` (default) and the operator's commands, the seed's scripts done
+//! properly. Passwords and bearer tokens come from a prompt or stdin, never from argv.
+
+use std::io::{BufRead, IsTerminal};
+
+use anyhow::{Context, bail};
+use chrono::Utc;
+use clap::{Parser, Subcommand};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::config::{Config, LogFormat};
+use crate::domain::types::{
+    Actor, BackendChange, BackendInput, ClientInfo, NewUser, Role, UserPatch,
+};
+use crate::domain::{App, validate};
+use crate::server;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "instachatico-auth",
+    version,
+    about = "Central authentication service for Instachatico (gRPC, grpc-web, JSON via Envoy)"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Create an admin. Reads the password from a prompt, or the first line of stdin.
+    CreateAdmin {
+        #[arg(long)]
+        username: String,
+        #[arg(long)]
+        email: String,
+    },
+    /// Create a user, optionally with a backend. Reads the password, then (with
+    /// --backend-url) the backend bearer token, from prompts or stdin lines.
+    CreateUser {
+        #[arg(long)]
+        username: String,
+        #[arg(long)]
+        email: String,
+        /// The user's backend, e.g. http://localhost:4291/api/v1.
+        #[arg(long)]
+        backend_url: Option<String>,
+        #[arg(long, requires = "backend_url")]
+        instagram_username: Option<String>,
+        /// "user" or "admin".
+        #[arg(long, default_value = "user")]
+        role: String,
+    },
+    /// Set a new password (prompt or stdin) and end every session of the user.
+    ResetPassword {
+        /// Username or email.
+        #[arg(long)]
+        username: String,
+    },
+    /// Deactivate a user and end all their sessions.
+    Deactivate {
+        #[arg(long)]
+        username: String,
+    },
+    /// Reactivate a user.
+    Activate {
+        #[arg(long)]
+        username: String,
+    },
+    /// Print a fresh JWT_SECRET_KEY and ENCRYPTION_KEY for a .env file.
+    GenerateKeys,
+}
+
+/// Parses the command line (after loading `.env`), runs, and returns the exit code.
+pub fn main() -> std::process::ExitCode {
+    // .env fills only what the environment does not already set.
+    let _ = dotenvy::dotenv();
+    let cli = Cli::parse();
+    if let Err(e) = init_tracing(&cli.config) {
+        eprintln!("error: {e:#}");
+        return std::process::ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(config: &Config) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level).with_context(|| {
+        format!(
+            "LOG_LEVEL {:?} is not a valid filter (try info or debug)",
+            config.log_level
+        )
+    })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match config.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    }
+    .map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = cli.config;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let app = server::build_app(&config).await?;
+            server::bootstrap_admin(&app, &config).await?;
+            let listener = tokio::net::TcpListener::bind(config.listen_addr()?)
+                .await
+                .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
+            server::serve(app, &config, listener, server::shutdown_signal()).await
+        }
+        Command::Migrate => {
+            let target = config.db_target()?;
+            let applied = crate::db::migrate(&target).await?;
+            println!(
+                "{}: {} migration(s) applied",
+                target.describe(),
+                applied.len()
+            );
+            Ok(())
+        }
+        Command::GenerateKeys => {
+            println!("JWT_SECRET_KEY={}", crate::crypto::random_token(48));
+            println!(
+                "ENCRYPTION_KEY={}",
+                crate::crypto::secrets::TokenCipher::generate_key()
+            );
+            Ok(())
+        }
+        Command::CreateAdmin { username, email } => {
+            let app = server::build_app(&config).await?;
+            let mut input = SecretInput::new();
+            let password = input.read("Password for the new admin")?;
+            create(&app, &username, &email, password, Role::Admin, None).await
+        }
+        Command::CreateUser {
+            username,
+            email,
+            backend_url,
+            instagram_username,
+            role,
+        } => {
+            let role = Role::parse("role", &role)?;
+            let app = server::build_app(&config).await?;
+            let mut input = SecretInput::new();
+            let password = input.read("Password for the new user")?;
+            let backend = match backend_url {
+                Some(url) => {
+                    let token = input.read("Backend bearer token")?;
+                    validate::bearer_token(token.expose_secret())?;
+                    Some(BackendInput {
+                        api_base_url: validate::api_base_url(&url)?,
+                        bearer_token: token,
+                        instagram_username: instagram_username
+                            .as_deref()
+                            .map(validate::instagram_username)
+                            .transpose()?,
+                    })
+                }
+                None => None,
+            };
+            create(&app, &username, &email, password, role, backend).await
+        }
+        Command::ResetPassword { username } => {
+            let app = server::build_app(&config).await?;
+            let user = app.find_user(&username).await?;
+            let password =
+                SecretInput::new().read(&format!("New password for {}", user.username))?;
+            app.reset_password(
+                &Actor::System("cli"),
+                user.id,
+                &password,
+                &ClientInfo::default(),
+                Utc::now(),
+            )
+            .await?;
+            println!(
+                "password of {} reset; all their sessions ended",
+                user.username
+            );
+            Ok(())
+        }
+        Command::Deactivate { username } => set_active(&config, &username, false).await,
+        Command::Activate { username } => set_active(&config, &username, true).await,
+    }
+}
+
+async fn create(
+    app: &App,
+    username: &str,
+    email: &str,
+    password: SecretString,
+    role: Role,
+    backend: Option<BackendInput>,
+) -> anyhow::Result<()> {
+    let new = NewUser {
+        username: validate::username(username)?,
+        email: validate::email(email)?,
+        password,
+        role,
+        backend,
+    };
+    let user = app
+        .create_user(
+            &Actor::System("cli"),
+            new,
+            &ClientInfo::default(),
+            Utc::now(),
+        )
+        .await?;
+    println!(
+        "created {} {} (id {})",
+        user.role.as_str(),
+        user.username,
+        user.id
+    );
+    Ok(())
+}
+
+async fn set_active(config: &Config, username: &str, active: bool) -> anyhow::Result<()> {
+    let app = server::build_app(config).await?;
+    let user = app.find_user(username).await?;
+    let patch = UserPatch {
+        is_active: Some(active),
+        backend: BackendChange::Keep,
+        ..Default::default()
+    };
+    app.update_user(
+        &Actor::System("cli"),
+        user.id,
+        patch,
+        &ClientInfo::default(),
+        Utc::now(),
+    )
+    .await?;
+    println!(
+        "{} {}",
+        user.username,
+        if active {
+            "activated"
+        } else {
+            "deactivated; all their sessions ended"
+        }
+    );
+    Ok(())
+}
+
+/// Reads secrets from a terminal prompt (asked twice) or, when piped, one per stdin line.
+struct SecretInput {
+    lines: Option<std::io::Lines<std::io::StdinLock<'static>>>,
+}
+
+impl SecretInput {
+    fn new() -> Self {
+        let stdin = std::io::stdin();
+        let lines = (!stdin.is_terminal()).then(|| stdin.lock().lines());
+        Self { lines }
+    }
+
+    fn read(&mut self, prompt: &str) -> anyhow::Result<SecretString> {
+        let value = match &mut self.lines {
+            Some(lines) => lines
+                .next()
+                .transpose()
+                .context("cannot read stdin")?
+                .with_context(|| format!("stdin ended before: {prompt}"))?,
+            None => {
+                let first = rpassword::prompt_password(format!("{prompt}: "))?;
+                let again = rpassword::prompt_password(format!("{prompt} (again): "))?;
+                if first != again {
+                    bail!("the two entries differ");
+                }
+                first
+            }
+        };
+        let value = value.trim_end_matches(['\r', '\n']).to_owned();
+        if value.is_empty() {
+            bail!("{prompt}: empty input");
+        }
+        Ok(SecretString::from(value))
+    }
+}

@@ -1,0 +1,78 @@
+//! `AuthService`: Login, Refresh, Logout. Served without the interceptor: Login needs no
+//! token and Refresh accepts a recently expired one.
+
+use chrono::Utc;
+use secrecy::{ExposeSecret, SecretString};
+use tonic::{Request, Response, Status};
+
+use super::meta::{self, ClientIpPolicy};
+use crate::domain::App;
+use crate::pb;
+use crate::pb::auth_service_server::AuthService;
+
+pub const TOKEN_TYPE: &str = "bearer";
+
+pub struct AuthApi {
+    app: App,
+    ips: ClientIpPolicy,
+}
+
+impl AuthApi {
+    pub fn new(app: App, ips: ClientIpPolicy) -> Self {
+        Self { app, ips }
+    }
+}
+
+#[tonic::async_trait]
+impl AuthService for AuthApi {
+    async fn login(
+        &self,
+        request: Request<pb::LoginRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        let client = self.ips.client_info(&request);
+        let body = request.into_inner();
+        let password = SecretString::from(body.password);
+        let outcome = self
+            .app
+            .login(&body.username, &password, &client, Utc::now())
+            .await?;
+        Ok(Response::new(pb::LoginResponse {
+            access_token: outcome.token.access_token.expose_secret().to_owned(),
+            token_type: TOKEN_TYPE.to_owned(),
+            expires_in: outcome.token.expires_in,
+            user: Some(pb::UserInfo::from(&outcome.user)),
+            backend_config: outcome
+                .backend
+                .map(|(api_base_url, token)| pb::BackendConfig {
+                    api_base_url,
+                    bearer_token: token.expose_secret().to_owned(),
+                }),
+        }))
+    }
+
+    async fn refresh(
+        &self,
+        request: Request<pb::RefreshRequest>,
+    ) -> Result<Response<pb::RefreshResponse>, Status> {
+        let client = self.ips.client_info(&request);
+        let token = meta::bearer_token(request.metadata())?;
+        let issued = self.app.refresh(token, &client, Utc::now()).await?;
+        Ok(Response::new(pb::RefreshResponse {
+            access_token: issued.access_token.expose_secret().to_owned(),
+            token_type: TOKEN_TYPE.to_owned(),
+            expires_in: issued.expires_in,
+        }))
+    }
+
+    async fn logout(
+        &self,
+        request: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        let client = self.ips.client_info(&request);
+        let token = meta::bearer_token(request.metadata())?;
+        self.app.logout(token, &client, Utc::now()).await?;
+        Ok(Response::new(pb::LogoutResponse {
+            message: "Successfully logged out".to_owned(),
+        }))
+    }
+}

@@ -1,0 +1,183 @@
+//! Proto <-> domain conversion at the edge. Requests are validated here, failing with the
+//! offending field's name; the domain never sees an unvalidated message.
+
+use chrono::{DateTime, Utc};
+use secrecy::SecretString;
+
+use crate::domain::types::{
+    BackendChange, BackendInput, BackendView, NewUser, Role, UserPatch, UserView,
+};
+use crate::domain::validate;
+use crate::error::{Error, Result};
+use crate::pb;
+
+pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+impl From<&UserView> for pb::User {
+    fn from(u: &UserView) -> Self {
+        Self {
+            id: u.id,
+            username: u.username.clone(),
+            email: u.email.clone(),
+            instagram_username: u.instagram_username().to_owned(),
+            created_at: Some(timestamp(u.created_at)),
+            last_login: u.last_login.map(timestamp),
+            role: u.role.as_str().to_owned(),
+            is_active: u.is_active,
+            updated_at: Some(timestamp(u.updated_at)),
+            backend: u.backend.as_ref().map(pb::BackendSummary::from),
+        }
+    }
+}
+
+impl From<&UserView> for pb::UserInfo {
+    fn from(u: &UserView) -> Self {
+        Self {
+            id: u.id,
+            username: u.username.clone(),
+            email: u.email.clone(),
+            instagram_username: u.instagram_username().to_owned(),
+            role: u.role.as_str().to_owned(),
+        }
+    }
+}
+
+impl From<&BackendView> for pb::BackendSummary {
+    fn from(b: &BackendView) -> Self {
+        Self {
+            api_base_url: b.api_base_url.clone(),
+            instagram_username: b.instagram_username.clone(),
+            updated_at: Some(timestamp(b.updated_at)),
+        }
+    }
+}
+
+impl From<&BackendView> for pb::BackendConfigSummary {
+    fn from(b: &BackendView) -> Self {
+        Self {
+            api_base_url: b.api_base_url.clone(),
+            updated_at: Some(timestamp(b.updated_at)),
+            instagram_username: b.instagram_username.clone(),
+        }
+    }
+}
+
+/// A backend from its three request fields; `instagram_username` may be absent.
+fn backend_input(
+    api_base_url: &str,
+    bearer_token: String,
+    instagram_username: Option<&str>,
+) -> Result<BackendInput> {
+    let api_base_url = validate::api_base_url(api_base_url)?;
+    validate::bearer_token(&bearer_token)?;
+    let instagram_username = instagram_username
+        .map(validate::instagram_username)
+        .transpose()?;
+    Ok(BackendInput {
+        api_base_url,
+        bearer_token: SecretString::from(bearer_token),
+        instagram_username,
+    })
+}
+
+impl TryFrom<pb::CreateUserRequest> for NewUser {
+    type Error = Error;
+
+    fn try_from(r: pb::CreateUserRequest) -> Result<Self> {
+        let username = validate::username(&r.username)?;
+        let email = validate::email(&r.email)?;
+        if r.password.is_empty() {
+            return Err(Error::invalid("password", "is required"));
+        }
+        let role = if r.role.trim().is_empty() {
+            Role::User
+        } else {
+            Role::parse("role", &r.role)?
+        };
+        let backend = match (r.api_base_url.trim().is_empty(), r.bearer_token.is_empty()) {
+            (true, true) if r.instagram_username.trim().is_empty() => None,
+            (true, _) => {
+                return Err(Error::invalid(
+                    "api_base_url",
+                    "is required when a backend is given",
+                ));
+            }
+            (false, true) => {
+                return Err(Error::invalid(
+                    "bearer_token",
+                    "is required when api_base_url is given",
+                ));
+            }
+            (false, false) => Some(backend_input(
+                &r.api_base_url,
+                r.bearer_token,
+                Some(&r.instagram_username),
+            )?),
+        };
+        Ok(Self {
+            username,
+            email,
+            password: SecretString::from(r.password),
+            role,
+            backend,
+        })
+    }
+}
+
+impl TryFrom<pb::UpdateMyBackendRequest> for BackendInput {
+    type Error = Error;
+
+    fn try_from(r: pb::UpdateMyBackendRequest) -> Result<Self> {
+        backend_input(
+            &r.api_base_url,
+            r.bearer_token,
+            r.instagram_username.as_deref(),
+        )
+    }
+}
+
+impl TryFrom<pb::UpdateUserRequest> for UserPatch {
+    type Error = Error;
+
+    fn try_from(r: pb::UpdateUserRequest) -> Result<Self> {
+        let backend = match (r.backend, r.remove_backend) {
+            (Some(_), true) => {
+                return Err(Error::invalid(
+                    "remove_backend",
+                    "cannot be combined with backend",
+                ));
+            }
+            (Some(b), false) => BackendChange::Set(backend_input(
+                &b.api_base_url,
+                b.bearer_token,
+                Some(&b.instagram_username),
+            )?),
+            (None, true) => BackendChange::Remove,
+            (None, false) => BackendChange::Keep,
+        };
+        Ok(Self {
+            email: r.email.as_deref().map(validate::email).transpose()?,
+            role: r
+                .role
+                .as_deref()
+                .map(|v| Role::parse("role", v))
+                .transpose()?,
+            is_active: r.is_active,
+            backend,
+        })
+    }
+}
+
+/// A positive user id from a request.
+pub fn user_id(id: i32) -> Result<i32> {
+    if id > 0 {
+        Ok(id)
+    } else {
+        Err(Error::invalid("id", "must be a positive user id"))
+    }
+}

@@ -1,0 +1,172 @@
+//! `UserService`: the caller's own account and admin user management. Served behind
+//! [`super::AuthInterceptor`]; each handler resolves the live principal first.
+
+use chrono::Utc;
+use secrecy::SecretString;
+use tonic::{Request, Response, Status};
+
+use super::convert::user_id;
+use super::meta::ClientIpPolicy;
+use super::principal;
+use super::status::hint_http_status;
+use crate::domain::App;
+use crate::domain::types::{Actor, BackendInput, NewUser, UserPatch};
+use crate::pb;
+use crate::pb::user_service_server::UserService;
+
+pub struct UserApi {
+    app: App,
+    ips: ClientIpPolicy,
+}
+
+impl UserApi {
+    pub fn new(app: App, ips: ClientIpPolicy) -> Self {
+        Self { app, ips }
+    }
+}
+
+fn message(text: &str) -> Response<pb::MessageResponse> {
+    Response::new(pb::MessageResponse {
+        message: text.to_owned(),
+    })
+}
+
+#[tonic::async_trait]
+impl UserService for UserApi {
+    async fn create_user(
+        &self,
+        request: Request<pb::CreateUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let me = principal(&self.app, &request).await?;
+        Actor::User(&me).require_admin()?;
+        let client = self.ips.client_info(&request);
+        let new = NewUser::try_from(request.into_inner())?;
+        let user = self
+            .app
+            .create_user(&Actor::User(&me), new, &client, Utc::now())
+            .await?;
+        let mut response = Response::new(pb::User::from(&user));
+        hint_http_status(&mut response, 201);
+        Ok(response)
+    }
+
+    async fn get_me(
+        &self,
+        request: Request<pb::GetMeRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let me = principal(&self.app, &request).await?;
+        Ok(Response::new(pb::User::from(&self.app.me(&me))))
+    }
+
+    async fn update_my_backend(
+        &self,
+        request: Request<pb::UpdateMyBackendRequest>,
+    ) -> Result<Response<pb::UpdateMyBackendResponse>, Status> {
+        let me = principal(&self.app, &request).await?;
+        let client = self.ips.client_info(&request);
+        let input = BackendInput::try_from(request.into_inner())?;
+        let backend = self
+            .app
+            .update_my_backend(&me, input, &client, Utc::now())
+            .await?;
+        Ok(Response::new(pb::UpdateMyBackendResponse {
+            message: "Backend configuration updated successfully".to_owned(),
+            backend_config: Some(pb::BackendConfigSummary::from(&backend)),
+        }))
+    }
+
+    async fn change_my_password(
+        &self,
+        request: Request<pb::ChangeMyPasswordRequest>,
+    ) -> Result<Response<pb::MessageResponse>, Status> {
+        let me = principal(&self.app, &request).await?;
+        let client = self.ips.client_info(&request);
+        let body = request.into_inner();
+        let (current, new) = (
+            SecretString::from(body.current_password),
+            SecretString::from(body.new_password),
+        );
+        self.app
+            .change_my_password(&me, &current, &new, &client, Utc::now())
+            .await?;
+        Ok(message("Password updated successfully"))
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        let me = principal(&self.app, &request).await?;
+        let body = request.into_inner();
+        let (users, total) = self
+            .app
+            .list_users(
+                &Actor::User(&me),
+                i64::from(body.limit),
+                i64::from(body.offset),
+            )
+            .await?;
+        Ok(Response::new(pb::ListUsersResponse {
+            users: users.iter().map(pb::User::from).collect(),
+            total: i32::try_from(total).unwrap_or(i32::MAX),
+        }))
+    }
+
+    async fn get_user(
+        &self,
+        request: Request<pb::GetUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let me = principal(&self.app, &request).await?;
+        Actor::User(&me).require_admin()?;
+        let id = user_id(request.get_ref().id)?;
+        let user = self.app.get_user(&Actor::User(&me), id).await?;
+        Ok(Response::new(pb::User::from(&user)))
+    }
+
+    async fn update_user(
+        &self,
+        request: Request<pb::UpdateUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let me = principal(&self.app, &request).await?;
+        Actor::User(&me).require_admin()?;
+        let client = self.ips.client_info(&request);
+        let body = request.into_inner();
+        let id = user_id(body.id)?;
+        let patch = UserPatch::try_from(body)?;
+        let user = self
+            .app
+            .update_user(&Actor::User(&me), id, patch, &client, Utc::now())
+            .await?;
+        Ok(Response::new(pb::User::from(&user)))
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<pb::DeleteUserRequest>,
+    ) -> Result<Response<pb::MessageResponse>, Status> {
+        let me = principal(&self.app, &request).await?;
+        Actor::User(&me).require_admin()?;
+        let client = self.ips.client_info(&request);
+        let id = user_id(request.get_ref().id)?;
+        self.app
+            .delete_user(&Actor::User(&me), id, &client, Utc::now())
+            .await?;
+        Ok(message("User deleted successfully"))
+    }
+
+    async fn reset_password(
+        &self,
+        request: Request<pb::ResetPasswordRequest>,
+    ) -> Result<Response<pb::MessageResponse>, Status> {
+        let me = principal(&self.app, &request).await?;
+        Actor::User(&me).require_admin()?;
+        let client = self.ips.client_info(&request);
+        let body = request.into_inner();
+        let id = user_id(body.id)?;
+        let new = SecretString::from(body.new_password);
+        self.app
+            .reset_password(&Actor::User(&me), id, &new, &client, Utc::now())
+            .await?;
+        Ok(message("Password reset successfully"))
+    }
+}

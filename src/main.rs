@@ -1,0 +1,5 @@
+//! `instachatico-auth`: see `cli` for the commands.
+
+fn main() -> std::process::ExitCode {
+    instachatico_auth::cli::main()
+}

@@ -1,0 +1,281 @@
+//! Assembly: builds the [`App`] from configuration (keys, migrations, pool, hashing pool),
+//! bootstraps the first admin, and serves native gRPC, grpc-web (HTTP/1.1 too) with CORS,
+//! reflection and `grpc.health.v1` on one port until shutdown.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::Utc;
+use http::{HeaderName, HeaderValue, Method};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic_health::ServingStatus;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::config::Config;
+use crate::crypto::jwt::JwtKeys;
+use crate::crypto::password::PasswordHasher;
+use crate::crypto::secrets::TokenCipher;
+use crate::db::{self, DbPool};
+use crate::domain::{App, BootstrapOutcome};
+use crate::grpc::auth::AuthApi;
+use crate::grpc::health::HealthApi;
+use crate::grpc::user::UserApi;
+use crate::grpc::{AuthInterceptor, ClientIpPolicy};
+use crate::pb;
+use crate::pb::auth_service_server::AuthServiceServer;
+use crate::pb::health_service_server::HealthServiceServer;
+use crate::pb::user_service_server::UserServiceServer;
+
+/// Largest request message accepted; ours are a few hundred bytes.
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// How often `grpc.health.v1` re-checks the database.
+const HEALTH_PROBE_EVERY: Duration = Duration::from_secs(5);
+
+/// Builds the application: keys, migrations, database pool and hashing pool.
+pub async fn build_app(config: &Config) -> anyhow::Result<App> {
+    let keys = config.resolve_keys()?;
+    let jwt = JwtKeys::new(&keys.jwt_current, &keys.jwt_previous)?;
+    let cipher = TokenCipher::new(&keys.encryption_current, &keys.encryption_previous)?;
+
+    let target = config.db_target()?;
+    let applied = db::migrate(&target).await?;
+    if !applied.is_empty() {
+        tracing::info!(migrations = ?applied, "applied database migrations");
+    }
+    let pool = DbPool::connect(&target, config.pool_options()).await?;
+    tracing::info!(database = %target.describe(), "database ready");
+    if matches!(pool, DbPool::Sqlite(_)) {
+        tracing::info!("SQLite: run a single instance; replicas need PostgreSQL");
+    }
+
+    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let max_queue = if config.bcrypt_max_queue == 0 {
+        workers * 16
+    } else {
+        config.bcrypt_max_queue
+    };
+    let hasher = PasswordHasher::new(config.bcrypt_cost, workers, max_queue).await?;
+    Ok(App::new(pool, hasher, jwt, cipher, config.session_policy()))
+}
+
+/// Creates the ADMIN_* admin on first start; idempotent.
+pub async fn bootstrap_admin(app: &App, config: &Config) -> anyhow::Result<()> {
+    let Some(username) = config
+        .admin_username
+        .as_deref()
+        .filter(|u| !u.trim().is_empty())
+    else {
+        return Ok(());
+    };
+    let (Some(email), Some(password)) = (
+        config.admin_email.as_deref(),
+        config.admin_password.as_ref(),
+    ) else {
+        anyhow::bail!("ADMIN_USERNAME is set: ADMIN_EMAIL and ADMIN_PASSWORD are needed too");
+    };
+    match app
+        .bootstrap_admin(username, email, password, Utc::now())
+        .await
+    {
+        Ok(BootstrapOutcome::Created(id)) => tracing::info!(
+            user_id = id,
+            username,
+            "created the first admin from ADMIN_*"
+        ),
+        Ok(BootstrapOutcome::AlreadyExists) => {
+            tracing::debug!(username, "ADMIN_USERNAME exists; bootstrap skipped")
+        }
+        Err(e) => anyhow::bail!("cannot create the ADMIN_* admin: {e}"),
+    }
+    Ok(())
+}
+
+/// A server running in the background (tests, embedding).
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub app: App,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, lets in-flight requests finish, and waits.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.await?
+    }
+}
+
+/// Builds everything, binds, and serves in the background.
+pub async fn spawn(config: &Config) -> anyhow::Result<RunningServer> {
+    let app = build_app(config).await?;
+    bootstrap_admin(&app, config).await?;
+    let listener = TcpListener::bind(config.listen_addr()?)
+        .await
+        .context("cannot bind the listen address")?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn({
+        let (app, config) = (app.clone(), config.clone());
+        async move {
+            serve(app, &config, listener, async {
+                let _ = rx.await;
+            })
+            .await
+        }
+    });
+    Ok(RunningServer {
+        addr,
+        app,
+        shutdown: Some(tx),
+        task,
+    })
+}
+
+/// Serves on `listener` until `shutdown` completes, then drains in-flight requests.
+pub async fn serve(
+    app: App,
+    config: &Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let ips = ClientIpPolicy::new(config.trusted_proxy_nets()?);
+    let cors = cors_layer(&config.cors_origins()?)?;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let (health_reporter, grpc_health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<AuthServiceServer<AuthApi>>()
+        .await;
+    health_reporter
+        .set_serving::<UserServiceServer<UserApi>>()
+        .await;
+    let probe = tokio::spawn(probe_database(app.clone(), health_reporter));
+
+    let auth = AuthServiceServer::new(AuthApi::new(app.clone(), ips.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let users = InterceptedService::new(
+        UserServiceServer::new(UserApi::new(app.clone(), ips))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+        AuthInterceptor::new(app.clone()),
+    );
+    let health = HealthServiceServer::new(HealthApi::new(app.clone()));
+
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "serving gRPC and grpc-web");
+    let result = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .timeout(Duration::from_secs(config.request_timeout_seconds))
+        .layer(cors)
+        .layer(tonic_web::GrpcWebLayer::new())
+        .add_service(auth)
+        .add_service(users)
+        .add_service(health)
+        .add_service(grpc_health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    probe.abort();
+    tracing::info!("server stopped");
+    result.context("server failed")
+}
+
+/// grpc-web from the UI's origins only; exposes the gRPC status trailers-in-headers.
+fn cors_layer(origins: &[String]) -> anyhow::Result<CorsLayer> {
+    let origins = origins
+        .iter()
+        .map(|o| HeaderValue::from_str(o).with_context(|| format!("bad FRONTEND_URL origin {o:?}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let headers = |names: &[&'static str]| {
+        names
+            .iter()
+            .map(|n| HeaderName::from_static(n))
+            .collect::<Vec<_>>()
+    };
+    Ok(CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_credentials(true)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers(headers(&[
+            "authorization",
+            "content-type",
+            "x-grpc-web",
+            "x-user-agent",
+            "grpc-timeout",
+            "x-request-id",
+            "connect-protocol-version",
+            "connect-timeout-ms",
+        ]))
+        .expose_headers(headers(&[
+            "grpc-status",
+            "grpc-message",
+            "grpc-status-details-bin",
+            "retry-after",
+            "x-request-id",
+        ]))
+        .max_age(Duration::from_secs(7200)))
+}
+
+/// Keeps `grpc.health.v1` truthful about the database.
+async fn probe_database(app: App, reporter: tonic_health::server::HealthReporter) {
+    let mut last = None;
+    loop {
+        let status = if app.db().ping().await {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        if last != Some(status) {
+            if status == ServingStatus::NotServing {
+                tracing::error!("database unreachable: health is NOT_SERVING");
+            }
+            reporter.set_service_status("", status).await;
+            last = Some(status);
+        }
+        tokio::time::sleep(HEALTH_PROBE_EVERY).await;
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested; draining in-flight requests");
+}
