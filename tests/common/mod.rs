@@ -1,0 +1,339 @@
+//! Test fixture: starts the real server on an ephemeral port over a fresh database (a temporary
+//! SQLite file, or a throwaway PostgreSQL database created on the local server) and hands out
+//! typed clients. `TEST_DATABASE_URL` points at another PostgreSQL server (any database on it;
+//! the fixture creates its own beside it).
+
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::Parser;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use instachatico_auth::cli::Cli;
+use instachatico_auth::pb::auth_service_client::AuthServiceClient;
+use instachatico_auth::pb::health_service_client::HealthServiceClient;
+use instachatico_auth::pb::user_service_client::UserServiceClient;
+use instachatico_auth::pb::{self};
+use instachatico_auth::server::{self, RunningServer};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+pub const ADMIN_USERNAME: &str = "admin";
+pub const ADMIN_PASSWORD: &str = "Admin_password123!";
+pub const USER_PASSWORD: &str = "Secure_password123!";
+pub const JWT_SECRET: &str = "integration-test-jwt-secret-0123456789abcdef";
+pub const FRONTEND: &str = "http://localhost:5173";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Generates one `#[tokio::test]` per backend for each listed `async fn name(TestServer)`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(server) = $crate::common::TestServer::start($crate::common::Backend::Sqlite).await {
+                        super::$name(server).await;
+                    }
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(server) = $crate::common::TestServer::start($crate::common::Backend::Postgres).await {
+                        super::$name(server).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+/// Extra settings for one test's server.
+#[derive(Debug, Default, Clone)]
+pub struct Options {
+    /// Extra `--flag value` pairs.
+    pub args: Vec<(String, String)>,
+}
+
+impl Options {
+    pub fn arg(mut self, flag: &str, value: impl Into<String>) -> Self {
+        self.args.push((flag.to_owned(), value.into()));
+        self
+    }
+}
+
+pub struct TestServer {
+    pub backend: Backend,
+    pub running: Option<RunningServer>,
+    pub url: String,
+    pub database_url: String,
+    pub encryption_key: String,
+    _dir: tempfile::TempDir,
+    pg: Option<PgTestDb>,
+}
+
+impl TestServer {
+    /// A server with default options. `None` only when PostgreSQL is unreachable outside CI.
+    pub async fn start(backend: Backend) -> Option<Self> {
+        Self::start_with(backend, Options::default()).await
+    }
+
+    pub async fn start_with(backend: Backend, options: Options) -> Option<Self> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (database_url, pg) = match backend {
+            Backend::Sqlite => (
+                dir.path().join("auth.db").to_string_lossy().into_owned(),
+                None,
+            ),
+            Backend::Postgres => {
+                let pg = PgTestDb::create().await?;
+                (pg.url.clone(), Some(pg))
+            }
+        };
+        let encryption_key = python_fixture()["fernet_key"]
+            .as_str()
+            .expect("fixture key")
+            .to_owned();
+        let mut settings: Vec<(String, String)> = [
+            ("database-url", database_url.as_str()),
+            ("data-dir", &dir.path().to_string_lossy()),
+            ("host", "127.0.0.1"),
+            ("port", "0"),
+            ("jwt-secret-key", JWT_SECRET),
+            ("encryption-key", &encryption_key),
+            ("admin-username", ADMIN_USERNAME),
+            ("admin-email", "admin@example.com"),
+            ("admin-password", ADMIN_PASSWORD),
+            ("bcrypt-cost", "10"),
+            ("frontend-url", FRONTEND),
+            ("db-pool-size", "4"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        // A test's own options replace the defaults of the same name.
+        for (flag, value) in options.args {
+            settings.retain(|(k, _)| *k != flag);
+            settings.push((flag, value));
+        }
+        let mut args: Vec<String> = vec!["instachatico-auth".into()];
+        for (flag, value) in settings {
+            args.push(format!("--{flag}"));
+            args.push(value);
+        }
+        let cli = Cli::try_parse_from(args).expect("test config parses");
+        let running = server::spawn(&cli.config).await.expect("server starts");
+        let url = format!("http://{}", running.addr);
+        Some(Self {
+            backend,
+            running: Some(running),
+            url,
+            database_url,
+            encryption_key,
+            _dir: dir,
+            pg,
+        })
+    }
+
+    pub fn app(&self) -> &instachatico_auth::domain::App {
+        &self.running.as_ref().expect("running").app
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url.clone())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    pub async fn auth(&self) -> AuthServiceClient<Channel> {
+        AuthServiceClient::new(self.channel().await)
+    }
+
+    pub async fn users(&self) -> UserServiceClient<Channel> {
+        UserServiceClient::new(self.channel().await)
+    }
+
+    pub async fn health(&self) -> HealthServiceClient<Channel> {
+        HealthServiceClient::new(self.channel().await)
+    }
+
+    /// Logs in and returns the whole reply.
+    pub async fn login_reply(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<pb::LoginResponse, Status> {
+        self.auth()
+            .await
+            .login(pb::LoginRequest {
+                username: username.into(),
+                password: password.into(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Logs in and returns the access token; panics on failure.
+    pub async fn login(&self, username: &str, password: &str) -> String {
+        self.login_reply(username, password)
+            .await
+            .expect("login succeeds")
+            .access_token
+    }
+
+    pub async fn admin_token(&self) -> String {
+        self.login(ADMIN_USERNAME, ADMIN_PASSWORD).await
+    }
+
+    /// Creates a user as admin; with `backend`, a backend at that URL with that token.
+    pub async fn create_user(
+        &self,
+        admin: &str,
+        username: &str,
+        backend: Option<(&str, &str)>,
+    ) -> pb::User {
+        let (url, token) = backend.unwrap_or(("", ""));
+        self.users()
+            .await
+            .create_user(authed(
+                admin,
+                pb::CreateUserRequest {
+                    username: username.into(),
+                    email: format!("{username}@example.com"),
+                    password: USER_PASSWORD.into(),
+                    instagram_username: if backend.is_some() {
+                        format!("{username}_ig")
+                    } else {
+                        String::new()
+                    },
+                    api_base_url: url.into(),
+                    bearer_token: token.into(),
+                    role: String::new(),
+                },
+            ))
+            .await
+            .expect("create user")
+            .into_inner()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await.expect("clean shutdown");
+        }
+    }
+}
+
+/// A request with `authorization: Bearer <token>`.
+pub fn authed<T>(token: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    request
+}
+
+/// Asserts a call failed with `code`; returns the message.
+pub fn expect_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code) -> String {
+    match result {
+        Err(status) => {
+            assert_eq!(status.code(), code, "unexpected status: {status:?}");
+            status.message().to_owned()
+        }
+        Ok(value) => panic!("expected {code:?}, got success: {value:?}"),
+    }
+}
+
+/// The committed Python-made fixtures.
+pub fn python_fixture() -> serde_json::Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/python_compat.json"
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("fixture json")
+}
+
+/// A throwaway PostgreSQL database, dropped when the test ends.
+pub struct PgTestDb {
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+static WARNED: AtomicBool = AtomicBool::new(false);
+
+impl PgTestDb {
+    fn server_url() -> String {
+        std::env::var("TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    }
+
+    /// Creates a database; `None` (with a loud message) when PostgreSQL is unreachable, except
+    /// under CI=true where that fails the test.
+    pub async fn create() -> Option<Self> {
+        let admin_url = Self::server_url();
+        let mut conn = match AsyncPgConnection::establish(&admin_url).await {
+            Ok(c) => c,
+            Err(e) => {
+                let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+                assert!(
+                    !ci,
+                    "CI=true but PostgreSQL at {admin_url} is unreachable: {e}"
+                );
+                if !WARNED.swap(true, Ordering::Relaxed) {
+                    eprintln!(
+                        "\n!!!!! PostgreSQL unreachable at {admin_url} ({e}): SKIPPING the PostgreSQL variants of the tests !!!!!\n"
+                    );
+                }
+                return None;
+            }
+        };
+        let name = format!("ia_test_{}", uuid::Uuid::new_v4().simple());
+        diesel::sql_query(format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        let mut url = url::Url::parse(&admin_url).expect("TEST_DATABASE_URL is a URL");
+        url.set_path(&format!("/{name}"));
+        Some(Self {
+            url: url.to_string(),
+            admin_url,
+            name,
+        })
+    }
+}
+
+impl Drop for PgTestDb {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop may run inside the test's runtime; use a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(mut conn) = AsyncPgConnection::establish(&admin_url).await {
+                    let _ =
+                        diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                            .execute(&mut conn)
+                            .await;
+                }
+            });
+        })
+        .join();
+    }
+}

@@ -1,0 +1,16 @@
+//! Integration tests: the real server over real sockets, on SQLite and PostgreSQL.
+
+// Test code: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod admin;
+mod auth;
+mod cli;
+mod compat;
+mod health;
+mod tokens;
+mod validation;
+mod web;
