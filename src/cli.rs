@@ -76,6 +76,12 @@ pub enum Command {
     },
     /// Print a fresh JWT_SECRET_KEY and ENCRYPTION_KEY for a .env file.
     GenerateKeys,
+    /// Write the descriptor set Envoy transcodes with and the OpenAPI document of the JSON
+    /// routes, both generated from this binary's protos.
+    ExportApi {
+        #[arg(long, default_value = "envoy")]
+        dir: std::path::PathBuf,
+    },
 }
 
 /// Parses the command line (after loading `.env`), runs, and returns the exit code.
@@ -151,6 +157,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!(
                 "ENCRYPTION_KEY={}",
                 crate::crypto::secrets::TokenCipher::generate_key()
+            );
+            Ok(())
+        }
+        Command::ExportApi { dir } => {
+            crate::openapi::export(&dir)?;
+            println!(
+                "wrote {0}/{1} and {0}/{2}",
+                dir.display(),
+                crate::openapi::DESCRIPTOR_FILE,
+                crate::openapi::OPENAPI_FILE
             );
             Ok(())
         }

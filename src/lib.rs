@@ -11,5 +11,6 @@ pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod metrics;
+pub mod openapi;
 pub mod pb;
 pub mod server;
