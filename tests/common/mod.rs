@@ -337,3 +337,242 @@ impl Drop for PgTestDb {
         .join();
     }
 }
+
+/// A real Envoy running `envoy/envoy.yaml` (only its ports rewritten) in front of `upstreams`.
+pub struct Envoy {
+    pub url: String,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Envoy {
+    /// The envoy binary: $ENVOY_BIN, ./.venv/bin/envoy, or `envoy` on PATH. `None` (loudly)
+    /// when there is none, except under CI=true where that fails the test.
+    pub fn binary() -> Option<std::path::PathBuf> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let candidates = [
+            std::env::var_os("ENVOY_BIN").map(std::path::PathBuf::from),
+            Some(root.join(".venv/bin/envoy")),
+            Some(std::path::PathBuf::from("envoy")),
+        ];
+        let found = candidates.into_iter().flatten().find(|bin| {
+            std::process::Command::new(bin)
+                .arg("--version")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        if found.is_none() {
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+            assert!(
+                !ci,
+                "CI=true but no envoy binary (run ./scripts/test, which installs it into .venv)"
+            );
+            if !WARNED_ENVOY.swap(true, Ordering::Relaxed) {
+                eprintln!(
+                    "\n!!!!! no envoy binary: SKIPPING the tests through Envoy (./scripts/test installs it) !!!!!\n"
+                );
+            }
+        }
+        found
+    }
+
+    pub async fn start(upstreams: &[std::net::SocketAddr]) -> Option<Self> {
+        let bin = Self::binary()?;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let template = std::fs::read_to_string(root.join("envoy/envoy.yaml")).expect("envoy.yaml");
+        let endpoint_line = "        - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: 50051 } } }";
+        assert!(
+            template.contains(endpoint_line),
+            "envoy.yaml upstream endpoint line changed; update the fixture"
+        );
+        let endpoints: Vec<String> = upstreams
+            .iter()
+            .map(|a| format!("        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }}", a.port()))
+            .collect();
+        for _attempt in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let config = template
+                .replace(
+                    "address: 0.0.0.0, port_value: 8080",
+                    &format!("address: 127.0.0.1, port_value: {port}"),
+                )
+                .replace(endpoint_line, &endpoints.join("\n"));
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("envoy.yaml");
+            std::fs::write(&path, config).unwrap();
+            let log = std::fs::File::create(dir.path().join("envoy.log")).unwrap();
+            // Run from the repository root, as operators do: the config's file paths are relative.
+            let child = std::process::Command::new(&bin)
+                .current_dir(root)
+                .args([
+                    "-c",
+                    path.to_str().unwrap(),
+                    "--disable-hot-restart",
+                    "--log-level",
+                    "warn",
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn envoy");
+            let mut envoy = Self {
+                url: format!("http://127.0.0.1:{port}"),
+                child,
+                _dir: dir,
+            };
+            if envoy.wait_ready().await {
+                return Some(envoy);
+            }
+            let _ = envoy.child.kill();
+        }
+        panic!("envoy did not start");
+    }
+
+    /// Ready when the listener answers (any HTTP status).
+    async fn wait_ready(&mut self) -> bool {
+        let client = reqwest::Client::new();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if client
+                .get(format!("{}/no-such-path", self.url))
+                .send()
+                .await
+                .is_ok()
+            {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("envoy.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+static WARNED_ENVOY: AtomicBool = AtomicBool::new(false);
+
+/// A JSON client for the Envoy face.
+#[derive(Clone)]
+pub struct Json {
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+/// A JSON reply: status, headers, parsed body.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: serde_json::Value,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts an error reply in the seed's shape; returns its detail.
+    pub fn detail(&self, status: u16) -> String {
+        assert_eq!(self.status, status, "{self:?}");
+        assert!(
+            self.header("content-type")
+                .is_some_and(|c| c.starts_with("application/json")),
+            "{self:?}"
+        );
+        self.body["detail"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no detail: {self:?}"))
+            .to_owned()
+    }
+}
+
+impl Json {
+    pub fn new(base: &str) -> Self {
+        Self {
+            base: base.to_owned(),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, format!("{}{path}", self.base))
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        let response = request.send().await.expect("request reaches envoy");
+        let (status, headers) = (response.status().as_u16(), response.headers().clone());
+        let bytes = response.bytes().await.expect("body");
+        let body = if bytes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                panic!("not JSON ({status}): {}", String::from_utf8_lossy(&bytes))
+            })
+        };
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> Reply {
+        let mut request = self.request(method, path);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        self.send(request).await
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        self.call(reqwest::Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: serde_json::Value) -> Reply {
+        self.call(reqwest::Method::POST, path, token, Some(body))
+            .await
+    }
+
+    pub async fn put(&self, path: &str, token: Option<&str>, body: serde_json::Value) -> Reply {
+        self.call(reqwest::Method::PUT, path, token, Some(body))
+            .await
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> String {
+        let reply = self
+            .post(
+                "/api/v1/auth/login",
+                None,
+                serde_json::json!({"username": username, "password": password}),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        reply.body["access_token"].as_str().unwrap().to_owned()
+    }
+}

@@ -403,3 +403,34 @@ crate::on_both_backends!(
     logout_ends_the_session_at_once,
     change_password_ends_other_sessions,
 );
+
+/// A peer that is not a trusted proxy cannot choose its recorded address; a trusted one can
+/// (that is how Envoy passes the real client on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    use crate::common::{Backend, Options, TestServer};
+    for (trusted, expected) in [("10.9.9.9/32", "127.0.0.1"), ("127.0.0.1", "6.6.6.6")] {
+        let options = Options::default().arg("trusted-proxies", trusted);
+        let Some(s) = TestServer::start_with(Backend::Sqlite, options).await else {
+            return;
+        };
+        let mut request = tonic::Request::new(pb::LoginRequest {
+            username: "admin".into(),
+            password: crate::common::ADMIN_PASSWORD.into(),
+        });
+        request
+            .metadata_mut()
+            .insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        s.auth().await.login(request).await.unwrap();
+        let mut conn = s.app().db().get().await.unwrap();
+        let rows = audit::list_for_user(&mut conn, Some(1), 10).await.unwrap();
+        let row = rows.iter().find(|r| r.action == "login_success").unwrap();
+        assert_eq!(
+            row.ip_address.as_deref(),
+            Some(expected),
+            "TRUSTED_PROXIES={trusted}"
+        );
+        drop(conn);
+        s.stop().await;
+    }
+}

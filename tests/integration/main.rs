@@ -7,10 +7,12 @@
 mod common;
 
 mod admin;
+mod api_docs;
 mod auth;
 mod cli;
 mod compat;
 mod health;
+mod json;
 mod tokens;
 mod validation;
 mod web;
