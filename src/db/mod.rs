@@ -12,9 +12,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sqlite::SqliteConnection;
 use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
-use diesel_async::pooled_connection::{
-    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
-};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod};
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
@@ -56,10 +54,7 @@ impl DbTarget {
             ));
         }
         if path == ":memory:" {
-            return Err(
-                "an in-memory SQLite database would vanish with each pooled connection; use a file"
-                    .into(),
-            );
+            return Err("an in-memory SQLite database would vanish with each pooled connection; use a file".into());
         }
         Ok(Self::Sqlite(PathBuf::from(path)))
     }
@@ -68,12 +63,7 @@ impl DbTarget {
     pub fn describe(&self) -> String {
         match self {
             Self::Postgres(url) => match url::Url::parse(url) {
-                Ok(u) => format!(
-                    "postgres {}:{}{}",
-                    u.host_str().unwrap_or("?"),
-                    u.port().unwrap_or(5432),
-                    u.path()
-                ),
+                Ok(u) => format!("postgres {}:{}{}", u.host_str().unwrap_or("?"), u.port().unwrap_or(5432), u.path()),
                 Err(_) => "postgres".into(),
             },
             Self::Sqlite(path) => format!("sqlite {}", path.display()),
@@ -146,12 +136,7 @@ impl DbPool {
                 Self::Sqlite(build_pool(manager, opts)?)
             }
         };
-        pool.get().await.map_err(|e| {
-            anyhow::anyhow!(
-                "cannot connect to the database ({}): {e}",
-                target.describe()
-            )
-        })?;
+        pool.get().await.map_err(|e| anyhow::anyhow!("cannot connect to the database ({}): {e}", target.describe()))?;
         Ok(pool)
     }
 
@@ -191,17 +176,11 @@ impl DbPool {
             Self::Postgres(p) => p.status(),
             Self::Sqlite(p) => p.status(),
         };
-        (
-            status.size.saturating_sub(status.available),
-            status.max_size,
-        )
+        (status.size.saturating_sub(status.available), status.max_size)
     }
 }
 
-fn build_pool<C>(
-    manager: AsyncDieselConnectionManager<C>,
-    opts: PoolOptions,
-) -> anyhow::Result<Pool<C>>
+fn build_pool<C>(manager: AsyncDieselConnectionManager<C>, opts: PoolOptions) -> anyhow::Result<Pool<C>>
 where
     AsyncDieselConnectionManager<C>: deadpool::managed::Manager<Type = C>,
 {
@@ -216,9 +195,8 @@ where
 
 fn ensure_parent_dir(path: &Path) -> anyhow::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            anyhow::anyhow!("cannot create database directory {}: {e}", dir.display())
-        })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("cannot create database directory {}: {e}", dir.display()))?;
     }
     Ok(())
 }
@@ -266,10 +244,10 @@ pub async fn migrate(target: &DbTarget) -> anyhow::Result<Vec<String>> {
                 use diesel::Connection;
                 let mut conn = SqliteConnection::establish(&path.to_string_lossy())
                     .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
-                diesel::RunQueryDsl::execute(
-                    diesel::sql_query("PRAGMA journal_mode = WAL"),
-                    &mut conn,
-                )?;
+                // Wait for a running service's writers instead of failing with "database is locked".
+                for pragma in ["PRAGMA busy_timeout = 10000", "PRAGMA journal_mode = WAL"] {
+                    diesel::RunQueryDsl::execute(diesel::sql_query(pragma), &mut conn)?;
+                }
                 conn.run_pending_migrations(SQLITE_MIGRATIONS)
                     .map(|v| v.iter().map(ToString::to_string).collect::<Vec<_>>())
                     .map_err(|e| anyhow::anyhow!("migration failed: {e}"))
@@ -298,9 +276,7 @@ pub fn map_err(e: DieselError) -> Error {
         DieselError::NotFound => Error::NotFound("record"),
         DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
             // PostgreSQL names the constraint; SQLite only says it in the message.
-            let text = info
-                .constraint_name()
-                .map_or_else(|| info.message().to_owned(), ToOwned::to_owned);
+            let text = info.constraint_name().map_or_else(|| info.message().to_owned(), ToOwned::to_owned);
             let field = if text.contains("email") {
                 "email"
             } else if text.contains("username") {
@@ -362,9 +338,7 @@ where
     F: Future<Output = Result<T, Error>> + Send + 'static,
     T: Send + 'static,
 {
-    tokio::spawn(work)
-        .await
-        .map_err(|e| Error::internal("database task failed", e))?
+    tokio::spawn(work).await.map_err(|e| Error::internal("database task failed", e))?
 }
 
 #[cfg(test)]
@@ -375,36 +349,18 @@ mod tests {
     fn both_backends_have_the_same_migrations() {
         let (pg, sqlite) = migration_versions();
         assert!(!pg.is_empty());
-        assert_eq!(
-            pg, sqlite,
-            "migrations/postgres and migrations/sqlite must list the same versions"
-        );
+        assert_eq!(pg, sqlite, "migrations/postgres and migrations/sqlite must list the same versions");
     }
 
     #[test]
     fn database_urls() {
-        assert_eq!(
-            DbTarget::parse("sqlite:///./x.db"),
-            Ok(DbTarget::Sqlite("./x.db".into()))
-        );
-        assert_eq!(
-            DbTarget::parse("sqlite:////abs/x.db"),
-            Ok(DbTarget::Sqlite("/abs/x.db".into()))
-        );
-        assert_eq!(
-            DbTarget::parse("data/x.db"),
-            Ok(DbTarget::Sqlite("data/x.db".into()))
-        );
-        assert!(matches!(
-            DbTarget::parse("postgresql://u@h/db"),
-            Ok(DbTarget::Postgres(_))
-        ));
+        assert_eq!(DbTarget::parse("sqlite:///./x.db"), Ok(DbTarget::Sqlite("./x.db".into())));
+        assert_eq!(DbTarget::parse("sqlite:////abs/x.db"), Ok(DbTarget::Sqlite("/abs/x.db".into())));
+        assert_eq!(DbTarget::parse("data/x.db"), Ok(DbTarget::Sqlite("data/x.db".into())));
+        assert!(matches!(DbTarget::parse("postgresql://u@h/db"), Ok(DbTarget::Postgres(_))));
         assert!(DbTarget::parse("mysql://u@h/db").is_err());
         assert!(DbTarget::parse("sqlite://:memory:").is_err());
         let pg = DbTarget::parse("postgres://user:hunter2@db.example:5433/auth").unwrap();
-        assert!(
-            !pg.describe().contains("hunter2"),
-            "credentials never reach logs"
-        );
+        assert!(!pg.describe().contains("hunter2"), "credentials never reach logs");
     }
 }

@@ -57,3 +57,20 @@ diesel::table! {
 diesel::joinable!(user_backends -> users (user_id));
 diesel::joinable!(sessions -> users (user_id));
 diesel::allow_tables_to_appear_in_same_query!(users, user_backends, sessions, audit_logs);
+
+diesel::table! {
+    login_throttles (subject, ip_address) {
+        subject -> Text,
+        ip_address -> Text,
+        failures -> Integer,
+        locked_until -> Nullable<Timestamp>,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    rate_limits (key) {
+        key -> Text,
+        tat -> BigInt,
+    }
+}

@@ -3,7 +3,9 @@
 
 pub mod audit;
 pub mod backends;
+pub mod rate_limits;
 pub mod sessions;
+pub mod throttles;
 pub mod users;
 
 pub use audit::{AuditRow, NewAuditRow};

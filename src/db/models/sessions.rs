@@ -99,3 +99,59 @@ pub async fn revoke_all_for_user(
         .map_err(map_err)
     })
 }
+
+/// The user's live sessions, newest first.
+pub async fn list_live_for_user(conn: &mut DbConn, user_id: i32, now: NaiveDateTime) -> Result<Vec<SessionRow>> {
+    db_run!(conn: {
+        sessions::table
+            .filter(sessions::user_id.eq(user_id))
+            .filter(sessions::revoked_at.is_null())
+            .filter(sessions::expires_at.gt(now))
+            .order((sessions::created_at.desc(), sessions::id.asc()))
+            .select(SessionRow::as_select())
+            .load(conn)
+            .await
+            .map_err(map_err)
+    })
+}
+
+/// Revokes one live session of this user; false when there is none with that id.
+pub async fn revoke_owned(conn: &mut DbConn, id: &str, user_id: i32, now: NaiveDateTime) -> Result<bool> {
+    db_run!(conn: {
+        diesel::update(
+            sessions::table
+                .find(id)
+                .filter(sessions::user_id.eq(user_id))
+                .filter(sessions::revoked_at.is_null())
+                .filter(sessions::expires_at.gt(now)),
+        )
+        .set(sessions::revoked_at.eq(now))
+        .execute(conn)
+        .await
+        .map(|n| n > 0)
+        .map_err(map_err)
+    })
+}
+
+/// Deletes sessions that ended before `before` (revoked or expired).
+pub async fn purge_ended(conn: &mut DbConn, before: NaiveDateTime) -> Result<usize> {
+    db_run!(conn: {
+        diesel::delete(sessions::table.filter(sessions::expires_at.lt(before).or(sessions::revoked_at.lt(before))))
+            .execute(conn)
+            .await
+            .map_err(map_err)
+    })
+}
+
+/// Live sessions of all users (a gauge).
+pub async fn count_live(conn: &mut DbConn, now: NaiveDateTime) -> Result<i64> {
+    db_run!(conn: {
+        sessions::table
+            .filter(sessions::revoked_at.is_null())
+            .filter(sessions::expires_at.gt(now))
+            .count()
+            .get_result(conn)
+            .await
+            .map_err(map_err)
+    })
+}

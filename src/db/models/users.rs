@@ -154,3 +154,15 @@ pub async fn delete(conn: &mut DbConn, id: i32) -> Result<bool> {
             .map_err(map_err)
     })
 }
+
+/// Swaps the password hash only if it is still `old` (a concurrent change wins).
+pub async fn replace_password_hash(conn: &mut DbConn, id: i32, old: &str, new: &str) -> Result<bool> {
+    db_run!(conn: {
+        diesel::update(users::table.find(id).filter(users::password_hash.eq(old)))
+            .set(users::password_hash.eq(new))
+            .execute(conn)
+            .await
+            .map(|n| n > 0)
+            .map_err(map_err)
+    })
+}
