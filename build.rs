@@ -3,11 +3,12 @@
 
 use std::path::PathBuf;
 
-const PROTOS: [&str; 4] = [
+const PROTOS: [&str; 5] = [
     "proto/instachatico/auth/v1/types.proto",
     "proto/instachatico/auth/v1/auth.proto",
     "proto/instachatico/auth/v1/user.proto",
     "proto/instachatico/auth/v1/health.proto",
+    "proto/instachatico/auth/v1/audit.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

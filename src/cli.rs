@@ -9,9 +9,7 @@ use clap::{Parser, Subcommand};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{Config, LogFormat};
-use crate::domain::types::{
-    Actor, BackendChange, BackendInput, ClientInfo, NewUser, Role, UserPatch,
-};
+use crate::domain::types::{Actor, BackendChange, BackendInput, ClientInfo, NewUser, Role, UserPatch};
 use crate::domain::{App, validate};
 use crate::server;
 
@@ -76,6 +74,9 @@ pub enum Command {
     },
     /// Print a fresh JWT_SECRET_KEY and ENCRYPTION_KEY for a .env file.
     GenerateKeys,
+    /// Re-encrypt every stored backend token under the current ENCRYPTION_KEY (tokens under a
+    /// key in ENCRYPTION_PREVIOUS_KEYS), in one transaction. After it, the previous keys can go.
+    RotateKeys,
     /// Write the descriptor set Envoy transcodes with and the OpenAPI document of the JSON
     /// routes, both generated from this binary's protos.
     ExportApi {
@@ -93,10 +94,7 @@ pub fn main() -> std::process::ExitCode {
         eprintln!("error: {e:#}");
         return std::process::ExitCode::FAILURE;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -114,12 +112,8 @@ pub fn main() -> std::process::ExitCode {
 }
 
 fn init_tracing(config: &Config) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level).with_context(|| {
-        format!(
-            "LOG_LEVEL {:?} is not a valid filter (try info or debug)",
-            config.log_level
-        )
-    })?;
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+        .with_context(|| format!("LOG_LEVEL {:?} is not a valid filter (try info or debug)", config.log_level))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -145,19 +139,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => {
             let target = config.db_target()?;
             let applied = crate::db::migrate(&target).await?;
-            println!(
-                "{}: {} migration(s) applied",
-                target.describe(),
-                applied.len()
-            );
+            println!("{}: {} migration(s) applied", target.describe(), applied.len());
             Ok(())
         }
         Command::GenerateKeys => {
             println!("JWT_SECRET_KEY={}", crate::crypto::random_token(48));
-            println!(
-                "ENCRYPTION_KEY={}",
-                crate::crypto::secrets::TokenCipher::generate_key()
-            );
+            println!("ENCRYPTION_KEY={}", crate::crypto::secrets::TokenCipher::generate_key());
+            Ok(())
+        }
+        Command::RotateKeys => {
+            let app = server::build_app(&config).await?;
+            let (total, changed) = app.reencrypt_backend_tokens(&ClientInfo::default(), Utc::now()).await?;
+            println!("re-encrypted {changed} of {total} backend token(s) under the current ENCRYPTION_KEY");
             Ok(())
         }
         Command::ExportApi { dir } => {
@@ -176,13 +169,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let password = input.read("Password for the new admin")?;
             create(&app, &username, &email, password, Role::Admin, None).await
         }
-        Command::CreateUser {
-            username,
-            email,
-            backend_url,
-            instagram_username,
-            role,
-        } => {
+        Command::CreateUser { username, email, backend_url, instagram_username, role } => {
             let role = Role::parse("role", &role)?;
             let app = server::build_app(&config).await?;
             let mut input = SecretInput::new();
@@ -207,20 +194,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ResetPassword { username } => {
             let app = server::build_app(&config).await?;
             let user = app.find_user(&username).await?;
-            let password =
-                SecretInput::new().read(&format!("New password for {}", user.username))?;
-            app.reset_password(
-                &Actor::System("cli"),
-                user.id,
-                &password,
-                &ClientInfo::default(),
-                Utc::now(),
-            )
-            .await?;
-            println!(
-                "password of {} reset; all their sessions ended",
-                user.username
-            );
+            let password = SecretInput::new().read(&format!("New password for {}", user.username))?;
+            app.reset_password(&Actor::System("cli"), user.id, &password, &ClientInfo::default(), Utc::now()).await?;
+            println!("password of {} reset; all their sessions ended", user.username);
             Ok(())
         }
         Command::Deactivate { username } => set_active(&config, &username, false).await,
@@ -236,55 +212,19 @@ async fn create(
     role: Role,
     backend: Option<BackendInput>,
 ) -> anyhow::Result<()> {
-    let new = NewUser {
-        username: validate::username(username)?,
-        email: validate::email(email)?,
-        password,
-        role,
-        backend,
-    };
-    let user = app
-        .create_user(
-            &Actor::System("cli"),
-            new,
-            &ClientInfo::default(),
-            Utc::now(),
-        )
-        .await?;
-    println!(
-        "created {} {} (id {})",
-        user.role.as_str(),
-        user.username,
-        user.id
-    );
+    let new =
+        NewUser { username: validate::username(username)?, email: validate::email(email)?, password, role, backend };
+    let user = app.create_user(&Actor::System("cli"), new, &ClientInfo::default(), Utc::now()).await?;
+    println!("created {} {} (id {})", user.role.as_str(), user.username, user.id);
     Ok(())
 }
 
 async fn set_active(config: &Config, username: &str, active: bool) -> anyhow::Result<()> {
     let app = server::build_app(config).await?;
     let user = app.find_user(username).await?;
-    let patch = UserPatch {
-        is_active: Some(active),
-        backend: BackendChange::Keep,
-        ..Default::default()
-    };
-    app.update_user(
-        &Actor::System("cli"),
-        user.id,
-        patch,
-        &ClientInfo::default(),
-        Utc::now(),
-    )
-    .await?;
-    println!(
-        "{} {}",
-        user.username,
-        if active {
-            "activated"
-        } else {
-            "deactivated; all their sessions ended"
-        }
-    );
+    let patch = UserPatch { is_active: Some(active), backend: BackendChange::Keep, ..Default::default() };
+    app.update_user(&Actor::System("cli"), user.id, patch, &ClientInfo::default(), Utc::now()).await?;
+    println!("{} {}", user.username, if active { "activated" } else { "deactivated; all their sessions ended" });
     Ok(())
 }
 

@@ -12,7 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::crypto::secrets::TokenCipher;
 use crate::db::{DbTarget, PoolOptions};
-use crate::domain::SessionPolicy;
+use crate::domain::{SecurityPolicy, SessionPolicy};
 
 fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
     Ok(SecretString::from(s.to_owned()))
@@ -50,13 +50,7 @@ pub struct Config {
     pub port: u16,
 
     /// `development` generates missing keys; `production` refuses to start without them.
-    #[arg(
-        long,
-        env = "APP_ENV",
-        value_enum,
-        default_value = "development",
-        global = true
-    )]
+    #[arg(long, env = "APP_ENV", value_enum, default_value = "development", global = true)]
     pub app_env: AppEnv,
 
     /// HS256 signing secret, at least 32 bytes.
@@ -96,24 +90,12 @@ pub struct Config {
     pub session_lifetime_hours: u32,
 
     /// Comma-separated origins of the UI allowed by CORS.
-    #[arg(
-        long,
-        env = "FRONTEND_URL",
-        default_value = "http://localhost:5173",
-        value_delimiter = ',',
-        global = true
-    )]
+    #[arg(long, env = "FRONTEND_URL", default_value = "http://localhost:5173", value_delimiter = ',', global = true)]
     pub frontend_url: Vec<String>,
 
     /// Comma-separated proxies (IPs or CIDRs) whose X-Forwarded-For is believed. Default:
     /// loopback, where the Envoy sidecar runs.
-    #[arg(
-        long,
-        env = "TRUSTED_PROXIES",
-        default_value = "127.0.0.1/32,::1/128",
-        value_delimiter = ',',
-        global = true
-    )]
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "127.0.0.1/32,::1/128", value_delimiter = ',', global = true)]
     pub trusted_proxies: Vec<String>,
 
     /// First admin, created at start-up if the username does not exist yet.
@@ -125,6 +107,26 @@ pub struct Config {
 
     #[arg(long, env = "ADMIN_PASSWORD", value_parser = secret, hide_env_values = true, global = true)]
     pub admin_password: Option<SecretString>,
+
+    /// Login attempts per minute per client address (all replicas together); 0 disables.
+    #[arg(long, env = "RATE_LIMIT_LOGIN_PER_MINUTE", default_value_t = 5, global = true)]
+    pub rate_limit_login_per_minute: u32,
+
+    /// Authenticated requests per minute per user (per replica); 0 disables.
+    #[arg(long, env = "RATE_LIMIT_API_PER_MINUTE", default_value_t = 100, global = true)]
+    pub rate_limit_api_per_minute: u32,
+
+    /// Consecutive failed logins of one account from one address before a cool-down.
+    #[arg(long, env = "LOGIN_THROTTLE_THRESHOLD", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
+    pub login_throttle_threshold: u32,
+
+    /// Length of that cool-down, in seconds. Always finite: throttling never locks anyone out for good.
+    #[arg(long, env = "LOGIN_THROTTLE_COOLDOWN_SECONDS", default_value_t = 900, value_parser = clap::value_parser!(u32).range(1..=86400), global = true)]
+    pub login_throttle_cooldown_seconds: u32,
+
+    /// Lets anyone create an account with Register (off: admins create users).
+    #[arg(long, env = "ALLOW_REGISTRATION", default_value_t = false, action = clap::ArgAction::Set, global = true)]
+    pub allow_registration: bool,
 
     /// bcrypt cost (never below 10).
     #[arg(long, env = "BCRYPT_COST", default_value_t = 12, global = true)]
@@ -140,25 +142,14 @@ pub struct Config {
     pub db_pool_size: u32,
 
     /// Per-request deadline, in seconds.
-    #[arg(
-        long,
-        env = "REQUEST_TIMEOUT_SECONDS",
-        default_value_t = 30,
-        global = true
-    )]
+    #[arg(long, env = "REQUEST_TIMEOUT_SECONDS", default_value_t = 30, global = true)]
     pub request_timeout_seconds: u64,
 
     /// tracing filter, e.g. `info` or `instachatico_auth=debug,info`.
     #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
     pub log_level: String,
 
-    #[arg(
-        long,
-        env = "LOG_FORMAT",
-        value_enum,
-        default_value = "text",
-        global = true
-    )]
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text", global = true)]
     pub log_format: LogFormat,
 }
 
@@ -184,18 +175,13 @@ impl Config {
     pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
         let host = self.host.trim_matches(|c| c == '[' || c == ']');
         let ip = host.parse().with_context(|| {
-            format!(
-                "HOST must be an IP address to listen on (e.g. 127.0.0.1 or 0.0.0.0), got {host:?}"
-            )
+            format!("HOST must be an IP address to listen on (e.g. 127.0.0.1 or 0.0.0.0), got {host:?}")
         })?;
         Ok(SocketAddr::new(ip, self.port))
     }
 
     pub fn pool_options(&self) -> PoolOptions {
-        PoolOptions {
-            max_size: self.db_pool_size as usize,
-            wait_timeout: Duration::from_secs(5),
-        }
+        PoolOptions { max_size: self.db_pool_size as usize, wait_timeout: Duration::from_secs(5) }
     }
 
     pub fn session_policy(&self) -> SessionPolicy {
@@ -203,6 +189,16 @@ impl Config {
             token_lifetime: chrono::Duration::minutes(i64::from(self.jwt_expiration_minutes)),
             refresh_window: chrono::Duration::minutes(i64::from(self.refresh_window_minutes)),
             session_lifetime: chrono::Duration::hours(i64::from(self.session_lifetime_hours)),
+        }
+    }
+
+    pub fn security_policy(&self) -> SecurityPolicy {
+        SecurityPolicy {
+            login_per_minute: self.rate_limit_login_per_minute,
+            api_per_minute: self.rate_limit_api_per_minute,
+            throttle_threshold: self.login_throttle_threshold,
+            throttle_cooldown: chrono::Duration::seconds(i64::from(self.login_throttle_cooldown_seconds)),
+            allow_registration: self.allow_registration,
         }
     }
 
@@ -226,12 +222,9 @@ impl Config {
             .map(|s| s.trim().trim_end_matches('/'))
             .filter(|s| !s.is_empty())
             .map(|s| {
-                let url = url::Url::parse(s)
-                    .with_context(|| format!("FRONTEND_URL: {s:?} is not a URL"))?;
+                let url = url::Url::parse(s).with_context(|| format!("FRONTEND_URL: {s:?} is not a URL"))?;
                 if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-                    bail!(
-                        "FRONTEND_URL: {s:?} must be an http(s) origin like http://localhost:5173"
-                    );
+                    bail!("FRONTEND_URL: {s:?} must be an http(s) origin like http://localhost:5173");
                 }
                 Ok(url.origin().ascii_serialization())
             })
@@ -241,27 +234,16 @@ impl Config {
     /// Resolves the keys: settings, then `*_FILE`, then (development only) the generated key
     /// file in DATA_DIR. In production a missing key is an error that says how to make one.
     pub fn resolve_keys(&self) -> anyhow::Result<Keys> {
-        let jwt = from_setting_or_file(
-            &self.jwt_secret_key,
-            self.jwt_secret_key_file.as_deref(),
-            "JWT_SECRET_KEY",
-        )?;
-        let enc = from_setting_or_file(
-            &self.encryption_key,
-            self.encryption_key_file.as_deref(),
-            "ENCRYPTION_KEY",
-        )?;
+        let jwt = from_setting_or_file(&self.jwt_secret_key, self.jwt_secret_key_file.as_deref(), "JWT_SECRET_KEY")?;
+        let enc = from_setting_or_file(&self.encryption_key, self.encryption_key_file.as_deref(), "ENCRYPTION_KEY")?;
         let (jwt, enc) = match (jwt, enc) {
             (Some(j), Some(e)) => (j, e),
             (j, e) => {
                 if self.app_env == AppEnv::Production {
-                    let missing: Vec<&str> = [
-                        ("JWT_SECRET_KEY", j.is_none()),
-                        ("ENCRYPTION_KEY", e.is_none()),
-                    ]
-                    .into_iter()
-                    .filter_map(|(name, missing)| missing.then_some(name))
-                    .collect();
+                    let missing: Vec<&str> = [("JWT_SECRET_KEY", j.is_none()), ("ENCRYPTION_KEY", e.is_none())]
+                        .into_iter()
+                        .filter_map(|(name, missing)| missing.then_some(name))
+                        .collect();
                     bail!(
                         "{} not set and APP_ENV=production. Generate keys with `instachatico-auth generate-keys` \
                          and set them in the environment (or *_FILE). Keep ENCRYPTION_KEY safe: stored backend \
@@ -273,11 +255,19 @@ impl Config {
                 (j.unwrap_or(dev.0), e.unwrap_or(dev.1))
             }
         };
+        // An empty list setting (KEY="" or a trailing comma) means no key, not an empty key.
+        let present = |keys: &[SecretString]| -> Vec<SecretString> {
+            keys.iter()
+                .map(|k| k.expose_secret().trim())
+                .filter(|k| !k.is_empty())
+                .map(|k| SecretString::from(k.to_owned()))
+                .collect()
+        };
         Ok(Keys {
             jwt_current: jwt,
-            jwt_previous: self.jwt_previous_secret_keys.clone(),
+            jwt_previous: present(&self.jwt_previous_secret_keys),
             encryption_current: enc,
-            encryption_previous: self.encryption_previous_keys.clone(),
+            encryption_previous: present(&self.encryption_previous_keys),
         })
     }
 }
@@ -287,18 +277,13 @@ fn from_setting_or_file(
     file: Option<&Path>,
     name: &str,
 ) -> anyhow::Result<Option<SecretString>> {
-    if let Some(v) = value
-        .as_ref()
-        .filter(|v| !v.expose_secret().trim().is_empty())
-    {
-        return Ok(Some(SecretString::from(
-            v.expose_secret().trim().to_owned(),
-        )));
+    if let Some(v) = value.as_ref().filter(|v| !v.expose_secret().trim().is_empty()) {
+        return Ok(Some(SecretString::from(v.expose_secret().trim().to_owned())));
     }
     match file {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {name}_FILE {}", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("cannot read {name}_FILE {}", path.display()))?;
             Ok(Some(SecretString::from(text.trim().to_owned())))
         }
         None => Ok(None),
@@ -309,8 +294,7 @@ fn from_setting_or_file(
 fn dev_keys(data_dir: &Path) -> anyhow::Result<(SecretString, SecretString)> {
     let path = data_dir.join(DEV_KEYS_FILE);
     if !path.exists() {
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("cannot create {}", data_dir.display()))?;
+        std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
         let text = format!(
             "# Development keys generated by instachatico-auth. Never use them in production.\n\
              JWT_SECRET_KEY={}\nENCRYPTION_KEY={}\n",
@@ -328,9 +312,7 @@ fn dev_keys(data_dir: &Path) -> anyhow::Result<(SecretString, SecretString)> {
     }
     let mut jwt = None;
     let mut enc = None;
-    for item in
-        dotenvy::from_path_iter(&path).with_context(|| format!("cannot read {}", path.display()))?
-    {
+    for item in dotenvy::from_path_iter(&path).with_context(|| format!("cannot read {}", path.display()))? {
         let (key, value) = item.with_context(|| format!("malformed {}", path.display()))?;
         match key.as_str() {
             "JWT_SECRET_KEY" => jwt = Some(SecretString::from(value)),
@@ -340,10 +322,7 @@ fn dev_keys(data_dir: &Path) -> anyhow::Result<(SecretString, SecretString)> {
     }
     match (jwt, enc) {
         (Some(j), Some(e)) => Ok((j, e)),
-        _ => bail!(
-            "{} lacks JWT_SECRET_KEY or ENCRYPTION_KEY; delete it to regenerate",
-            path.display()
-        ),
+        _ => bail!("{} lacks JWT_SECRET_KEY or ENCRYPTION_KEY; delete it to regenerate", path.display()),
     }
 }
 
@@ -356,10 +335,7 @@ pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     options.write(true).create_new(true);
     #[cfg(unix)]
     options.mode(0o600);
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    file.write_all(text.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    let mut file = options.open(path).with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }

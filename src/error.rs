@@ -7,10 +7,7 @@ use std::time::Duration;
 pub enum Error {
     /// A request field failed validation; `field` is the proto field name.
     #[error("{field}: {message}")]
-    InvalidArgument {
-        field: &'static str,
-        message: String,
-    },
+    InvalidArgument { field: &'static str, message: String },
 
     /// Unknown user or wrong password: one message for both, so it does not tell which.
     #[error("Incorrect username or password")]
@@ -39,17 +36,11 @@ pub enum Error {
 
     /// Rate limit or throttling; the client may retry after the given time.
     #[error("{message}")]
-    TooManyRequests {
-        message: &'static str,
-        retry_after: Duration,
-    },
+    TooManyRequests { message: &'static str, retry_after: Duration },
 
     /// Too much work queued (e.g. the password-hashing queue is full): shed, retry later.
     #[error("{message}")]
-    Overloaded {
-        message: &'static str,
-        retry_after: Duration,
-    },
+    Overloaded { message: &'static str, retry_after: Duration },
 
     /// A dependency (the database) cannot serve now.
     #[error("{0}")]
@@ -64,10 +55,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
-        Self::InvalidArgument {
-            field,
-            message: message.into(),
-        }
+        Self::InvalidArgument { field, message: message.into() }
     }
 
     pub fn internal(context: &'static str, cause: impl Into<anyhow::Error>) -> Self {

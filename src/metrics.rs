@@ -22,3 +22,17 @@ pub fn bcrypt_wait(elapsed: Duration) {
 pub fn bcrypt_shed() {
     metrics::counter!("auth_bcrypt_shed_total").increment(1);
 }
+
+pub fn rate_limited(limit: &'static str) {
+    metrics::counter!("auth_rate_limited_total", "limit" => limit).increment(1);
+}
+
+/// Seed 9.3's alert: more than 10 failed logins from one address in 5 minutes.
+pub fn suspicious_address() {
+    metrics::counter!("auth_suspicious_address_alerts_total").increment(1);
+}
+
+pub fn active_sessions(count: i64) {
+    #[expect(clippy::cast_precision_loss, reason = "a gauge; exact beyond 2^53 sessions is moot")]
+    metrics::gauge!("auth_active_sessions").set(count as f64);
+}

@@ -7,8 +7,7 @@ use std::collections::BTreeMap;
 
 use anyhow::Context;
 use prost_reflect::{
-    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor,
-    Value as PbValue,
+    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor, Value as PbValue,
 };
 use serde_json::{Map, Value, json};
 
@@ -35,14 +34,17 @@ enum Access {
 
 fn access(rpc: &str) -> Access {
     match rpc {
-        "AuthService.Login" | "HealthService.Check" => Access::Anyone,
+        "AuthService.Login" | "AuthService.Register" | "HealthService.Check" => Access::Anyone,
         "AuthService.Refresh" | "AuthService.Logout" => Access::Bearer,
+        r if r.starts_with("AuditService.") => Access::Admin,
         r if r.starts_with("UserService.")
             && !matches!(
                 r,
                 "UserService.GetMe"
                     | "UserService.UpdateMyBackend"
                     | "UserService.ChangeMyPassword"
+                    | "UserService.ListMySessions"
+                    | "UserService.RevokeMySession"
             ) =>
         {
             Access::Admin
@@ -53,11 +55,7 @@ fn access(rpc: &str) -> Access {
 
 /// Status of a successful JSON reply (the service hints Envoy where it is not 200).
 fn success_status(rpc: &str) -> &'static str {
-    if rpc == "UserService.CreateUser" {
-        "201"
-    } else {
-        "200"
-    }
+    if matches!(rpc, "UserService.CreateUser" | "AuthService.Register") { "201" } else { "200" }
 }
 
 pub fn pool() -> anyhow::Result<DescriptorPool> {
@@ -67,9 +65,7 @@ pub fn pool() -> anyhow::Result<DescriptorPool> {
 /// Every (method, path) the proto annotates, additional bindings included.
 pub fn routes() -> anyhow::Result<Vec<(Route, MethodDescriptor)>> {
     let pool = pool()?;
-    let http = pool
-        .get_extension_by_name("google.api.http")
-        .context("google.api.http extension missing")?;
+    let http = pool.get_extension_by_name("google.api.http").context("google.api.http extension missing")?;
     let mut out = Vec::new();
     for service in pool.services().filter(|s| s.package_name() == PACKAGE) {
         for method in service.methods() {
@@ -80,23 +76,13 @@ pub fn routes() -> anyhow::Result<Vec<(Route, MethodDescriptor)>> {
             let rpc = format!("{}.{}", service.name(), method.name());
             if let PbValue::Message(rule) = options.get_extension(&http).as_ref() {
                 let mut rules = vec![rule.clone()];
-                if let Some(PbValue::List(extra)) =
-                    rule.get_field_by_name("additional_bindings").as_deref()
-                {
+                if let Some(PbValue::List(extra)) = rule.get_field_by_name("additional_bindings").as_deref() {
                     rules.extend(extra.iter().filter_map(|v| v.as_message().cloned()));
                 }
                 for rule in rules {
                     if let Some((verb, path)) = pattern(&rule) {
                         let body = string_field(&rule, "body");
-                        out.push((
-                            Route {
-                                method: verb,
-                                path,
-                                body,
-                                rpc: rpc.clone(),
-                            },
-                            method.clone(),
-                        ));
+                        out.push((Route { method: verb, path, body, rpc: rpc.clone() }, method.clone()));
                     }
                 }
             }
@@ -106,19 +92,14 @@ pub fn routes() -> anyhow::Result<Vec<(Route, MethodDescriptor)>> {
 }
 
 fn string_field(message: &DynamicMessage, name: &str) -> String {
-    message
-        .get_field_by_name(name)
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
+    message.get_field_by_name(name).and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
 fn pattern(rule: &DynamicMessage) -> Option<(String, String)> {
-    ["get", "put", "post", "delete", "patch"]
-        .into_iter()
-        .find_map(|verb| {
-            let path = string_field(rule, verb);
-            (!path.is_empty()).then(|| (verb.to_owned(), path))
-        })
+    ["get", "put", "post", "delete", "patch"].into_iter().find_map(|verb| {
+        let path = string_field(rule, verb);
+        (!path.is_empty()).then(|| (verb.to_owned(), path))
+    })
 }
 
 /// The leading comment of a descriptor element, without comment markers.
@@ -128,23 +109,12 @@ fn comment(file: &prost_reflect::FileDescriptor, path: &[i32]) -> String {
         .as_ref()
         .and_then(|info| info.location.iter().find(|l| l.path == path))
         .and_then(|l| l.leading_comments.clone())
-        .map(|c| {
-            c.lines()
-                .map(str::trim)
-                .collect::<Vec<_>>()
-                .join(" ")
-                .trim()
-                .to_owned()
-        })
+        .map(|c| c.lines().map(str::trim).collect::<Vec<_>>().join(" ").trim().to_owned())
         .unwrap_or_default()
 }
 
 fn path_params(path: &str) -> Vec<String> {
-    path.split('{')
-        .skip(1)
-        .filter_map(|s| s.split('}').next())
-        .map(str::to_owned)
-        .collect()
+    path.split('{').skip(1).filter_map(|s| s.split('}').next()).map(str::to_owned).collect()
 }
 
 /// Builds the whole document.
@@ -169,50 +139,24 @@ pub fn document() -> anyhow::Result<Value> {
         // Additional bindings of one RPC need distinct ids.
         let base = route.rpc.replace('.', "_");
         let id = (1..)
-            .map(|n| {
-                if n == 1 {
-                    base.clone()
-                } else {
-                    format!("{base}{n}")
-                }
-            })
+            .map(|n| if n == 1 { base.clone() } else { format!("{base}{n}") })
             .find(|id| !operation_ids.contains(id))
             .unwrap_or(base);
         operation_ids.insert(id.clone());
         operation.insert("operationId".into(), json!(id));
-        operation.insert(
-            "summary".into(),
-            json!(
-                summary
-                    .split(". ")
-                    .next()
-                    .unwrap_or_default()
-                    .trim_end_matches('.')
-            ),
-        );
-        operation.insert(
-            "description".into(),
-            json!(format!("{summary}\n\ngRPC: `{PACKAGE}.{}`", route.rpc)),
-        );
+        operation.insert("summary".into(), json!(summary.split(". ").next().unwrap_or_default().trim_end_matches('.')));
+        operation.insert("description".into(), json!(format!("{summary}\n\ngRPC: `{PACKAGE}.{}`", route.rpc)));
         operation.insert("tags".into(), json!([route.rpc.split('.').next()]));
         if route.body.is_empty() {
             // GET/DELETE: the remaining request fields are query parameters.
-            for field in input
-                .fields()
-                .filter(|f| !params.contains(&f.name().to_owned()))
-            {
-                parameters.push(
-                    json!({"name": field.name(), "in": "query", "required": false,
+            for field in input.fields().filter(|f| !params.contains(&f.name().to_owned())) {
+                parameters.push(json!({"name": field.name(), "in": "query", "required": false,
                                        "schema": schemas.field(&field),
-                                       "description": comment(&field.parent_file(), field.path())}),
-                );
+                                       "description": comment(&field.parent_file(), field.path())}));
             }
         } else {
-            let schema = if params.is_empty() {
-                schemas.message_ref(&input)
-            } else {
-                schemas.message_without(&input, &params)
-            };
+            let schema =
+                if params.is_empty() { schemas.message_ref(&input) } else { schemas.message_without(&input, &params) };
             operation.insert(
                 "requestBody".into(),
                 json!({"required": true, "content": {"application/json": {"schema": schema}}}),
@@ -225,14 +169,8 @@ pub fn document() -> anyhow::Result<Value> {
         if access != Access::Anyone {
             operation.insert("security".into(), json!([{"bearer": []}]));
         }
-        operation.insert(
-            "responses".into(),
-            responses(&route, &method, access, &params, &mut schemas),
-        );
-        paths
-            .entry(route.path.clone())
-            .or_default()
-            .insert(route.method.clone(), Value::Object(operation));
+        operation.insert("responses".into(), responses(&route, &method, access, &params, &mut schemas));
+        paths.entry(route.path.clone()).or_default().insert(route.method.clone(), Value::Object(operation));
     }
     schemas.insert_error();
     Ok(json!({
@@ -267,37 +205,22 @@ fn responses(
         success_status(&route.rpc).into(),
         json!({"description": "Success", "content": {"application/json": {"schema": schemas.message_ref(&method.output())}}}),
     );
-    out.insert(
-        "400".into(),
-        error("Invalid request: the detail names the field"),
-    );
+    out.insert("400".into(), error("Invalid request: the detail names the field"));
     if access != Access::Anyone || route.rpc == "AuthService.Login" {
-        out.insert(
-            "401".into(),
-            error("Not authenticated, or incorrect username or password"),
-        );
+        out.insert("401".into(), error("Not authenticated, or incorrect username or password"));
     }
-    if access == Access::Admin || route.rpc == "AuthService.Login" {
-        out.insert(
-            "403".into(),
-            error("Admin privileges required, or account inactive"),
-        );
+    if access == Access::Admin || matches!(route.rpc.as_str(), "AuthService.Login" | "AuthService.Register") {
+        out.insert("403".into(), error("Admin privileges required, or account inactive"));
     }
     if !params.is_empty() {
         out.insert("404".into(), error("No such user"));
     }
-    if matches!(
-        route.rpc.as_str(),
-        "UserService.CreateUser" | "UserService.UpdateUser"
-    ) {
+    if matches!(route.rpc.as_str(), "UserService.CreateUser" | "UserService.UpdateUser" | "AuthService.Register") {
         out.insert("409".into(), error("Username or email already exists"));
     }
     out.insert("429".into(), error("Too many requests; see Retry-After"));
     out.insert("500".into(), error("Internal error"));
-    out.insert(
-        "503".into(),
-        error("Temporarily unavailable; see Retry-After"),
-    );
+    out.insert("503".into(), error("Temporarily unavailable; see Retry-After"));
     Value::Object(out)
 }
 
@@ -333,10 +256,7 @@ impl Schemas {
 
     fn object(&mut self, message: &MessageDescriptor, skip: &[String]) -> Value {
         let mut properties = Map::new();
-        for field in message
-            .fields()
-            .filter(|f| !skip.contains(&f.name().to_owned()))
-        {
+        for field in message.fields().filter(|f| !skip.contains(&f.name().to_owned())) {
             let mut schema = self.field(&field);
             let doc = comment(&field.parent_file(), field.path());
             if let (Value::Object(map), false) = (&mut schema, doc.is_empty()) {
@@ -378,11 +298,7 @@ impl Schemas {
             }
             Kind::Message(m) => self.message_ref(&m),
         };
-        if field.is_list() {
-            json!({"type": "array", "items": item})
-        } else {
-            item
-        }
+        if field.is_list() { json!({"type": "array", "items": item}) } else { item }
     }
 
     fn insert_error(&mut self) {
@@ -401,8 +317,7 @@ pub fn export(dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::write(&descriptor, pb::FILE_DESCRIPTOR_SET)
         .with_context(|| format!("cannot write {}", descriptor.display()))?;
     let openapi = dir.join(OPENAPI_FILE);
-    std::fs::write(&openapi, rendered()?)
-        .with_context(|| format!("cannot write {}", openapi.display()))?;
+    std::fs::write(&openapi, rendered()?).with_context(|| format!("cannot write {}", openapi.display()))?;
     Ok(())
 }
 

@@ -6,5 +6,4 @@
 tonic::include_proto!("instachatico.auth.v1");
 
 /// Descriptors of our protos and their imports (google.api, google.protobuf).
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    tonic::include_file_descriptor_set!("instachatico_auth_descriptor");
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("instachatico_auth_descriptor");

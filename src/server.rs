@@ -20,11 +20,13 @@ use crate::crypto::password::PasswordHasher;
 use crate::crypto::secrets::TokenCipher;
 use crate::db::{self, DbPool};
 use crate::domain::{App, BootstrapOutcome};
+use crate::grpc::audit::AuditApi;
 use crate::grpc::auth::AuthApi;
 use crate::grpc::health::HealthApi;
 use crate::grpc::user::UserApi;
 use crate::grpc::{AuthInterceptor, ClientIpPolicy};
 use crate::pb;
+use crate::pb::audit_service_server::AuditServiceServer;
 use crate::pb::auth_service_server::AuthServiceServer;
 use crate::pb::health_service_server::HealthServiceServer;
 use crate::pb::user_service_server::UserServiceServer;
@@ -33,6 +35,8 @@ use crate::pb::user_service_server::UserServiceServer;
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// How often `grpc.health.v1` re-checks the database.
 const HEALTH_PROBE_EVERY: Duration = Duration::from_secs(5);
+/// How often expired rate-limit, throttling and session rows are dropped.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 
 /// Builds the application: keys, migrations, database pool and hashing pool.
 pub async fn build_app(config: &Config) -> anyhow::Result<App> {
@@ -52,39 +56,23 @@ pub async fn build_app(config: &Config) -> anyhow::Result<App> {
     }
 
     let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let max_queue = if config.bcrypt_max_queue == 0 {
-        workers * 16
-    } else {
-        config.bcrypt_max_queue
-    };
+    let max_queue = if config.bcrypt_max_queue == 0 { workers * 16 } else { config.bcrypt_max_queue };
     let hasher = PasswordHasher::new(config.bcrypt_cost, workers, max_queue).await?;
-    Ok(App::new(pool, hasher, jwt, cipher, config.session_policy()))
+    Ok(App::new(pool, hasher, jwt, cipher, config.session_policy(), config.security_policy()))
 }
 
 /// Creates the ADMIN_* admin on first start; idempotent.
 pub async fn bootstrap_admin(app: &App, config: &Config) -> anyhow::Result<()> {
-    let Some(username) = config
-        .admin_username
-        .as_deref()
-        .filter(|u| !u.trim().is_empty())
-    else {
+    let Some(username) = config.admin_username.as_deref().filter(|u| !u.trim().is_empty()) else {
         return Ok(());
     };
-    let (Some(email), Some(password)) = (
-        config.admin_email.as_deref(),
-        config.admin_password.as_ref(),
-    ) else {
+    let (Some(email), Some(password)) = (config.admin_email.as_deref(), config.admin_password.as_ref()) else {
         anyhow::bail!("ADMIN_USERNAME is set: ADMIN_EMAIL and ADMIN_PASSWORD are needed too");
     };
-    match app
-        .bootstrap_admin(username, email, password, Utc::now())
-        .await
-    {
-        Ok(BootstrapOutcome::Created(id)) => tracing::info!(
-            user_id = id,
-            username,
-            "created the first admin from ADMIN_*"
-        ),
+    match app.bootstrap_admin(username, email, password, Utc::now()).await {
+        Ok(BootstrapOutcome::Created(id)) => {
+            tracing::info!(user_id = id, username, "created the first admin from ADMIN_*")
+        }
         Ok(BootstrapOutcome::AlreadyExists) => {
             tracing::debug!(username, "ADMIN_USERNAME exists; bootstrap skipped")
         }
@@ -115,9 +103,7 @@ impl RunningServer {
 pub async fn spawn(config: &Config) -> anyhow::Result<RunningServer> {
     let app = build_app(config).await?;
     bootstrap_admin(&app, config).await?;
-    let listener = TcpListener::bind(config.listen_addr()?)
-        .await
-        .context("cannot bind the listen address")?;
+    let listener = TcpListener::bind(config.listen_addr()?).await.context("cannot bind the listen address")?;
     let addr = listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn({
@@ -129,12 +115,7 @@ pub async fn spawn(config: &Config) -> anyhow::Result<RunningServer> {
             .await
         }
     });
-    Ok(RunningServer {
-        addr,
-        app,
-        shutdown: Some(tx),
-        task,
-    })
+    Ok(RunningServer { addr, app, shutdown: Some(tx), task })
 }
 
 /// Serves on `listener` until `shutdown` completes, then drains in-flight requests.
@@ -157,19 +138,19 @@ pub async fn serve(
         .build_v1alpha()?;
 
     let (health_reporter, grpc_health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<AuthServiceServer<AuthApi>>()
-        .await;
-    health_reporter
-        .set_serving::<UserServiceServer<UserApi>>()
-        .await;
+    health_reporter.set_serving::<AuthServiceServer<AuthApi>>().await;
+    health_reporter.set_serving::<UserServiceServer<UserApi>>().await;
     let probe = tokio::spawn(probe_database(app.clone(), health_reporter));
+    let janitor = tokio::spawn(housekeeping(app.clone()));
 
-    let auth = AuthServiceServer::new(AuthApi::new(app.clone(), ips.clone()))
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let auth =
+        AuthServiceServer::new(AuthApi::new(app.clone(), ips.clone())).max_decoding_message_size(MAX_REQUEST_BYTES);
     let users = InterceptedService::new(
-        UserServiceServer::new(UserApi::new(app.clone(), ips))
-            .max_decoding_message_size(MAX_REQUEST_BYTES),
+        UserServiceServer::new(UserApi::new(app.clone(), ips)).max_decoding_message_size(MAX_REQUEST_BYTES),
+        AuthInterceptor::new(app.clone()),
+    );
+    let audit = InterceptedService::new(
+        AuditServiceServer::new(AuditApi::new(app.clone())).max_decoding_message_size(MAX_REQUEST_BYTES),
         AuthInterceptor::new(app.clone()),
     );
     let health = HealthServiceServer::new(HealthApi::new(app.clone()));
@@ -183,6 +164,7 @@ pub async fn serve(
         .layer(tonic_web::GrpcWebLayer::new())
         .add_service(auth)
         .add_service(users)
+        .add_service(audit)
         .add_service(health)
         .add_service(grpc_health)
         .add_service(reflection_v1)
@@ -190,6 +172,7 @@ pub async fn serve(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
     probe.abort();
+    janitor.abort();
     tracing::info!("server stopped");
     result.context("server failed")
 }
@@ -200,23 +183,11 @@ fn cors_layer(origins: &[String]) -> anyhow::Result<CorsLayer> {
         .iter()
         .map(|o| HeaderValue::from_str(o).with_context(|| format!("bad FRONTEND_URL origin {o:?}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let headers = |names: &[&'static str]| {
-        names
-            .iter()
-            .map(|n| HeaderName::from_static(n))
-            .collect::<Vec<_>>()
-    };
+    let headers = |names: &[&'static str]| names.iter().map(|n| HeaderName::from_static(n)).collect::<Vec<_>>();
     Ok(CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins))
         .allow_credentials(true)
-        .allow_methods([
-            Method::GET,
-            Method::POST,
-            Method::PUT,
-            Method::PATCH,
-            Method::DELETE,
-            Method::OPTIONS,
-        ])
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE, Method::OPTIONS])
         .allow_headers(headers(&[
             "authorization",
             "content-type",
@@ -241,11 +212,7 @@ fn cors_layer(origins: &[String]) -> anyhow::Result<CorsLayer> {
 async fn probe_database(app: App, reporter: tonic_health::server::HealthReporter) {
     let mut last = None;
     loop {
-        let status = if app.db().ping().await {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
+        let status = if app.db().ping().await { ServingStatus::Serving } else { ServingStatus::NotServing };
         if last != Some(status) {
             if status == ServingStatus::NotServing {
                 tracing::error!("database unreachable: health is NOT_SERVING");
@@ -254,6 +221,17 @@ async fn probe_database(app: App, reporter: tonic_health::server::HealthReporter
             last = Some(status);
         }
         tokio::time::sleep(HEALTH_PROBE_EVERY).await;
+    }
+}
+
+/// Periodic cleanup of growing state (see `App::housekeeping`).
+async fn housekeeping(app: App) {
+    let mut every = tokio::time::interval(HOUSEKEEPING_EVERY);
+    loop {
+        every.tick().await;
+        if let Err(e) = app.housekeeping(Utc::now()).await {
+            tracing::warn!(error = ?e, "housekeeping failed");
+        }
     }
 }
 

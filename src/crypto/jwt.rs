@@ -36,9 +36,7 @@ pub struct Claims {
 
 impl Claims {
     pub fn user_id(&self) -> Result<i32> {
-        self.sub
-            .parse()
-            .map_err(|_| Error::Unauthenticated("Invalid token"))
+        self.sub.parse().map_err(|_| Error::Unauthenticated("Invalid token"))
     }
 }
 
@@ -56,12 +54,7 @@ pub struct JwtKeys {
 
 impl std::fmt::Debug for JwtKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "JwtKeys(kid={}, {} verifying)",
-            self.signing.kid,
-            self.verifying.len()
-        )
+        write!(f, "JwtKeys(kid={}, {} verifying)", self.signing.kid, self.verifying.len())
     }
 }
 
@@ -78,16 +71,10 @@ impl JwtKeys {
         let mut verifying = HashMap::new();
         for key in previous {
             check("JWT_PREVIOUS_SECRET_KEYS", key)?;
-            verifying.insert(
-                super::key_id(key),
-                DecodingKey::from_secret(key.expose_secret().as_bytes()),
-            );
+            verifying.insert(super::key_id(key), DecodingKey::from_secret(key.expose_secret().as_bytes()));
         }
         let kid = super::key_id(current);
-        verifying.insert(
-            kid.clone(),
-            DecodingKey::from_secret(current.expose_secret().as_bytes()),
-        );
+        verifying.insert(kid.clone(), DecodingKey::from_secret(current.expose_secret().as_bytes()));
 
         // Only HS256; exp/iat are checked by hand against the caller's clock (time is a
         // parameter), so the library's own clock check is off and leeway is zero.
@@ -99,10 +86,7 @@ impl JwtKeys {
         validation.validate_aud = false;
 
         Ok(Self {
-            signing: SigningKey {
-                kid,
-                encoding: EncodingKey::from_secret(current.expose_secret().as_bytes()),
-            },
+            signing: SigningKey { kid, encoding: EncodingKey::from_secret(current.expose_secret().as_bytes()) },
             verifying,
             validation,
         })
@@ -148,17 +132,10 @@ impl JwtKeys {
 
     /// Like [`verify`](Self::verify) but also accepts a token that expired at most
     /// `window_secs` ago (seed 3.2.2: refresh takes an expired or valid token).
-    pub fn verify_allowing_expired(
-        &self,
-        token: &str,
-        now: DateTime<Utc>,
-        window_secs: i64,
-    ) -> Result<Claims> {
+    pub fn verify_allowing_expired(&self, token: &str, now: DateTime<Utc>, window_secs: i64) -> Result<Claims> {
         let claims = self.decode(token, now)?;
         if claims.exp.saturating_add(window_secs) <= now.timestamp() {
-            return Err(Error::Unauthenticated(
-                "Token expired beyond the refresh window; sign in again",
-            ));
+            return Err(Error::Unauthenticated("Token expired beyond the refresh window; sign in again"));
         }
         Ok(claims)
     }
@@ -166,8 +143,7 @@ impl JwtKeys {
     fn decode(&self, token: &str, now: DateTime<Utc>) -> Result<Claims> {
         let started = std::time::Instant::now();
         let invalid = Error::Unauthenticated("Invalid token");
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| Error::Unauthenticated("Invalid token"))?;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Error::Unauthenticated("Invalid token"))?;
         if header.alg != Algorithm::HS256 {
             return Err(invalid);
         }
@@ -201,15 +177,7 @@ mod tests {
     const B: &str = "another-very-long-secret-key-for-tests-987654";
 
     fn token(k: &JwtKeys, now: DateTime<Utc>) -> String {
-        k.issue(
-            7,
-            "alice",
-            "user",
-            "sid-1",
-            now,
-            now + Duration::minutes(60),
-        )
-        .unwrap()
+        k.issue(7, "alice", "user", "sid-1", now, now + Duration::minutes(60)).unwrap()
     }
 
     #[test]
@@ -217,14 +185,7 @@ mod tests {
         let k = keys(A);
         let now = Utc::now();
         let claims = k.verify(&token(&k, now), now).unwrap();
-        assert_eq!(
-            (
-                claims.sub.as_str(),
-                claims.username.as_str(),
-                claims.iss.as_str()
-            ),
-            ("7", "alice", ISSUER)
-        );
+        assert_eq!((claims.sub.as_str(), claims.username.as_str(), claims.iss.as_str()), ("7", "alice", ISSUER));
         assert_eq!(claims.exp - claims.iat, 3600);
     }
 
@@ -234,14 +195,8 @@ mod tests {
         let now = Utc::now();
         let t = token(&k, now);
         assert!(k.verify(&t, now + Duration::minutes(61)).is_err());
-        assert!(
-            k.verify_allowing_expired(&t, now + Duration::minutes(61), 300)
-                .is_ok()
-        );
-        assert!(
-            k.verify_allowing_expired(&t, now + Duration::minutes(66), 300)
-                .is_err()
-        );
+        assert!(k.verify_allowing_expired(&t, now + Duration::minutes(61), 300).is_ok());
+        assert!(k.verify_allowing_expired(&t, now + Duration::minutes(66), 300).is_err());
         // Issued in the future (beyond skew).
         assert!(k.verify(&t, now - Duration::minutes(5)).is_err());
     }
@@ -257,20 +212,11 @@ mod tests {
         let parts: Vec<&str> = good.split('.').collect();
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let none_header = b64.encode(br#"{"alg":"none","typ":"JWT"}"#);
-        assert!(
-            k.verify(&format!("{none_header}.{}.", parts[1]), now)
-                .is_err()
-        );
+        assert!(k.verify(&format!("{none_header}.{}.", parts[1]), now).is_err());
 
-        let mut payload: serde_json::Value =
-            serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+        let mut payload: serde_json::Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
         payload["sub"] = "1".into();
-        let forged = format!(
-            "{}.{}.{}",
-            parts[0],
-            b64.encode(payload.to_string()),
-            parts[2]
-        );
+        let forged = format!("{}.{}.{}", parts[0], b64.encode(payload.to_string()), parts[2]);
         assert!(k.verify(&forged, now).is_err());
     }
 
@@ -279,11 +225,7 @@ mod tests {
         let now = Utc::now();
         let old = keys(A);
         let t = token(&old, now);
-        let rotated = JwtKeys::new(
-            &SecretString::from(B.to_owned()),
-            &[SecretString::from(A.to_owned())],
-        )
-        .unwrap();
+        let rotated = JwtKeys::new(&SecretString::from(B.to_owned()), &[SecretString::from(A.to_owned())]).unwrap();
         assert!(rotated.verify(&t, now).is_ok());
         assert!(keys(B).verify(&t, now).is_err());
     }

@@ -141,9 +141,7 @@ impl PasswordHasher {
             _ => self.inner.dummy_hash.clone(),
         };
         let password = password.clone();
-        let matched = self
-            .run(move || bcrypt::verify(password.expose_secret().as_bytes(), &hash))
-            .await?;
+        let matched = self.run(move || bcrypt::verify(password.expose_secret().as_bytes(), &hash)).await?;
         match matched {
             Ok(ok) => Ok(ok && real),
             // A stored value that is not a bcrypt hash: treat as a mismatch, but say so in the log.
@@ -212,10 +210,7 @@ mod tests {
 
     #[test]
     fn cost_of_hash() {
-        assert_eq!(
-            hash_cost("$2b$12$KIXn7gX8QZKjT5hZ9.xYr.8vZqJ1Y2K3L4M5N6O7P8Q9R0S1T2U3V"),
-            Some(12)
-        );
+        assert_eq!(hash_cost("$2b$12$KIXn7gX8QZKjT5hZ9.xYr.8vZqJ1Y2K3L4M5N6O7P8Q9R0S1T2U3V"), Some(12));
         assert_eq!(hash_cost("$2y$10$abc"), Some(10));
         assert_eq!(hash_cost("plain"), None);
     }

@@ -61,13 +61,9 @@ impl TokenCipher {
     pub fn decrypt_with_key_info(&self, token: &str) -> Result<(SecretString, KeyUsed)> {
         for (i, key) in self.keys.iter().enumerate() {
             if let Ok(bytes) = key.decrypt(token) {
-                let text = String::from_utf8(bytes)
-                    .map_err(|e| Error::internal("decrypted backend token is not UTF-8", e))?;
-                let used = if i == 0 {
-                    KeyUsed::Current
-                } else {
-                    KeyUsed::Previous
-                };
+                let text =
+                    String::from_utf8(bytes).map_err(|e| Error::internal("decrypted backend token is not UTF-8", e))?;
+                let used = if i == 0 { KeyUsed::Current } else { KeyUsed::Previous };
                 return Ok((SecretString::from(text), used));
             }
         }
@@ -93,16 +89,8 @@ mod tests {
         assert_eq!(plain.expose_secret(), "bearer_token_322");
         assert_eq!(used, KeyUsed::Previous);
         let reencrypted = after.encrypt(plain.expose_secret());
-        assert_eq!(
-            after.decrypt_with_key_info(&reencrypted).unwrap().1,
-            KeyUsed::Current
-        );
-        assert!(
-            TokenCipher::new(&new, &[])
-                .unwrap()
-                .decrypt(&token)
-                .is_err()
-        );
+        assert_eq!(after.decrypt_with_key_info(&reencrypted).unwrap().1, KeyUsed::Current);
+        assert!(TokenCipher::new(&new, &[]).unwrap().decrypt(&token).is_err());
     }
 
     #[test]

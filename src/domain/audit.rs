@@ -21,6 +21,10 @@ pub enum Action {
     UserUpdate,
     UserDelete,
     PasswordReset,
+    LoginThrottled,
+    UserUnlock,
+    SessionRevoke,
+    TokensReencrypted,
 }
 
 impl Action {
@@ -36,6 +40,10 @@ impl Action {
             Self::UserUpdate => "user_update",
             Self::UserDelete => "user_delete",
             Self::PasswordReset => "password_reset",
+            Self::LoginThrottled => "login_throttled",
+            Self::UserUnlock => "user_unlock",
+            Self::SessionRevoke => "session_revoke",
+            Self::TokensReencrypted => "tokens_reencrypted",
         }
     }
 }
@@ -53,12 +61,7 @@ pub struct Event {
 
 impl Event {
     pub fn new(action: Action, user_id: Option<i32>) -> Self {
-        Self {
-            action,
-            user_id,
-            actor_id: user_id,
-            metadata: json!({}),
-        }
+        Self { action, user_id, actor_id: user_id, metadata: json!({}) }
     }
 
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
@@ -72,16 +75,8 @@ impl Event {
 /// Longest user agent kept.
 const USER_AGENT_MAX: usize = 512;
 
-pub async fn record(
-    conn: &mut DbConn,
-    event: Event,
-    client: &ClientInfo,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    let user_agent = client
-        .user_agent
-        .as_deref()
-        .map(|ua| ua.chars().take(USER_AGENT_MAX).collect::<String>());
+pub async fn record(conn: &mut DbConn, event: Event, client: &ClientInfo, now: DateTime<Utc>) -> Result<()> {
+    let user_agent = client.user_agent.as_deref().map(|ua| ua.chars().take(USER_AGENT_MAX).collect::<String>());
     let row = NewAuditRow {
         user_id: event.user_id,
         actor_id: event.actor_id,
@@ -96,14 +91,54 @@ pub async fn record(
 
 /// Records an event outside any transaction; a failure is logged, not returned, because the
 /// request it describes has already been decided.
-pub async fn record_best_effort(
-    conn: &mut DbConn,
-    event: Event,
-    client: &ClientInfo,
-    now: DateTime<Utc>,
-) {
+pub async fn record_best_effort(conn: &mut DbConn, event: Event, client: &ClientInfo, now: DateTime<Utc>) {
     let action = event.action.as_str();
     if let Err(e) = record(conn, event, client, now).await {
         tracing::error!(action, error = ?e, "failed to write audit row");
+    }
+}
+
+/// An audit row as admins read it.
+#[derive(Debug, Clone)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub user_id: Option<i32>,
+    pub actor_id: Option<i32>,
+    pub action: String,
+    pub ip_address: Option<String>,
+    pub user_agent: Option<String>,
+    pub metadata: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<crate::db::models::AuditRow> for AuditEntry {
+    fn from(r: crate::db::models::AuditRow) -> Self {
+        Self {
+            id: r.id,
+            user_id: r.user_id,
+            actor_id: r.actor_id,
+            action: r.action,
+            ip_address: r.ip_address,
+            user_agent: r.user_agent,
+            metadata: serde_json::from_str(&r.metadata).unwrap_or_else(|_| json!({})),
+            created_at: r.created_at.and_utc(),
+        }
+    }
+}
+
+impl super::App {
+    /// Admin: a page of audit rows, newest first, and the number of matches.
+    pub async fn list_audit(
+        &self,
+        actor: &super::types::Actor<'_>,
+        filter: &audit::AuditFilter,
+        limit: i64,
+        offset: i64,
+    ) -> crate::error::Result<(Vec<AuditEntry>, i64)> {
+        actor.require_admin()?;
+        let (limit, offset) = super::page(limit, offset)?;
+        let mut conn = self.db().get().await?;
+        let (rows, total) = audit::query(&mut conn, filter, limit, offset).await?;
+        Ok((rows.into_iter().map(AuditEntry::from).collect(), total))
     }
 }

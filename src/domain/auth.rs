@@ -6,9 +6,11 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::App;
 use super::audit::{self, Action, Event};
+use super::sessions::user_subject;
 use super::types::{ClientInfo, IssuedToken, LoginOutcome, Principal, UserView};
 use crate::crypto::jwt::Claims;
-use crate::db::models::{SessionRow, UserRow, sessions, users};
+use crate::db::models::audit as audit_rows;
+use crate::db::models::{SessionRow, UserRow, sessions, throttles, users};
 use crate::db::{DbConn, detached};
 use crate::error::{Error, Result};
 
@@ -17,7 +19,8 @@ const LOGIN_MAX: usize = 254;
 
 impl App {
     /// Checks the password and opens a session (seed 3.2.1). Unknown users and wrong passwords
-    /// fail identically, in message and in time.
+    /// fail identically, in message and in time. Limited per client address (all replicas) and
+    /// throttled per account and address after repeated failures.
     pub async fn login(
         &self,
         login: &str,
@@ -32,43 +35,44 @@ impl App {
         if password.expose_secret().is_empty() {
             return Err(Error::invalid("password", "is required"));
         }
+        self.check_login_rate(client.ip, now).await?;
+
         let mut conn = self.db().get().await?;
-        let found = if login.len() <= LOGIN_MAX {
-            users::find_by_login(&mut conn, login).await?
-        } else {
-            None
-        };
+        let found = if login.len() <= LOGIN_MAX { users::find_by_login(&mut conn, login).await? } else { None };
+        let known_id = found.as_ref().map(|(u, _)| u.id);
+        let subject = known_id.map_or_else(|| unknown_subject(login), user_subject);
+        let address = client_key(client);
+        if let Some(until) = throttles::locked_until(&mut conn, &subject, &address, now.naive_utc()).await? {
+            drop(conn);
+            self.record_login_failure(known_id, "throttled", client, now).await;
+            let wait = (until.and_utc() - now).to_std().unwrap_or_default();
+            return Err(Error::TooManyRequests {
+                message: "Too many failed sign-in attempts; try again later",
+                retry_after: wait,
+            });
+        }
         // Release the connection while bcrypt runs: hashing is the slow part of a login.
         drop(conn);
 
-        let known_id = found.as_ref().map(|(u, _)| u.id);
         let stored_hash = found.as_ref().map(|(u, _)| u.password_hash.as_str());
         let matched = self.hasher().verify(password, stored_hash).await?;
         let (user, backend) = match found {
             Some(found) if matched => found,
             _ => {
-                let reason = if known_id.is_some() {
-                    "bad_password"
-                } else {
-                    "unknown_user"
-                };
-                self.record_login_failure(known_id, reason, client, now)
-                    .await;
+                let reason = if known_id.is_some() { "bad_password" } else { "unknown_user" };
+                self.record_login_failure(known_id, reason, client, now).await;
+                self.count_failure(&subject, known_id, client, now).await;
                 return Err(Error::InvalidCredentials);
             }
         };
         if !user.is_active {
-            self.record_login_failure(Some(user.id), "inactive", client, now)
-                .await;
+            self.record_login_failure(Some(user.id), "inactive", client, now).await;
             return Err(Error::AccountInactive);
         }
 
         // Decrypt before committing the session, so a key problem fails the login cleanly.
         let backend_config = match &backend {
-            Some(b) => Some((
-                b.api_base_url.clone(),
-                self.cipher().decrypt(&b.bearer_token_encrypted)?,
-            )),
+            Some(b) => Some((b.api_base_url.clone(), self.cipher().decrypt(&b.bearer_token_encrypted)?)),
             None => None,
         };
 
@@ -85,29 +89,26 @@ impl App {
         let token = self.issue_token(&user, &session, now)?;
 
         let db = self.db().clone();
-        let (user_id, session_for_task, client_for_task) =
-            (user.id, session.clone(), client.clone());
+        let (user_id, session_for_task, client_for_task) = (user.id, session.clone(), client.clone());
         detached(async move {
             let mut conn = db.get().await?;
             conn.transaction(async |c: &mut DbConn| {
                 sessions::insert(c, &session_for_task).await?;
                 users::set_last_login(c, user_id, now.naive_utc()).await?;
-                let event = Event::new(Action::LoginSuccess, Some(user_id))
-                    .with("session_id", session_for_task.id.as_str());
+                throttles::clear(c, &user_subject(user_id), &client_key(&client_for_task)).await?;
+                let event =
+                    Event::new(Action::LoginSuccess, Some(user_id)).with("session_id", session_for_task.id.as_str());
                 audit::record(c, event, &client_for_task, now).await
             })
             .await
         })
         .await?;
-
         crate::metrics::login_attempt("success");
+        self.rehash_if_weak(&user, password);
+
         let mut user = user;
         user.last_login = Some(now.naive_utc());
-        Ok(LoginOutcome {
-            token,
-            user: UserView::from((&user, backend.as_ref())),
-            backend: backend_config,
-        })
+        Ok(LoginOutcome { token, user: UserView::from((&user, backend.as_ref())), backend: backend_config })
     }
 
     /// Resolves verified claims to a live session of an active user. Runs on every
@@ -124,11 +125,8 @@ impl App {
         if !user.is_active {
             return Err(Error::Unauthenticated("Account is inactive"));
         }
-        Ok(Principal {
-            user,
-            backend,
-            session,
-        })
+        self.inner.api_limiter.check(user.id)?;
+        Ok(Principal { user, backend, session })
     }
 
     /// Verifies a bearer token and resolves it to a principal.
@@ -139,31 +137,20 @@ impl App {
 
     /// Issues a new token for the session behind `token`, which may have expired within the
     /// refresh window (seed 3.2.2). The session's absolute lifetime still bounds it.
-    pub async fn refresh(
-        &self,
-        token: &str,
-        client: &ClientInfo,
-        now: DateTime<Utc>,
-    ) -> Result<IssuedToken> {
+    pub async fn refresh(&self, token: &str, client: &ClientInfo, now: DateTime<Utc>) -> Result<IssuedToken> {
         let window = self.session_policy().refresh_window.num_seconds();
         let claims = self.jwt().verify_allowing_expired(token, now, window)?;
         let principal = self.authenticate(&claims, now).await?;
         let issued = self.issue_token(&principal.user, &principal.session, now)?;
 
-        let (db, sid, user_id, client) = (
-            self.db().clone(),
-            principal.session.id,
-            principal.user.id,
-            client.clone(),
-        );
+        let (db, sid, user_id, client) = (self.db().clone(), principal.session.id, principal.user.id, client.clone());
         detached(async move {
             let mut conn = db.get().await?;
             conn.transaction(async |c: &mut DbConn| {
                 sessions::mark_refreshed(c, &sid, now.naive_utc()).await?;
                 audit::record(
                     c,
-                    Event::new(Action::TokenRefresh, Some(user_id))
-                        .with("session_id", sid.as_str()),
+                    Event::new(Action::TokenRefresh, Some(user_id)).with("session_id", sid.as_str()),
                     &client,
                     now,
                 )
@@ -190,8 +177,7 @@ impl App {
                 }
                 audit::record(
                     c,
-                    Event::new(Action::Logout, Some(user_id))
-                        .with("session_id", claims.sid.as_str()),
+                    Event::new(Action::Logout, Some(user_id)).with("session_id", claims.sid.as_str()),
                     &client,
                     now,
                 )
@@ -203,27 +189,11 @@ impl App {
     }
 
     /// Signs a token for `session`, never outliving it.
-    fn issue_token(
-        &self,
-        user: &UserRow,
-        session: &SessionRow,
-        now: DateTime<Utc>,
-    ) -> Result<IssuedToken> {
-        let expires_at =
-            (now + self.session_policy().token_lifetime).min(session.expires_at.and_utc());
-        let token = self.jwt().issue(
-            user.id,
-            &user.username,
-            &user.role,
-            &session.id,
-            now,
-            expires_at,
-        )?;
+    fn issue_token(&self, user: &UserRow, session: &SessionRow, now: DateTime<Utc>) -> Result<IssuedToken> {
+        let expires_at = (now + self.session_policy().token_lifetime).min(session.expires_at.and_utc());
+        let token = self.jwt().issue(user.id, &user.username, &user.role, &session.id, now, expires_at)?;
         let expires_in = i32::try_from((expires_at - now).num_seconds().max(0)).unwrap_or(i32::MAX);
-        Ok(IssuedToken {
-            access_token: SecretString::from(token),
-            expires_in,
-        })
+        Ok(IssuedToken { access_token: SecretString::from(token), expires_in })
     }
 
     async fn record_login_failure(
@@ -239,5 +209,84 @@ impl App {
         };
         let event = Event::new(Action::LoginFailed, user_id).with("reason", reason);
         audit::record_best_effort(&mut conn, event, client, now).await;
+        // Seed 9.3: more than 10 failed logins from one address in 5 minutes is an alert (once,
+        // when the count crosses the threshold).
+        if let Some(ip) = client.ip {
+            let since = (now - chrono::Duration::minutes(SUSPICIOUS_WINDOW_MINUTES)).naive_utc();
+            let count = audit_rows::count_failed_logins_from(&mut conn, &ip.to_string(), since).await;
+            if matches!(count, Ok(n) if n == SUSPICIOUS_FAILURES + 1) {
+                crate::metrics::suspicious_address();
+                tracing::warn!(%ip, failures = SUSPICIOUS_FAILURES + 1, window_minutes = SUSPICIOUS_WINDOW_MINUTES, "ALERT: many failed logins from one address");
+            }
+        }
     }
+
+    /// Counts a failure of `subject` from this address; at the threshold, starts a cool-down.
+    async fn count_failure(&self, subject: &str, user_id: Option<i32>, client: &ClientInfo, now: DateTime<Utc>) {
+        let policy = self.security();
+        let address = client_key(client);
+        let result: Result<()> = async {
+            let mut conn = self.db().get().await?;
+            let failures = throttles::record_failure(&mut conn, subject, &address, now.naive_utc()).await?;
+            if u32::try_from(failures).unwrap_or(0) >= policy.throttle_threshold {
+                let until = now + policy.throttle_cooldown;
+                throttles::lock(&mut conn, subject, &address, until.naive_utc(), now.naive_utc()).await?;
+                tracing::warn!(user_id, ip = %address, failures, cooldown_seconds = policy.throttle_cooldown.num_seconds(), "login throttled after repeated failures");
+                let event = Event::new(Action::LoginThrottled, user_id)
+                    .with("failures", failures)
+                    .with("until", until.to_rfc3339());
+                audit::record(&mut conn, event, client, now).await?;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::error!(error = ?e, "failed to record login throttling");
+        }
+    }
+
+    /// Re-hashes at the configured cost when the stored hash is weaker, after the reply (the
+    /// user already waited for one hash).
+    fn rehash_if_weak(&self, user: &UserRow, password: &SecretString) {
+        let weak =
+            crate::crypto::password::hash_cost(&user.password_hash).is_none_or(|cost| cost < self.hasher().cost());
+        if !weak {
+            return;
+        }
+        let (app, password, user_id, old_hash) = (self.clone(), password.clone(), user.id, user.password_hash.clone());
+        tokio::spawn(async move {
+            let result: Result<bool> = async {
+                let hash = app.hasher().hash(&password).await?;
+                let mut conn = app.db().get().await?;
+                // Only if nobody changed the password meanwhile.
+                users::replace_password_hash(&mut conn, user_id, &old_hash, &hash).await
+            }
+            .await;
+            match result {
+                Ok(true) => {
+                    tracing::info!(user_id, cost = app.hasher().cost(), "password re-hashed at the configured cost")
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(user_id, error = ?e, "password re-hash failed"),
+            }
+        });
+    }
+}
+
+/// Failed logins from one address within the window that raise the alert (seed 9.3).
+const SUSPICIOUS_FAILURES: i64 = 10;
+const SUSPICIOUS_WINDOW_MINUTES: i64 = 5;
+
+/// The throttling subject of a name that matches no account: a hash, so the table does not
+/// collect what people type (it may be a password typed into the wrong field).
+fn unknown_subject(login: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(login.to_lowercase().as_bytes());
+    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    format!("login:{hex}")
+}
+
+/// The address key of throttling state.
+fn client_key(client: &ClientInfo) -> String {
+    client.ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
 }

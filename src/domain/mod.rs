@@ -3,6 +3,9 @@
 
 pub mod audit;
 mod auth;
+mod limits;
+mod maintenance;
+pub mod sessions;
 pub mod types;
 mod users;
 pub mod validate;
@@ -28,10 +31,23 @@ pub struct SessionPolicy {
     pub session_lifetime: Duration,
 }
 
+/// Abuse limits (SPEC 5).
+#[derive(Debug, Clone, Copy)]
+pub struct SecurityPolicy {
+    /// Login attempts per minute per client address; 0 disables.
+    pub login_per_minute: u32,
+    /// Authenticated requests per minute per user; 0 disables.
+    pub api_per_minute: u32,
+    /// Consecutive failures of one account from one address before a cool-down.
+    pub throttle_threshold: u32,
+    pub throttle_cooldown: Duration,
+    pub allow_registration: bool,
+}
+
 /// Everything a request needs; shared by all transports. Cheap to clone.
 #[derive(Clone)]
 pub struct App {
-    inner: Arc<AppInner>,
+    pub(crate) inner: Arc<AppInner>,
 }
 
 pub struct AppInner {
@@ -40,6 +56,8 @@ pub struct AppInner {
     pub jwt: JwtKeys,
     pub cipher: TokenCipher,
     pub sessions: SessionPolicy,
+    pub security: SecurityPolicy,
+    pub(crate) api_limiter: limits::ApiLimiter,
 }
 
 impl App {
@@ -49,16 +67,14 @@ impl App {
         jwt: JwtKeys,
         cipher: TokenCipher,
         sessions: SessionPolicy,
+        security: SecurityPolicy,
     ) -> Self {
-        Self {
-            inner: Arc::new(AppInner {
-                db,
-                hasher,
-                jwt,
-                cipher,
-                sessions,
-            }),
-        }
+        let api_limiter = limits::ApiLimiter::new(security.api_per_minute);
+        Self { inner: Arc::new(AppInner { db, hasher, jwt, cipher, sessions, security, api_limiter }) }
+    }
+
+    pub fn security(&self) -> SecurityPolicy {
+        self.inner.security
     }
 
     pub fn db(&self) -> &DbPool {
@@ -80,4 +96,19 @@ impl App {
     pub fn session_policy(&self) -> SessionPolicy {
         self.inner.sessions
     }
+}
+
+pub const PAGE_DEFAULT: i64 = 50;
+pub const PAGE_MAX: i64 = 200;
+
+/// Validates `limit` (0 means the default) and `offset` of a listing.
+pub(crate) fn page(limit: i64, offset: i64) -> crate::error::Result<(i64, i64)> {
+    let limit = if limit == 0 { PAGE_DEFAULT } else { limit };
+    if !(1..=PAGE_MAX).contains(&limit) {
+        return Err(crate::error::Error::invalid("limit", "must be between 1 and 200"));
+    }
+    if offset < 0 {
+        return Err(crate::error::Error::invalid("offset", "must not be negative"));
+    }
+    Ok((limit, offset))
 }

@@ -32,11 +32,7 @@ impl Role {
     }
 
     pub fn from_db(value: &str) -> Self {
-        if value == "admin" {
-            Self::Admin
-        } else {
-            Self::User
-        }
+        if value == "admin" { Self::Admin } else { Self::User }
     }
 }
 
@@ -73,9 +69,7 @@ pub enum Actor<'a> {
 impl Actor<'_> {
     pub fn require_admin(&self) -> Result<()> {
         match self {
-            Self::User(p) if p.role() != Role::Admin => {
-                Err(Error::PermissionDenied("Admin privileges required"))
-            }
+            Self::User(p) if p.role() != Role::Admin => Err(Error::PermissionDenied("Admin privileges required")),
             _ => Ok(()),
         }
     }
@@ -147,9 +141,7 @@ pub struct BackendView {
 
 impl UserView {
     pub fn instagram_username(&self) -> &str {
-        self.backend
-            .as_ref()
-            .map_or("", |b| b.instagram_username.as_str())
+        self.backend.as_ref().map_or("", |b| b.instagram_username.as_str())
     }
 }
 

@@ -7,8 +7,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::App;
 use super::audit::{self, Action, Event};
 use super::types::{
-    Actor, BackendChange, BackendInput, BackendView, ClientInfo, NewUser, Principal, Role,
-    UserPatch, UserView,
+    Actor, BackendChange, BackendInput, BackendView, ClientInfo, NewUser, Principal, Role, UserPatch, UserView,
 };
 use crate::crypto::password;
 use crate::db::models::backends::{self, NewBackendRow};
@@ -16,9 +15,6 @@ use crate::db::models::users::{self, NewUserRow, UserChanges};
 use crate::db::models::{UserWithBackend, sessions};
 use crate::db::{DbConn, detached};
 use crate::error::{Error, Result};
-
-pub const LIST_DEFAULT: i64 = 50;
-pub const LIST_MAX: i64 = 200;
 
 /// What start-up admin bootstrap did.
 #[derive(Debug, PartialEq, Eq)]
@@ -43,16 +39,8 @@ impl App {
         actor.require_admin()?;
         password::check_policy("password", new.password.expose_secret())?;
         let hash = self.hasher().hash(&new.password).await?;
-        let encrypted = new
-            .backend
-            .as_ref()
-            .map(|b| self.cipher().encrypt(b.bearer_token.expose_secret()));
-        let (db, client, actor_id, via) = (
-            self.db().clone(),
-            client.clone(),
-            actor.user_id(),
-            system_via(actor),
-        );
+        let encrypted = new.backend.as_ref().map(|b| self.cipher().encrypt(b.bearer_token.expose_secret()));
+        let (db, client, actor_id, via) = (self.db().clone(), client.clone(), actor.user_id(), system_via(actor));
         detached(async move {
             let mut conn = db.get().await?;
             conn.transaction(async |c: &mut DbConn| {
@@ -70,9 +58,7 @@ impl App {
                 )
                 .await?;
                 let backend = match (&new.backend, &encrypted) {
-                    (Some(b), Some(enc)) => {
-                        Some(upsert_backend(c, user.id, b, enc, "", now).await?)
-                    }
+                    (Some(b), Some(enc)) => Some(upsert_backend(c, user.id, b, enc, "", now).await?),
                     _ => None,
                 };
                 let event = admin_event(Action::UserCreate, Some(user.id), actor_id, via)
@@ -84,6 +70,17 @@ impl App {
             .await
         })
         .await
+    }
+
+    /// Self-registration (ALLOW_REGISTRATION): a plain user without a backend, under the same
+    /// password policy and per-address rate limit as login.
+    pub async fn register(&self, new: NewUser, client: &ClientInfo, now: DateTime<Utc>) -> Result<UserView> {
+        if !self.security().allow_registration {
+            return Err(Error::PermissionDenied("Registration is disabled; ask an administrator for an account"));
+        }
+        self.check_login_rate(client.ip, now).await?;
+        let new = NewUser { role: Role::User, backend: None, ..new };
+        self.create_user(&Actor::System("register"), new, client, now).await
     }
 
     /// Creates the first admin from ADMIN_* settings unless that username exists.
@@ -101,22 +98,8 @@ impl App {
             return Ok(BootstrapOutcome::AlreadyExists);
         }
         drop(conn);
-        let new = NewUser {
-            username,
-            email,
-            password: password.clone(),
-            role: Role::Admin,
-            backend: None,
-        };
-        match self
-            .create_user(
-                &Actor::System("bootstrap"),
-                new,
-                &ClientInfo::default(),
-                now,
-            )
-            .await
-        {
+        let new = NewUser { username, email, password: password.clone(), role: Role::Admin, backend: None };
+        match self.create_user(&Actor::System("bootstrap"), new, &ClientInfo::default(), now).await {
             Ok(user) => Ok(BootstrapOutcome::Created(user.id)),
             // Another replica created it at the same moment.
             Err(Error::AlreadyExists { field: "username" }) => Ok(BootstrapOutcome::AlreadyExists),
@@ -133,18 +116,14 @@ impl App {
         now: DateTime<Utc>,
     ) -> Result<BackendView> {
         let encrypted = self.cipher().encrypt(input.bearer_token.expose_secret());
-        let keep_ig = principal
-            .backend
-            .as_ref()
-            .map(|b| b.instagram_username.clone())
-            .unwrap_or_default();
+        let keep_ig = principal.backend.as_ref().map(|b| b.instagram_username.clone()).unwrap_or_default();
         let (db, client, user_id) = (self.db().clone(), client.clone(), principal.user.id);
         detached(async move {
             let mut conn = db.get().await?;
             conn.transaction(async |c: &mut DbConn| {
                 let row = upsert_backend(c, user_id, &input, &encrypted, &keep_ig, now).await?;
-                let event = Event::new(Action::BackendUpdate, Some(user_id))
-                    .with("api_base_url", row.api_base_url.as_str());
+                let event =
+                    Event::new(Action::BackendUpdate, Some(user_id)).with("api_base_url", row.api_base_url.as_str());
                 audit::record(c, event, &client, now).await?;
                 Ok(BackendView::from(&row))
             })
@@ -166,37 +145,22 @@ impl App {
             return Err(Error::invalid("current_password", "is required"));
         }
         password::check_policy("new_password", new.expose_secret())?;
-        if !self
-            .hasher()
-            .verify(current, Some(&principal.user.password_hash))
-            .await?
-        {
+        if !self.hasher().verify(current, Some(&principal.user.password_hash)).await? {
             return Err(Error::invalid("current_password", "is incorrect"));
         }
         if current.expose_secret() == new.expose_secret() {
-            return Err(Error::invalid(
-                "new_password",
-                "must differ from the current password",
-            ));
+            return Err(Error::invalid("new_password", "must differ from the current password"));
         }
         let hash = self.hasher().hash(new).await?;
-        let (db, client, user_id, keep) = (
-            self.db().clone(),
-            client.clone(),
-            principal.user.id,
-            principal.session.id.clone(),
-        );
+        let (db, client, user_id, keep) =
+            (self.db().clone(), client.clone(), principal.user.id, principal.session.id.clone());
         detached(async move {
             let mut conn = db.get().await?;
             conn.transaction(async |c: &mut DbConn| {
-                let changes = UserChanges {
-                    password_hash: Some(hash),
-                    updated_at: Some(now.naive_utc()),
-                    ..Default::default()
-                };
+                let changes =
+                    UserChanges { password_hash: Some(hash), updated_at: Some(now.naive_utc()), ..Default::default() };
                 users::update(c, user_id, &changes).await?;
-                let ended =
-                    sessions::revoke_all_for_user(c, user_id, Some(&keep), now.naive_utc()).await?;
+                let ended = sessions::revoke_all_for_user(c, user_id, Some(&keep), now.naive_utc()).await?;
                 audit::record(
                     c,
                     Event::new(Action::PasswordChange, Some(user_id)).with("sessions_ended", ended),
@@ -211,20 +175,9 @@ impl App {
     }
 
     /// Admin: a page of users by id, and the total count.
-    pub async fn list_users(
-        &self,
-        actor: &Actor<'_>,
-        limit: i64,
-        offset: i64,
-    ) -> Result<(Vec<UserView>, i64)> {
+    pub async fn list_users(&self, actor: &Actor<'_>, limit: i64, offset: i64) -> Result<(Vec<UserView>, i64)> {
         actor.require_admin()?;
-        let limit = if limit == 0 { LIST_DEFAULT } else { limit };
-        if !(1..=LIST_MAX).contains(&limit) {
-            return Err(Error::invalid("limit", "must be between 1 and 200"));
-        }
-        if offset < 0 {
-            return Err(Error::invalid("offset", "must not be negative"));
-        }
+        let (limit, offset) = super::page(limit, offset)?;
         let mut conn = self.db().get().await?;
         let rows = users::list(&mut conn, limit, offset).await?;
         let total = users::count(&mut conn).await?;
@@ -235,21 +188,13 @@ impl App {
     pub async fn get_user(&self, actor: &Actor<'_>, id: i32) -> Result<UserView> {
         actor.require_admin()?;
         let mut conn = self.db().get().await?;
-        users::find(&mut conn, id)
-            .await?
-            .as_ref()
-            .map(view)
-            .ok_or(Error::NotFound("user"))
+        users::find(&mut conn, id).await?.as_ref().map(view).ok_or(Error::NotFound("user"))
     }
 
     /// Finds a user by username or email (CLI).
     pub async fn find_user(&self, login: &str) -> Result<UserView> {
         let mut conn = self.db().get().await?;
-        users::find_by_login(&mut conn, login)
-            .await?
-            .as_ref()
-            .map(view)
-            .ok_or(Error::NotFound("user"))
+        users::find_by_login(&mut conn, login).await?.as_ref().map(view).ok_or(Error::NotFound("user"))
     }
 
     /// Admin: edits email, role, active flag and backend. Deactivation ends every session.
@@ -264,40 +209,24 @@ impl App {
         actor.require_admin()?;
         let demotes = patch.role == Some(Role::User) || patch.is_active == Some(false);
         if demotes && actor.user_id() == Some(id) {
-            return Err(Error::FailedPrecondition(
-                "You cannot deactivate or demote your own account",
-            ));
+            return Err(Error::FailedPrecondition("You cannot deactivate or demote your own account"));
         }
         let encrypted = match &patch.backend {
             BackendChange::Set(b) => Some(self.cipher().encrypt(b.bearer_token.expose_secret())),
             _ => None,
         };
-        let (db, client, actor_id, via) = (
-            self.db().clone(),
-            client.clone(),
-            actor.user_id(),
-            system_via(actor),
-        );
+        let (db, client, actor_id, via) = (self.db().clone(), client.clone(), actor.user_id(), system_via(actor));
         detached(async move {
             let mut conn = db.get().await?;
             conn.transaction(async |c: &mut DbConn| {
                 let (before, _) = users::find(c, id).await?.ok_or(Error::NotFound("user"))?;
-                if demotes
-                    && before.role == "admin"
-                    && before.is_active
-                    && users::count_active_admins(c).await? <= 1
-                {
-                    return Err(Error::FailedPrecondition(
-                        "The last active admin cannot be deactivated or demoted",
-                    ));
+                if demotes && before.role == "admin" && before.is_active && users::count_active_admins(c).await? <= 1 {
+                    return Err(Error::FailedPrecondition("The last active admin cannot be deactivated or demoted"));
                 }
                 let mut changed: Vec<&str> = Vec::new();
                 let changes = UserChanges {
                     email: patch.email.clone().filter(|e| *e != before.email),
-                    role: patch
-                        .role
-                        .map(|r| r.as_str().to_owned())
-                        .filter(|r| *r != before.role),
+                    role: patch.role.map(|r| r.as_str().to_owned()).filter(|r| *r != before.role),
                     is_active: patch.is_active.filter(|a| *a != before.is_active),
                     password_hash: None,
                     updated_at: Some(now.naive_utc()),
@@ -313,10 +242,8 @@ impl App {
                 }
                 match (&patch.backend, &encrypted) {
                     (BackendChange::Set(b), Some(enc)) => {
-                        let keep_ig = backends::find_for_user(c, id)
-                            .await?
-                            .map(|b| b.instagram_username)
-                            .unwrap_or_default();
+                        let keep_ig =
+                            backends::find_for_user(c, id).await?.map(|b| b.instagram_username).unwrap_or_default();
                         upsert_backend(c, id, b, enc, &keep_ig, now).await?;
                         changed.push("backend");
                     }
@@ -334,11 +261,7 @@ impl App {
                     .with("fields", changed)
                     .with("sessions_ended", ended);
                 audit::record(c, event, &client, now).await?;
-                users::find(c, id)
-                    .await?
-                    .as_ref()
-                    .map(view)
-                    .ok_or(Error::NotFound("user"))
+                users::find(c, id).await?.as_ref().map(view).ok_or(Error::NotFound("user"))
             })
             .await
         })
@@ -346,40 +269,22 @@ impl App {
     }
 
     /// Admin: deletes a user; backend and sessions go with it, audit rows stay.
-    pub async fn delete_user(
-        &self,
-        actor: &Actor<'_>,
-        id: i32,
-        client: &ClientInfo,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
+    pub async fn delete_user(&self, actor: &Actor<'_>, id: i32, client: &ClientInfo, now: DateTime<Utc>) -> Result<()> {
         actor.require_admin()?;
         if actor.user_id() == Some(id) {
-            return Err(Error::FailedPrecondition(
-                "You cannot delete your own account",
-            ));
+            return Err(Error::FailedPrecondition("You cannot delete your own account"));
         }
-        let (db, client, actor_id, via) = (
-            self.db().clone(),
-            client.clone(),
-            actor.user_id(),
-            system_via(actor),
-        );
+        let (db, client, actor_id, via) = (self.db().clone(), client.clone(), actor.user_id(), system_via(actor));
         detached(async move {
             let mut conn = db.get().await?;
             conn.transaction(async |c: &mut DbConn| {
                 let (user, _) = users::find(c, id).await?.ok_or(Error::NotFound("user"))?;
-                if user.role == "admin"
-                    && user.is_active
-                    && users::count_active_admins(c).await? <= 1
-                {
-                    return Err(Error::FailedPrecondition(
-                        "The last active admin cannot be deleted",
-                    ));
+                if user.role == "admin" && user.is_active && users::count_active_admins(c).await? <= 1 {
+                    return Err(Error::FailedPrecondition("The last active admin cannot be deleted"));
                 }
                 // Written first, while the row it points to exists; the delete then sets it NULL.
-                let event = admin_event(Action::UserDelete, Some(id), actor_id, via)
-                    .with("username", user.username.as_str());
+                let event =
+                    admin_event(Action::UserDelete, Some(id), actor_id, via).with("username", user.username.as_str());
                 audit::record(c, event, &client, now).await?;
                 users::delete(c, id).await?;
                 Ok(())
@@ -401,26 +306,17 @@ impl App {
         actor.require_admin()?;
         password::check_policy("new_password", new.expose_secret())?;
         let hash = self.hasher().hash(new).await?;
-        let (db, client, actor_id, via) = (
-            self.db().clone(),
-            client.clone(),
-            actor.user_id(),
-            system_via(actor),
-        );
+        let (db, client, actor_id, via) = (self.db().clone(), client.clone(), actor.user_id(), system_via(actor));
         detached(async move {
             let mut conn = db.get().await?;
             conn.transaction(async |c: &mut DbConn| {
-                let changes = UserChanges {
-                    password_hash: Some(hash),
-                    updated_at: Some(now.naive_utc()),
-                    ..Default::default()
-                };
+                let changes =
+                    UserChanges { password_hash: Some(hash), updated_at: Some(now.naive_utc()), ..Default::default() };
                 if !users::update(c, id, &changes).await? {
                     return Err(Error::NotFound("user"));
                 }
                 let ended = sessions::revoke_all_for_user(c, id, None, now.naive_utc()).await?;
-                let event = admin_event(Action::PasswordReset, Some(id), actor_id, via)
-                    .with("sessions_ended", ended);
+                let event = admin_event(Action::PasswordReset, Some(id), actor_id, via).with("sessions_ended", ended);
                 audit::record(c, event, &client, now).await
             })
             .await
@@ -441,12 +337,7 @@ fn system_via(actor: &Actor<'_>) -> Option<&'static str> {
 }
 
 /// The event for an admin action, from values that can move into a detached task.
-fn admin_event(
-    action: Action,
-    user_id: Option<i32>,
-    actor_id: Option<i32>,
-    via: Option<&'static str>,
-) -> Event {
+fn admin_event(action: Action, user_id: Option<i32>, actor_id: Option<i32>, via: Option<&'static str>) -> Event {
     let mut event = Event::new(action, user_id);
     event.actor_id = actor_id;
     if let Some(via) = via {
@@ -463,10 +354,7 @@ async fn upsert_backend(
     keep_instagram: &str,
     now: DateTime<Utc>,
 ) -> Result<crate::db::models::BackendRow> {
-    let instagram = input
-        .instagram_username
-        .as_deref()
-        .unwrap_or(keep_instagram);
+    let instagram = input.instagram_username.as_deref().unwrap_or(keep_instagram);
     backends::upsert(
         c,
         &NewBackendRow {

@@ -17,14 +17,8 @@ pub fn username(value: &str) -> Result<String> {
     if !(USERNAME_MIN..=USERNAME_MAX).contains(&len) {
         return Err(Error::invalid("username", "must be 3 to 50 characters"));
     }
-    if !v
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-    {
-        return Err(Error::invalid(
-            "username",
-            "may contain only letters, digits, '_', '.' and '-'",
-        ));
+    if !v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+        return Err(Error::invalid("username", "may contain only letters, digits, '_', '.' and '-'"));
     }
     Ok(v.to_owned())
 }
@@ -38,20 +32,11 @@ pub fn email(value: &str) -> Result<String> {
     }
     let (local, domain) = v.split_once('@').ok_or_else(bad)?;
     let local_ok = !local.is_empty()
-        && local
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '%' | '+' | '-'));
+        && local.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '%' | '+' | '-'));
     let (host, tld) = domain.rsplit_once('.').ok_or_else(bad)?;
-    let host_ok = !host.is_empty()
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'));
+    let host_ok = !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'));
     let tld_ok = tld.len() >= 2 && tld.chars().all(|c| c.is_ascii_alphabetic());
-    if local_ok && host_ok && tld_ok {
-        Ok(v.to_owned())
-    } else {
-        Err(bad())
-    }
+    if local_ok && host_ok && tld_ok { Ok(v.to_owned()) } else { Err(bad()) }
 }
 
 /// An absolute http(s) URL with a host, no embedded credentials, at most 255 characters.
@@ -64,19 +49,12 @@ pub fn api_base_url(value: &str) -> Result<String> {
     if v.len() > URL_MAX {
         return Err(Error::invalid(field, "must be at most 255 characters"));
     }
-    let url = url::Url::parse(v)
-        .map_err(|_| Error::invalid(field, "must be an absolute http:// or https:// URL"))?;
+    let url = url::Url::parse(v).map_err(|_| Error::invalid(field, "must be an absolute http:// or https:// URL"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
-        return Err(Error::invalid(
-            field,
-            "must be an absolute http:// or https:// URL",
-        ));
+        return Err(Error::invalid(field, "must be an absolute http:// or https:// URL"));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(Error::invalid(
-            field,
-            "must not contain credentials; use bearer_token",
-        ));
+        return Err(Error::invalid(field, "must not contain credentials; use bearer_token"));
     }
     // Keep what the user wrote (the seed's UI appends paths to it); only whitespace is trimmed.
     Ok(v.to_owned())
@@ -100,19 +78,10 @@ pub fn bearer_token(value: &str) -> Result<()> {
 pub fn instagram_username(value: &str) -> Result<String> {
     let v = value.trim().trim_start_matches('@');
     if v.chars().count() > INSTAGRAM_MAX {
-        return Err(Error::invalid(
-            "instagram_username",
-            "must be at most 50 characters",
-        ));
+        return Err(Error::invalid("instagram_username", "must be at most 50 characters"));
     }
-    if !v
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_'))
-    {
-        return Err(Error::invalid(
-            "instagram_username",
-            "may contain only letters, digits, '.' and '_'",
-        ));
+    if !v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_')) {
+        return Err(Error::invalid("instagram_username", "may contain only letters, digits, '.' and '_'"));
     }
     Ok(v.to_owned())
 }
@@ -135,15 +104,7 @@ mod tests {
         for good in ["alice@example.com", "a.b+c@sub.example.org"] {
             assert!(email(good).is_ok(), "{good}");
         }
-        for bad in [
-            "",
-            "alice",
-            "alice@",
-            "@example.com",
-            "alice@example",
-            "alice@example.c",
-            "a b@x.com",
-        ] {
+        for bad in ["", "alice", "alice@", "@example.com", "alice@example", "alice@example.c", "a b@x.com"] {
             assert!(email(bad).is_err(), "{bad}");
         }
     }
@@ -152,14 +113,7 @@ mod tests {
     fn urls() {
         assert!(api_base_url("http://localhost:4291/api/v1").is_ok());
         assert!(api_base_url("https://backend.example.com").is_ok());
-        for bad in [
-            "",
-            "ftp://x.com",
-            "localhost:4291",
-            "http://",
-            "http://user:pw@x.com",
-            "javascript:alert(1)",
-        ] {
+        for bad in ["", "ftp://x.com", "localhost:4291", "http://", "http://user:pw@x.com", "javascript:alert(1)"] {
             assert!(api_base_url(bad).is_err(), "{bad}");
         }
     }

@@ -6,7 +6,9 @@ use secrecy::{ExposeSecret, SecretString};
 use tonic::{Request, Response, Status};
 
 use super::meta::{self, ClientIpPolicy};
+use super::status::hint_http_status;
 use crate::domain::App;
+use crate::domain::types::NewUser;
 use crate::pb;
 use crate::pb::auth_service_server::AuthService;
 
@@ -25,35 +27,24 @@ impl AuthApi {
 
 #[tonic::async_trait]
 impl AuthService for AuthApi {
-    async fn login(
-        &self,
-        request: Request<pb::LoginRequest>,
-    ) -> Result<Response<pb::LoginResponse>, Status> {
+    async fn login(&self, request: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
         let client = self.ips.client_info(&request);
         let body = request.into_inner();
         let password = SecretString::from(body.password);
-        let outcome = self
-            .app
-            .login(&body.username, &password, &client, Utc::now())
-            .await?;
+        let outcome = self.app.login(&body.username, &password, &client, Utc::now()).await?;
         Ok(Response::new(pb::LoginResponse {
             access_token: outcome.token.access_token.expose_secret().to_owned(),
             token_type: TOKEN_TYPE.to_owned(),
             expires_in: outcome.token.expires_in,
             user: Some(pb::UserInfo::from(&outcome.user)),
-            backend_config: outcome
-                .backend
-                .map(|(api_base_url, token)| pb::BackendConfig {
-                    api_base_url,
-                    bearer_token: token.expose_secret().to_owned(),
-                }),
+            backend_config: outcome.backend.map(|(api_base_url, token)| pb::BackendConfig {
+                api_base_url,
+                bearer_token: token.expose_secret().to_owned(),
+            }),
         }))
     }
 
-    async fn refresh(
-        &self,
-        request: Request<pb::RefreshRequest>,
-    ) -> Result<Response<pb::RefreshResponse>, Status> {
+    async fn refresh(&self, request: Request<pb::RefreshRequest>) -> Result<Response<pb::RefreshResponse>, Status> {
         let client = self.ips.client_info(&request);
         let token = meta::bearer_token(request.metadata())?;
         let issued = self.app.refresh(token, &client, Utc::now()).await?;
@@ -64,15 +55,19 @@ impl AuthService for AuthApi {
         }))
     }
 
-    async fn logout(
-        &self,
-        request: Request<pb::LogoutRequest>,
-    ) -> Result<Response<pb::LogoutResponse>, Status> {
+    async fn logout(&self, request: Request<pb::LogoutRequest>) -> Result<Response<pb::LogoutResponse>, Status> {
         let client = self.ips.client_info(&request);
         let token = meta::bearer_token(request.metadata())?;
         self.app.logout(token, &client, Utc::now()).await?;
-        Ok(Response::new(pb::LogoutResponse {
-            message: "Successfully logged out".to_owned(),
-        }))
+        Ok(Response::new(pb::LogoutResponse { message: "Successfully logged out".to_owned() }))
+    }
+
+    async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::User>, Status> {
+        let client = self.ips.client_info(&request);
+        let new = NewUser::try_from(request.into_inner())?;
+        let user = self.app.register(new, &client, Utc::now()).await?;
+        let mut response = Response::new(pb::User::from(&user));
+        hint_http_status(&mut response, 201);
+        Ok(response)
     }
 }

@@ -4,18 +4,16 @@
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 
-use crate::domain::types::{
-    BackendChange, BackendInput, BackendView, NewUser, Role, UserPatch, UserView,
-};
+use crate::db::models::audit::AuditFilter;
+use crate::domain::audit::AuditEntry;
+use crate::domain::sessions::SessionView;
+use crate::domain::types::{BackendChange, BackendInput, BackendView, NewUser, Role, UserPatch, UserView};
 use crate::domain::validate;
 use crate::error::{Error, Result};
 use crate::pb;
 
 pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
-    }
+    prost_types::Timestamp { seconds: t.timestamp(), nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0) }
 }
 
 impl From<&UserView> for pb::User {
@@ -68,21 +66,11 @@ impl From<&BackendView> for pb::BackendConfigSummary {
 }
 
 /// A backend from its three request fields; `instagram_username` may be absent.
-fn backend_input(
-    api_base_url: &str,
-    bearer_token: String,
-    instagram_username: Option<&str>,
-) -> Result<BackendInput> {
+fn backend_input(api_base_url: &str, bearer_token: String, instagram_username: Option<&str>) -> Result<BackendInput> {
     let api_base_url = validate::api_base_url(api_base_url)?;
     validate::bearer_token(&bearer_token)?;
-    let instagram_username = instagram_username
-        .map(validate::instagram_username)
-        .transpose()?;
-    Ok(BackendInput {
-        api_base_url,
-        bearer_token: SecretString::from(bearer_token),
-        instagram_username,
-    })
+    let instagram_username = instagram_username.map(validate::instagram_username).transpose()?;
+    Ok(BackendInput { api_base_url, bearer_token: SecretString::from(bearer_token), instagram_username })
 }
 
 impl TryFrom<pb::CreateUserRequest> for NewUser {
@@ -94,50 +82,114 @@ impl TryFrom<pb::CreateUserRequest> for NewUser {
         if r.password.is_empty() {
             return Err(Error::invalid("password", "is required"));
         }
-        let role = if r.role.trim().is_empty() {
-            Role::User
-        } else {
-            Role::parse("role", &r.role)?
-        };
+        let role = if r.role.trim().is_empty() { Role::User } else { Role::parse("role", &r.role)? };
         let backend = match (r.api_base_url.trim().is_empty(), r.bearer_token.is_empty()) {
             (true, true) if r.instagram_username.trim().is_empty() => None,
             (true, _) => {
-                return Err(Error::invalid(
-                    "api_base_url",
-                    "is required when a backend is given",
-                ));
+                return Err(Error::invalid("api_base_url", "is required when a backend is given"));
             }
             (false, true) => {
-                return Err(Error::invalid(
-                    "bearer_token",
-                    "is required when api_base_url is given",
-                ));
+                return Err(Error::invalid("bearer_token", "is required when api_base_url is given"));
             }
-            (false, false) => Some(backend_input(
-                &r.api_base_url,
-                r.bearer_token,
-                Some(&r.instagram_username),
-            )?),
+            (false, false) => Some(backend_input(&r.api_base_url, r.bearer_token, Some(&r.instagram_username))?),
         };
-        Ok(Self {
-            username,
-            email,
-            password: SecretString::from(r.password),
-            role,
-            backend,
-        })
+        Ok(Self { username, email, password: SecretString::from(r.password), role, backend })
     }
+}
+
+impl TryFrom<pb::RegisterRequest> for NewUser {
+    type Error = Error;
+
+    fn try_from(r: pb::RegisterRequest) -> Result<Self> {
+        let username = validate::username(&r.username)?;
+        let email = validate::email(&r.email)?;
+        if r.password.is_empty() {
+            return Err(Error::invalid("password", "is required"));
+        }
+        Ok(Self { username, email, password: SecretString::from(r.password), role: Role::User, backend: None })
+    }
+}
+
+impl From<&SessionView> for pb::Session {
+    fn from(s: &SessionView) -> Self {
+        Self {
+            id: s.id.clone(),
+            created_at: Some(timestamp(s.created_at)),
+            refreshed_at: Some(timestamp(s.refreshed_at)),
+            expires_at: Some(timestamp(s.expires_at)),
+            ip_address: s.ip_address.clone().unwrap_or_default(),
+            user_agent: s.user_agent.clone().unwrap_or_default(),
+            current: s.current,
+        }
+    }
+}
+
+impl From<AuditEntry> for pb::AuditLog {
+    fn from(e: AuditEntry) -> Self {
+        Self {
+            id: e.id,
+            user_id: e.user_id.unwrap_or(0),
+            actor_id: e.actor_id.unwrap_or(0),
+            action: e.action,
+            ip_address: e.ip_address.unwrap_or_default(),
+            user_agent: e.user_agent.unwrap_or_default(),
+            metadata: match json_value(e.metadata).kind {
+                Some(prost_types::value::Kind::StructValue(s)) => Some(s),
+                _ => None,
+            },
+            created_at: Some(timestamp(e.created_at)),
+        }
+    }
+}
+
+/// serde_json -> google.protobuf.Value (Envoy prints it back as the same JSON).
+fn json_value(v: serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s),
+        serde_json::Value::Array(items) => {
+            Kind::ListValue(prost_types::ListValue { values: items.into_iter().map(json_value).collect() })
+        }
+        serde_json::Value::Object(map) => Kind::StructValue(prost_types::Struct {
+            fields: map.into_iter().map(|(k, v)| (k, json_value(v))).collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+/// The audit filter from a request; zero/empty fields match anything.
+pub fn audit_filter(r: &pb::ListAuditLogsRequest) -> Result<AuditFilter> {
+    let time = |field: &'static str, t: Option<prost_types::Timestamp>| -> Result<Option<chrono::NaiveDateTime>> {
+        t.map(|t| {
+            DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
+                .map(|d| d.naive_utc())
+                .ok_or_else(|| Error::invalid(field, "is not a valid time"))
+        })
+        .transpose()
+    };
+    if r.user_id < 0 {
+        return Err(Error::invalid("user_id", "must not be negative"));
+    }
+    let action = r.action.trim();
+    if action.len() > 50 {
+        return Err(Error::invalid("action", "must be at most 50 characters"));
+    }
+    Ok(AuditFilter {
+        user_id: (r.user_id > 0).then_some(r.user_id),
+        action: (!action.is_empty()).then(|| action.to_owned()),
+        since: time("since", r.since)?,
+        until: time("until", r.until)?,
+    })
 }
 
 impl TryFrom<pb::UpdateMyBackendRequest> for BackendInput {
     type Error = Error;
 
     fn try_from(r: pb::UpdateMyBackendRequest) -> Result<Self> {
-        backend_input(
-            &r.api_base_url,
-            r.bearer_token,
-            r.instagram_username.as_deref(),
-        )
+        backend_input(&r.api_base_url, r.bearer_token, r.instagram_username.as_deref())
     }
 }
 
@@ -147,26 +199,17 @@ impl TryFrom<pb::UpdateUserRequest> for UserPatch {
     fn try_from(r: pb::UpdateUserRequest) -> Result<Self> {
         let backend = match (r.backend, r.remove_backend) {
             (Some(_), true) => {
-                return Err(Error::invalid(
-                    "remove_backend",
-                    "cannot be combined with backend",
-                ));
+                return Err(Error::invalid("remove_backend", "cannot be combined with backend"));
             }
-            (Some(b), false) => BackendChange::Set(backend_input(
-                &b.api_base_url,
-                b.bearer_token,
-                Some(&b.instagram_username),
-            )?),
+            (Some(b), false) => {
+                BackendChange::Set(backend_input(&b.api_base_url, b.bearer_token, Some(&b.instagram_username))?)
+            }
             (None, true) => BackendChange::Remove,
             (None, false) => BackendChange::Keep,
         };
         Ok(Self {
             email: r.email.as_deref().map(validate::email).transpose()?,
-            role: r
-                .role
-                .as_deref()
-                .map(|v| Role::parse("role", v))
-                .transpose()?,
+            role: r.role.as_deref().map(|v| Role::parse("role", v)).transpose()?,
             is_active: r.is_active,
             backend,
         })
@@ -175,9 +218,5 @@ impl TryFrom<pb::UpdateUserRequest> for UserPatch {
 
 /// A positive user id from a request.
 pub fn user_id(id: i32) -> Result<i32> {
-    if id > 0 {
-        Ok(id)
-    } else {
-        Err(Error::invalid("id", "must be a positive user id"))
-    }
+    if id > 0 { Ok(id) } else { Err(Error::invalid("id", "must be a positive user id")) }
 }

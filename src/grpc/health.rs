@@ -22,19 +22,11 @@ impl HealthApi {
 
 #[tonic::async_trait]
 impl HealthService for HealthApi {
-    async fn check(
-        &self,
-        _request: Request<pb::CheckRequest>,
-    ) -> Result<Response<pb::CheckResponse>, Status> {
+    async fn check(&self, _request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
         let connected = self.app.db().ping().await;
         let mut response = Response::new(pb::CheckResponse {
             status: if connected { "healthy" } else { "unhealthy" }.to_owned(),
-            database: if connected {
-                "connected"
-            } else {
-                "disconnected"
-            }
-            .to_owned(),
+            database: if connected { "connected" } else { "disconnected" }.to_owned(),
             timestamp: Some(timestamp(Utc::now())),
         });
         if !connected {

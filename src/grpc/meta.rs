@@ -16,10 +16,7 @@ pub fn bearer_token(metadata: &MetadataMap) -> Result<&str> {
         .ok_or(Error::Unauthenticated("Not authenticated"))?
         .to_str()
         .map_err(|_| Error::Unauthenticated("Invalid authorization header"))?;
-    let (scheme, token) = value
-        .trim()
-        .split_once(' ')
-        .ok_or(Error::Unauthenticated("Invalid authorization header"))?;
+    let (scheme, token) = value.trim().split_once(' ').ok_or(Error::Unauthenticated("Invalid authorization header"))?;
     if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
         return Err(Error::Unauthenticated("Invalid authorization header"));
     }
@@ -42,11 +39,7 @@ impl ClientIpPolicy {
     /// were written by the client and prove nothing.
     pub fn client_ip(&self, peer: Option<SocketAddr>, metadata: &MetadataMap) -> Option<IpAddr> {
         let peer_ip = peer.map(|p| canonical(p.ip()))?;
-        if !self
-            .trusted_proxies
-            .iter()
-            .any(|net| net.contains(&peer_ip))
-        {
+        if !self.trusted_proxies.iter().any(|net| net.contains(&peer_ip)) {
             return Some(peer_ip);
         }
         let forwarded = metadata
@@ -60,15 +53,8 @@ impl ClientIpPolicy {
     }
 
     pub fn client_info<T>(&self, request: &tonic::Request<T>) -> ClientInfo {
-        let user_agent = request
-            .metadata()
-            .get("user-agent")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        ClientInfo {
-            ip: self.client_ip(request.remote_addr(), request.metadata()),
-            user_agent,
-        }
+        let user_agent = request.metadata().get("user-agent").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        ClientInfo { ip: self.client_ip(request.remote_addr(), request.metadata()), user_agent }
     }
 }
 
@@ -96,20 +82,11 @@ mod tests {
         let proxy: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let direct: SocketAddr = "10.0.0.9:5000".parse().unwrap();
         // Through the proxy: the address it appended (rightmost), not what the client claimed.
-        assert_eq!(
-            policy.client_ip(Some(proxy), &md("6.6.6.6, 10.1.1.1")),
-            Some("10.1.1.1".parse().unwrap())
-        );
+        assert_eq!(policy.client_ip(Some(proxy), &md("6.6.6.6, 10.1.1.1")), Some("10.1.1.1".parse().unwrap()));
         // A direct client cannot choose its address.
-        assert_eq!(
-            policy.client_ip(Some(direct), &md("6.6.6.6")),
-            Some("10.0.0.9".parse().unwrap())
-        );
+        assert_eq!(policy.client_ip(Some(direct), &md("6.6.6.6")), Some("10.0.0.9".parse().unwrap()));
         // Proxy without the header: the proxy's own address.
-        assert_eq!(
-            policy.client_ip(Some(proxy), &MetadataMap::new()),
-            Some("127.0.0.1".parse().unwrap())
-        );
+        assert_eq!(policy.client_ip(Some(proxy), &MetadataMap::new()), Some("127.0.0.1".parse().unwrap()));
     }
 
     #[test]

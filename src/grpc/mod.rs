@@ -1,6 +1,7 @@
 //! Transport: the tonic services. Each file adapts one proto service to the domain; nothing
 //! here decides policy.
 
+pub mod audit;
 pub mod auth;
 pub mod convert;
 pub mod health;
@@ -34,8 +35,7 @@ impl AuthInterceptor {
 
 impl Interceptor for AuthInterceptor {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let claims = meta::bearer_token(request.metadata())
-            .and_then(|t| self.app.jwt().verify(t, Utc::now()))?;
+        let claims = meta::bearer_token(request.metadata()).and_then(|t| self.app.jwt().verify(t, Utc::now()))?;
         request.extensions_mut().insert(claims);
         Ok(request)
     }
@@ -43,9 +43,6 @@ impl Interceptor for AuthInterceptor {
 
 /// The live principal behind a request that passed [`AuthInterceptor`].
 pub async fn principal<T>(app: &App, request: &Request<T>) -> Result<Principal, Status> {
-    let claims = request
-        .extensions()
-        .get::<Claims>()
-        .ok_or(Error::Unauthenticated("Not authenticated"))?;
+    let claims = request.extensions().get::<Claims>().ok_or(Error::Unauthenticated("Not authenticated"))?;
     Ok(app.authenticate(claims, Utc::now()).await?)
 }

@@ -14,12 +14,8 @@ impl From<Error> for Status {
         let message = e.to_string();
         match e {
             Error::InvalidArgument { .. } => Status::invalid_argument(message),
-            Error::InvalidCredentials | Error::Unauthenticated(_) => {
-                Status::unauthenticated(message)
-            }
-            Error::AccountInactive | Error::PermissionDenied(_) => {
-                Status::permission_denied(message)
-            }
+            Error::InvalidCredentials | Error::Unauthenticated(_) => Status::unauthenticated(message),
+            Error::AccountInactive | Error::PermissionDenied(_) => Status::permission_denied(message),
             Error::NotFound(what) => Status::not_found(capitalize(&format!("{what} not found"))),
             Error::AlreadyExists { field } => {
                 Status::already_exists(format!("A user with this {field} already exists"))
@@ -28,13 +24,8 @@ impl From<Error> for Status {
             Error::TooManyRequests { retry_after, .. } => {
                 with_retry_after(Status::resource_exhausted(message), retry_after)
             }
-            Error::Overloaded { retry_after, .. } => {
-                with_retry_after(Status::unavailable(message), retry_after)
-            }
-            Error::Unavailable(_) => with_retry_after(
-                Status::unavailable(message),
-                std::time::Duration::from_secs(1),
-            ),
+            Error::Overloaded { retry_after, .. } => with_retry_after(Status::unavailable(message), retry_after),
+            Error::Unavailable(_) => with_retry_after(Status::unavailable(message), std::time::Duration::from_secs(1)),
             Error::Internal(cause) => {
                 // The cause can name tables or files: it goes to the log, never to the client.
                 tracing::error!(error = format!("{cause:#}"), "internal error");
@@ -54,10 +45,7 @@ fn with_retry_after(mut status: Status, after: std::time::Duration) -> Status {
 
 fn capitalize(s: &str) -> String {
     let mut chars = s.chars();
-    chars
-        .next()
-        .map(|c| c.to_uppercase().chain(chars).collect())
-        .unwrap_or_default()
+    chars.next().map(|c| c.to_uppercase().chain(chars).collect()).unwrap_or_default()
 }
 
 /// Asks Envoy to answer with `code` instead of 200.

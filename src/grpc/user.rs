@@ -26,34 +26,23 @@ impl UserApi {
 }
 
 fn message(text: &str) -> Response<pb::MessageResponse> {
-    Response::new(pb::MessageResponse {
-        message: text.to_owned(),
-    })
+    Response::new(pb::MessageResponse { message: text.to_owned() })
 }
 
 #[tonic::async_trait]
 impl UserService for UserApi {
-    async fn create_user(
-        &self,
-        request: Request<pb::CreateUserRequest>,
-    ) -> Result<Response<pb::User>, Status> {
+    async fn create_user(&self, request: Request<pb::CreateUserRequest>) -> Result<Response<pb::User>, Status> {
         let me = principal(&self.app, &request).await?;
         Actor::User(&me).require_admin()?;
         let client = self.ips.client_info(&request);
         let new = NewUser::try_from(request.into_inner())?;
-        let user = self
-            .app
-            .create_user(&Actor::User(&me), new, &client, Utc::now())
-            .await?;
+        let user = self.app.create_user(&Actor::User(&me), new, &client, Utc::now()).await?;
         let mut response = Response::new(pb::User::from(&user));
         hint_http_status(&mut response, 201);
         Ok(response)
     }
 
-    async fn get_me(
-        &self,
-        request: Request<pb::GetMeRequest>,
-    ) -> Result<Response<pb::User>, Status> {
+    async fn get_me(&self, request: Request<pb::GetMeRequest>) -> Result<Response<pb::User>, Status> {
         let me = principal(&self.app, &request).await?;
         Ok(Response::new(pb::User::from(&self.app.me(&me))))
     }
@@ -65,10 +54,7 @@ impl UserService for UserApi {
         let me = principal(&self.app, &request).await?;
         let client = self.ips.client_info(&request);
         let input = BackendInput::try_from(request.into_inner())?;
-        let backend = self
-            .app
-            .update_my_backend(&me, input, &client, Utc::now())
-            .await?;
+        let backend = self.app.update_my_backend(&me, input, &client, Utc::now()).await?;
         Ok(Response::new(pb::UpdateMyBackendResponse {
             message: "Backend configuration updated successfully".to_owned(),
             backend_config: Some(pb::BackendConfigSummary::from(&backend)),
@@ -82,13 +68,8 @@ impl UserService for UserApi {
         let me = principal(&self.app, &request).await?;
         let client = self.ips.client_info(&request);
         let body = request.into_inner();
-        let (current, new) = (
-            SecretString::from(body.current_password),
-            SecretString::from(body.new_password),
-        );
-        self.app
-            .change_my_password(&me, &current, &new, &client, Utc::now())
-            .await?;
+        let (current, new) = (SecretString::from(body.current_password), SecretString::from(body.new_password));
+        self.app.change_my_password(&me, &current, &new, &client, Utc::now()).await?;
         Ok(message("Password updated successfully"))
     }
 
@@ -98,24 +79,15 @@ impl UserService for UserApi {
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
         let me = principal(&self.app, &request).await?;
         let body = request.into_inner();
-        let (users, total) = self
-            .app
-            .list_users(
-                &Actor::User(&me),
-                i64::from(body.limit),
-                i64::from(body.offset),
-            )
-            .await?;
+        let (users, total) =
+            self.app.list_users(&Actor::User(&me), i64::from(body.limit), i64::from(body.offset)).await?;
         Ok(Response::new(pb::ListUsersResponse {
             users: users.iter().map(pb::User::from).collect(),
             total: i32::try_from(total).unwrap_or(i32::MAX),
         }))
     }
 
-    async fn get_user(
-        &self,
-        request: Request<pb::GetUserRequest>,
-    ) -> Result<Response<pb::User>, Status> {
+    async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::User>, Status> {
         let me = principal(&self.app, &request).await?;
         Actor::User(&me).require_admin()?;
         let id = user_id(request.get_ref().id)?;
@@ -123,20 +95,14 @@ impl UserService for UserApi {
         Ok(Response::new(pb::User::from(&user)))
     }
 
-    async fn update_user(
-        &self,
-        request: Request<pb::UpdateUserRequest>,
-    ) -> Result<Response<pb::User>, Status> {
+    async fn update_user(&self, request: Request<pb::UpdateUserRequest>) -> Result<Response<pb::User>, Status> {
         let me = principal(&self.app, &request).await?;
         Actor::User(&me).require_admin()?;
         let client = self.ips.client_info(&request);
         let body = request.into_inner();
         let id = user_id(body.id)?;
         let patch = UserPatch::try_from(body)?;
-        let user = self
-            .app
-            .update_user(&Actor::User(&me), id, patch, &client, Utc::now())
-            .await?;
+        let user = self.app.update_user(&Actor::User(&me), id, patch, &client, Utc::now()).await?;
         Ok(Response::new(pb::User::from(&user)))
     }
 
@@ -148,9 +114,7 @@ impl UserService for UserApi {
         Actor::User(&me).require_admin()?;
         let client = self.ips.client_info(&request);
         let id = user_id(request.get_ref().id)?;
-        self.app
-            .delete_user(&Actor::User(&me), id, &client, Utc::now())
-            .await?;
+        self.app.delete_user(&Actor::User(&me), id, &client, Utc::now()).await?;
         Ok(message("User deleted successfully"))
     }
 
@@ -164,9 +128,53 @@ impl UserService for UserApi {
         let body = request.into_inner();
         let id = user_id(body.id)?;
         let new = SecretString::from(body.new_password);
-        self.app
-            .reset_password(&Actor::User(&me), id, &new, &client, Utc::now())
-            .await?;
+        self.app.reset_password(&Actor::User(&me), id, &new, &client, Utc::now()).await?;
         Ok(message("Password reset successfully"))
+    }
+
+    async fn list_my_sessions(
+        &self,
+        request: Request<pb::ListMySessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let me = principal(&self.app, &request).await?;
+        let sessions = self.app.list_my_sessions(&me, Utc::now()).await?;
+        Ok(Response::new(pb::ListSessionsResponse { sessions: sessions.iter().map(pb::Session::from).collect() }))
+    }
+
+    async fn revoke_my_session(
+        &self,
+        request: Request<pb::RevokeMySessionRequest>,
+    ) -> Result<Response<pb::MessageResponse>, Status> {
+        let me = principal(&self.app, &request).await?;
+        let client = self.ips.client_info(&request);
+        self.app.revoke_my_session(&me, &request.get_ref().session_id, &client, Utc::now()).await?;
+        Ok(message("Session revoked"))
+    }
+
+    async fn revoke_user_sessions(
+        &self,
+        request: Request<pb::RevokeUserSessionsRequest>,
+    ) -> Result<Response<pb::RevokeSessionsResponse>, Status> {
+        let me = principal(&self.app, &request).await?;
+        Actor::User(&me).require_admin()?;
+        let client = self.ips.client_info(&request);
+        let id = user_id(request.get_ref().id)?;
+        let revoked = self.app.revoke_user_sessions(&Actor::User(&me), id, &client, Utc::now()).await?;
+        Ok(Response::new(pb::RevokeSessionsResponse {
+            message: "Sessions revoked".to_owned(),
+            revoked: i32::try_from(revoked).unwrap_or(i32::MAX),
+        }))
+    }
+
+    async fn unlock_user(
+        &self,
+        request: Request<pb::UnlockUserRequest>,
+    ) -> Result<Response<pb::MessageResponse>, Status> {
+        let me = principal(&self.app, &request).await?;
+        Actor::User(&me).require_admin()?;
+        let client = self.ips.client_info(&request);
+        let id = user_id(request.get_ref().id)?;
+        self.app.unlock_user(&Actor::User(&me), id, &client, Utc::now()).await?;
+        Ok(message("Login throttling cleared"))
     }
 }

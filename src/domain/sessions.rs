@@ -1,0 +1,134 @@
+//! Session management beyond login/logout: my sessions (list, revoke one), an admin ending
+//! all sessions of a user, and an admin clearing a user's login throttling.
+
+use chrono::{DateTime, Utc};
+
+use super::App;
+use super::audit::{self, Action, Event};
+use super::types::{Actor, ClientInfo, Principal, utc};
+use crate::db::models::{SessionRow, sessions, throttles, users};
+use crate::db::{DbConn, detached};
+use crate::error::{Error, Result};
+
+/// A session as its owner sees it.
+#[derive(Debug, Clone)]
+pub struct SessionView {
+    pub id: String,
+    pub created_at: DateTime<Utc>,
+    pub refreshed_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub ip_address: Option<String>,
+    pub user_agent: Option<String>,
+    /// The session of the calling token.
+    pub current: bool,
+}
+
+impl SessionView {
+    fn new(row: SessionRow, current_id: &str) -> Self {
+        Self {
+            current: row.id == current_id,
+            id: row.id,
+            created_at: utc(row.created_at),
+            refreshed_at: utc(row.refreshed_at),
+            expires_at: utc(row.expires_at),
+            ip_address: row.ip_address,
+            user_agent: row.user_agent,
+        }
+    }
+}
+
+/// The throttling subject of an account.
+pub(super) fn user_subject(user_id: i32) -> String {
+    format!("user:{user_id}")
+}
+
+impl App {
+    pub async fn list_my_sessions(&self, principal: &Principal, now: DateTime<Utc>) -> Result<Vec<SessionView>> {
+        let mut conn = self.db().get().await?;
+        let rows = sessions::list_live_for_user(&mut conn, principal.user.id, now.naive_utc()).await?;
+        Ok(rows.into_iter().map(|row| SessionView::new(row, &principal.session.id)).collect())
+    }
+
+    /// Ends one of the caller's own sessions.
+    pub async fn revoke_my_session(
+        &self,
+        principal: &Principal,
+        session_id: &str,
+        client: &ClientInfo,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let session_id = session_id.trim();
+        if session_id.is_empty() {
+            return Err(Error::invalid("session_id", "is required"));
+        }
+        let (db, client, user_id, sid) = (self.db().clone(), client.clone(), principal.user.id, session_id.to_owned());
+        detached(async move {
+            let mut conn = db.get().await?;
+            conn.transaction(async |c: &mut DbConn| {
+                if !sessions::revoke_owned(c, &sid, user_id, now.naive_utc()).await? {
+                    return Err(Error::NotFound("session"));
+                }
+                audit::record(
+                    c,
+                    Event::new(Action::SessionRevoke, Some(user_id)).with("session_id", sid.as_str()),
+                    &client,
+                    now,
+                )
+                .await
+            })
+            .await
+        })
+        .await
+    }
+
+    /// Admin: ends every session of a user; returns how many were live.
+    pub async fn revoke_user_sessions(
+        &self,
+        actor: &Actor<'_>,
+        user_id: i32,
+        client: &ClientInfo,
+        now: DateTime<Utc>,
+    ) -> Result<usize> {
+        actor.require_admin()?;
+        let (db, client, actor_id) = (self.db().clone(), client.clone(), actor.user_id());
+        detached(async move {
+            let mut conn = db.get().await?;
+            conn.transaction(async |c: &mut DbConn| {
+                users::find(c, user_id).await?.ok_or(Error::NotFound("user"))?;
+                let ended = sessions::revoke_all_for_user(c, user_id, None, now.naive_utc()).await?;
+                let mut event =
+                    Event::new(Action::SessionRevoke, Some(user_id)).with("sessions_ended", ended).with("all", true);
+                event.actor_id = actor_id;
+                audit::record(c, event, &client, now).await?;
+                Ok(ended)
+            })
+            .await
+        })
+        .await
+    }
+
+    /// Admin: forgets a user's failed logins and cool-downs from every address.
+    pub async fn unlock_user(
+        &self,
+        actor: &Actor<'_>,
+        user_id: i32,
+        client: &ClientInfo,
+        now: DateTime<Utc>,
+    ) -> Result<usize> {
+        actor.require_admin()?;
+        let (db, client, actor_id) = (self.db().clone(), client.clone(), actor.user_id());
+        detached(async move {
+            let mut conn = db.get().await?;
+            conn.transaction(async |c: &mut DbConn| {
+                users::find(c, user_id).await?.ok_or(Error::NotFound("user"))?;
+                let cleared = throttles::clear_subject(c, &user_subject(user_id)).await?;
+                let mut event = Event::new(Action::UserUnlock, Some(user_id)).with("addresses_cleared", cleared);
+                event.actor_id = actor_id;
+                audit::record(c, event, &client, now).await?;
+                Ok(cleared)
+            })
+            .await
+        })
+        .await
+    }
+}

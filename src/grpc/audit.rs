@@ -1,0 +1,39 @@
+//! `AuditService`: the audit log for admins. Served behind [`super::AuthInterceptor`].
+
+use tonic::{Request, Response, Status};
+
+use super::convert::audit_filter;
+use super::principal;
+use crate::domain::App;
+use crate::domain::types::Actor;
+use crate::pb;
+use crate::pb::audit_service_server::AuditService;
+
+pub struct AuditApi {
+    app: App,
+}
+
+impl AuditApi {
+    pub fn new(app: App) -> Self {
+        Self { app }
+    }
+}
+
+#[tonic::async_trait]
+impl AuditService for AuditApi {
+    async fn list_audit_logs(
+        &self,
+        request: Request<pb::ListAuditLogsRequest>,
+    ) -> Result<Response<pb::ListAuditLogsResponse>, Status> {
+        let me = principal(&self.app, &request).await?;
+        Actor::User(&me).require_admin()?;
+        let body = request.into_inner();
+        let filter = audit_filter(&body)?;
+        let (entries, total) =
+            self.app.list_audit(&Actor::User(&me), &filter, i64::from(body.limit), i64::from(body.offset)).await?;
+        Ok(Response::new(pb::ListAuditLogsResponse {
+            entries: entries.into_iter().map(pb::AuditLog::from).collect(),
+            total: i32::try_from(total).unwrap_or(i32::MAX),
+        }))
+    }
+}
