@@ -10,45 +10,23 @@ use crate::common::{TestServer, USER_PASSWORD, authed, expect_code};
 
 async fn full_flow_login_getme_backend_login_again(s: TestServer) {
     let admin = s.admin_token().await;
-    let created = s
-        .create_user(
-            &admin,
-            "alice",
-            Some(("http://localhost:4291/api/v1", "bearer_token_322")),
-        )
-        .await;
-    assert_eq!(
-        (
-            created.username.as_str(),
-            created.instagram_username.as_str()
-        ),
-        ("alice", "alice_ig")
-    );
+    let created = s.create_user(&admin, "alice", Some(("http://localhost:4291/api/v1", "bearer_token_322"))).await;
+    assert_eq!((created.username.as_str(), created.instagram_username.as_str()), ("alice", "alice_ig"));
     assert!(created.created_at.is_some() && created.last_login.is_none());
 
     let reply = s.login_reply("alice", USER_PASSWORD).await.unwrap();
     assert_eq!(reply.token_type, "bearer");
     assert_eq!(reply.expires_in, 3600);
     let user = reply.user.unwrap();
-    assert_eq!(
-        (user.id, user.username.as_str(), user.email.as_str()),
-        (created.id, "alice", "alice@example.com")
-    );
+    assert_eq!((user.id, user.username.as_str(), user.email.as_str()), (created.id, "alice", "alice@example.com"));
     assert_eq!(user.instagram_username, "alice_ig");
     let backend = reply.backend_config.unwrap();
     assert_eq!(backend.api_base_url, "http://localhost:4291/api/v1");
     assert_eq!(backend.bearer_token, "bearer_token_322");
 
     let mut users = s.users().await;
-    let me = users
-        .get_me(authed(&reply.access_token, pb::GetMeRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        (me.id, me.username.as_str(), me.instagram_username.as_str()),
-        (created.id, "alice", "alice_ig")
-    );
+    let me = users.get_me(authed(&reply.access_token, pb::GetMeRequest {})).await.unwrap().into_inner();
+    assert_eq!((me.id, me.username.as_str(), me.instagram_username.as_str()), (created.id, "alice", "alice_ig"));
     assert!(me.last_login.is_some(), "login sets last_login");
 
     let updated = users
@@ -63,37 +41,18 @@ async fn full_flow_login_getme_backend_login_again(s: TestServer) {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        updated.message,
-        "Backend configuration updated successfully"
-    );
+    assert_eq!(updated.message, "Backend configuration updated successfully");
     let summary = updated.backend_config.unwrap();
     assert_eq!(summary.api_base_url, "http://new-server:4291/api/v1");
-    assert_eq!(
-        summary.instagram_username, "alice_ig",
-        "absent instagram_username is kept"
-    );
+    assert_eq!(summary.instagram_username, "alice_ig", "absent instagram_username is kept");
     assert!(summary.updated_at.is_some());
 
     // Stored only encrypted.
     let mut conn = s.app().db().get().await.unwrap();
-    let row = backends::find_for_user(&mut conn, created.id)
-        .await
-        .unwrap()
-        .unwrap();
+    let row = backends::find_for_user(&mut conn, created.id).await.unwrap().unwrap();
     assert!(!row.bearer_token_encrypted.contains("new_bearer_token_456"));
-    assert!(
-        row.bearer_token_encrypted.starts_with("gAAAAA"),
-        "Fernet token"
-    );
-    assert_eq!(
-        s.app()
-            .cipher()
-            .decrypt(&row.bearer_token_encrypted)
-            .unwrap()
-            .expose_secret(),
-        "new_bearer_token_456"
-    );
+    assert!(row.bearer_token_encrypted.starts_with("gAAAAA"), "Fernet token");
+    assert_eq!(s.app().cipher().decrypt(&row.bearer_token_encrypted).unwrap().expose_secret(), "new_bearer_token_456");
 
     let again = s.login_reply("alice", USER_PASSWORD).await.unwrap();
     let backend = again.backend_config.unwrap();
@@ -103,28 +62,12 @@ async fn full_flow_login_getme_backend_login_again(s: TestServer) {
     );
 
     // Audit trail of the flow, with the client address.
-    let rows = audit::list_for_user(&mut conn, Some(created.id), 50)
-        .await
-        .unwrap();
+    let rows = audit::list_for_user(&mut conn, Some(created.id), 50).await.unwrap();
     let actions: Vec<&str> = rows.iter().rev().map(|r| r.action.as_str()).collect();
-    assert_eq!(
-        actions,
-        [
-            "user_create",
-            "login_success",
-            "backend_update",
-            "login_success"
-        ]
-    );
-    assert!(
-        rows.iter()
-            .all(|r| r.ip_address.as_deref() == Some("127.0.0.1"))
-    );
+    assert_eq!(actions, ["user_create", "login_success", "backend_update", "login_success"]);
+    assert!(rows.iter().all(|r| r.ip_address.as_deref() == Some("127.0.0.1")));
     for row in &rows {
-        assert!(
-            !row.metadata.contains("bearer_token_322")
-                && !row.metadata.contains("new_bearer_token_456")
-        );
+        assert!(!row.metadata.contains("bearer_token_322") && !row.metadata.contains("new_bearer_token_456"));
     }
     s.stop().await;
 }
@@ -133,10 +76,7 @@ async fn login_by_email_and_any_case(s: TestServer) {
     let admin = s.admin_token().await;
     s.create_user(&admin, "Carol", None).await;
     for login in ["carol", "CAROL", "carol@example.com", "Carol@Example.com"] {
-        let reply = s
-            .login_reply(login, USER_PASSWORD)
-            .await
-            .unwrap_or_else(|e| panic!("{login}: {e:?}"));
+        let reply = s.login_reply(login, USER_PASSWORD).await.unwrap_or_else(|e| panic!("{login}: {e:?}"));
         assert_eq!(reply.user.unwrap().username, "Carol");
         assert!(reply.backend_config.is_none(), "no backend configured");
     }
@@ -146,40 +86,23 @@ async fn login_by_email_and_any_case(s: TestServer) {
 async fn wrong_password_and_unknown_user_look_the_same(s: TestServer) {
     let admin = s.admin_token().await;
     let dave = s.create_user(&admin, "dave", None).await;
-    let wrong = expect_code(
-        s.login_reply("dave", "Wrong_password1!").await,
-        Code::Unauthenticated,
-    );
-    let unknown = expect_code(
-        s.login_reply("nobody", "Wrong_password1!").await,
-        Code::Unauthenticated,
-    );
+    let wrong = expect_code(s.login_reply("dave", "Wrong_password1!").await, Code::Unauthenticated);
+    let unknown = expect_code(s.login_reply("nobody", "Wrong_password1!").await, Code::Unauthenticated);
     assert_eq!(wrong, "Incorrect username or password");
     assert_eq!(unknown, wrong);
     // Over-long passwords never match (and are not truncated to a matching prefix).
     let long = format!("{USER_PASSWORD}{}", "x".repeat(80));
     expect_code(s.login_reply("dave", &long).await, Code::Unauthenticated);
-    expect_code(
-        s.login_reply("", USER_PASSWORD).await,
-        Code::InvalidArgument,
-    );
+    expect_code(s.login_reply("", USER_PASSWORD).await, Code::InvalidArgument);
 
     let mut conn = s.app().db().get().await.unwrap();
-    let rows = audit::list_for_user(&mut conn, Some(dave.id), 50)
-        .await
-        .unwrap();
-    assert!(
-        rows.iter()
-            .any(|r| r.action == "login_failed" && r.metadata.contains("bad_password"))
-    );
+    let rows = audit::list_for_user(&mut conn, Some(dave.id), 50).await.unwrap();
+    assert!(rows.iter().any(|r| r.action == "login_failed" && r.metadata.contains("bad_password")));
     let all = audit::list_for_user(&mut conn, None, 100).await.unwrap();
-    assert!(all.iter().any(|r| r.action == "login_failed"
-        && r.user_id.is_none()
-        && r.metadata.contains("unknown_user")));
     assert!(
-        all.iter().all(|r| !r.metadata.contains("Wrong_password1!")),
-        "no password in audit rows"
+        all.iter().any(|r| r.action == "login_failed" && r.user_id.is_none() && r.metadata.contains("unknown_user"))
     );
+    assert!(all.iter().all(|r| !r.metadata.contains("Wrong_password1!")), "no password in audit rows");
     s.stop().await;
 }
 
@@ -191,31 +114,15 @@ async fn inactive_account_is_refused(s: TestServer) {
         .await
         .update_user(authed(
             &admin,
-            pb::UpdateUserRequest {
-                id: erin.id,
-                is_active: Some(false),
-                ..Default::default()
-            },
+            pb::UpdateUserRequest { id: erin.id, is_active: Some(false), ..Default::default() },
         ))
         .await
         .unwrap();
-    let msg = expect_code(
-        s.login_reply("erin", USER_PASSWORD).await,
-        Code::PermissionDenied,
-    );
+    let msg = expect_code(s.login_reply("erin", USER_PASSWORD).await, Code::PermissionDenied);
     assert_eq!(msg, "Account is inactive");
     // The wrong password still says only "incorrect": inactivity is not revealed without it.
-    expect_code(
-        s.login_reply("erin", "Wrong_password1!").await,
-        Code::Unauthenticated,
-    );
-    expect_code(
-        s.users()
-            .await
-            .get_me(authed(&token, pb::GetMeRequest {}))
-            .await,
-        Code::Unauthenticated,
-    );
+    expect_code(s.login_reply("erin", "Wrong_password1!").await, Code::Unauthenticated);
+    expect_code(s.users().await.get_me(authed(&token, pb::GetMeRequest {})).await, Code::Unauthenticated);
     s.stop().await;
 }
 
@@ -224,23 +131,10 @@ async fn refresh_issues_working_tokens(s: TestServer) {
     s.create_user(&admin, "frank", None).await;
     let token = s.login("frank", USER_PASSWORD).await;
     let mut auth = s.auth().await;
-    let refreshed = auth
-        .refresh(authed(&token, pb::RefreshRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        (refreshed.token_type.as_str(), refreshed.expires_in),
-        ("bearer", 3600)
-    );
+    let refreshed = auth.refresh(authed(&token, pb::RefreshRequest {})).await.unwrap().into_inner();
+    assert_eq!((refreshed.token_type.as_str(), refreshed.expires_in), ("bearer", 3600));
     assert_ne!(refreshed.access_token, token);
-    let me = s
-        .users()
-        .await
-        .get_me(authed(&refreshed.access_token, pb::GetMeRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
+    let me = s.users().await.get_me(authed(&refreshed.access_token, pb::GetMeRequest {})).await.unwrap().into_inner();
     assert_eq!(me.username, "frank");
 
     // A recently expired token of a live session refreshes (seed 3.2.2)...
@@ -258,16 +152,8 @@ async fn refresh_issues_working_tokens(s: TestServer) {
             now - Duration::hours(1),
         )
         .unwrap();
-    expect_code(
-        s.users()
-            .await
-            .get_me(authed(&expired, pb::GetMeRequest {}))
-            .await,
-        Code::Unauthenticated,
-    );
-    auth.refresh(authed(&expired, pb::RefreshRequest {}))
-        .await
-        .unwrap();
+    expect_code(s.users().await.get_me(authed(&expired, pb::GetMeRequest {})).await, Code::Unauthenticated);
+    auth.refresh(authed(&expired, pb::RefreshRequest {})).await.unwrap();
     // ...but not beyond the refresh window (24 h by default).
     let stale = s
         .app()
@@ -281,15 +167,8 @@ async fn refresh_issues_working_tokens(s: TestServer) {
             now - Duration::hours(25),
         )
         .unwrap();
-    expect_code(
-        auth.refresh(authed(&stale, pb::RefreshRequest {})).await,
-        Code::Unauthenticated,
-    );
-    expect_code(
-        auth.refresh(tonic::Request::new(pb::RefreshRequest {}))
-            .await,
-        Code::Unauthenticated,
-    );
+    expect_code(auth.refresh(authed(&stale, pb::RefreshRequest {})).await, Code::Unauthenticated);
+    expect_code(auth.refresh(tonic::Request::new(pb::RefreshRequest {})).await, Code::Unauthenticated);
     s.stop().await;
 }
 
@@ -299,41 +178,17 @@ async fn logout_ends_the_session_at_once(s: TestServer) {
     let token = s.login("grace", USER_PASSWORD).await;
     let other = s.login("grace", USER_PASSWORD).await;
     let mut auth = s.auth().await;
-    let refreshed = auth
-        .refresh(authed(&token, pb::RefreshRequest {}))
-        .await
-        .unwrap()
-        .into_inner()
-        .access_token;
+    let refreshed = auth.refresh(authed(&token, pb::RefreshRequest {})).await.unwrap().into_inner().access_token;
 
-    let bye = auth
-        .logout(authed(&token, pb::LogoutRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
+    let bye = auth.logout(authed(&token, pb::LogoutRequest {})).await.unwrap().into_inner();
     assert_eq!(bye.message, "Successfully logged out");
     let mut users = s.users().await;
     // Both tokens of the session stop working; the other session does not.
-    expect_code(
-        users.get_me(authed(&token, pb::GetMeRequest {})).await,
-        Code::Unauthenticated,
-    );
-    expect_code(
-        users.get_me(authed(&refreshed, pb::GetMeRequest {})).await,
-        Code::Unauthenticated,
-    );
-    expect_code(
-        auth.refresh(authed(&token, pb::RefreshRequest {})).await,
-        Code::Unauthenticated,
-    );
-    expect_code(
-        auth.logout(authed(&token, pb::LogoutRequest {})).await,
-        Code::Unauthenticated,
-    );
-    users
-        .get_me(authed(&other, pb::GetMeRequest {}))
-        .await
-        .unwrap();
+    expect_code(users.get_me(authed(&token, pb::GetMeRequest {})).await, Code::Unauthenticated);
+    expect_code(users.get_me(authed(&refreshed, pb::GetMeRequest {})).await, Code::Unauthenticated);
+    expect_code(auth.refresh(authed(&token, pb::RefreshRequest {})).await, Code::Unauthenticated);
+    expect_code(auth.logout(authed(&token, pb::LogoutRequest {})).await, Code::Unauthenticated);
+    users.get_me(authed(&other, pb::GetMeRequest {})).await.unwrap();
     s.stop().await;
 }
 
@@ -343,32 +198,21 @@ async fn change_password_ends_other_sessions(s: TestServer) {
     let current = s.login("heidi", USER_PASSWORD).await;
     let other = s.login("heidi", USER_PASSWORD).await;
     let mut users = s.users().await;
-    let change = |cur: &str, new: &str| pb::ChangeMyPasswordRequest {
-        current_password: cur.into(),
-        new_password: new.into(),
-    };
+    let change =
+        |cur: &str, new: &str| pb::ChangeMyPasswordRequest { current_password: cur.into(), new_password: new.into() };
 
     let msg = expect_code(
-        users
-            .change_my_password(authed(
-                &current,
-                change("Wrong_password1!", "New_password456!"),
-            ))
-            .await,
+        users.change_my_password(authed(&current, change("Wrong_password1!", "New_password456!"))).await,
         Code::InvalidArgument,
     );
     assert!(msg.starts_with("current_password"), "{msg}");
     let msg = expect_code(
-        users
-            .change_my_password(authed(&current, change(USER_PASSWORD, "weak")))
-            .await,
+        users.change_my_password(authed(&current, change(USER_PASSWORD, "weak"))).await,
         Code::InvalidArgument,
     );
     assert!(msg.starts_with("new_password"), "{msg}");
     expect_code(
-        users
-            .change_my_password(authed(&current, change(USER_PASSWORD, USER_PASSWORD)))
-            .await,
+        users.change_my_password(authed(&current, change(USER_PASSWORD, USER_PASSWORD))).await,
         Code::InvalidArgument,
     );
 
@@ -378,18 +222,9 @@ async fn change_password_ends_other_sessions(s: TestServer) {
         .unwrap()
         .into_inner();
     assert_eq!(ok.message, "Password updated successfully");
-    users
-        .get_me(authed(&current, pb::GetMeRequest {}))
-        .await
-        .unwrap();
-    expect_code(
-        users.get_me(authed(&other, pb::GetMeRequest {})).await,
-        Code::Unauthenticated,
-    );
-    expect_code(
-        s.login_reply("heidi", USER_PASSWORD).await,
-        Code::Unauthenticated,
-    );
+    users.get_me(authed(&current, pb::GetMeRequest {})).await.unwrap();
+    expect_code(users.get_me(authed(&other, pb::GetMeRequest {})).await, Code::Unauthenticated);
+    expect_code(s.login_reply("heidi", USER_PASSWORD).await, Code::Unauthenticated);
     s.login("heidi", "New_password456!").await;
     s.stop().await;
 }
@@ -418,18 +253,12 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
             username: "admin".into(),
             password: crate::common::ADMIN_PASSWORD.into(),
         });
-        request
-            .metadata_mut()
-            .insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        request.metadata_mut().insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
         s.auth().await.login(request).await.unwrap();
         let mut conn = s.app().db().get().await.unwrap();
         let rows = audit::list_for_user(&mut conn, Some(1), 10).await.unwrap();
         let row = rows.iter().find(|r| r.action == "login_success").unwrap();
-        assert_eq!(
-            row.ip_address.as_deref(),
-            Some(expected),
-            "TRUSTED_PROXIES={trusted}"
-        );
+        assert_eq!(row.ip_address.as_deref(), Some(expected), "TRUSTED_PROXIES={trusted}");
         drop(conn);
         s.stop().await;
     }

@@ -23,21 +23,12 @@ fn run(dir: &Path, env: &[(&str, &str)], args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn binary");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
     child.wait_with_output().expect("binary runs")
 }
 
 fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
 async fn cli_manages_users(s: TestServer) {
@@ -76,107 +67,34 @@ async fn cli_manages_users(s: TestServer) {
     assert_eq!(reply.user.unwrap().instagram_username, "bob_ig");
 
     // Errors are clear and change nothing.
-    let dup = cli(
-        &[
-            "create-user",
-            "--username",
-            "BOB",
-            "--email",
-            "x@example.com",
-        ],
-        "Bob_password123!\n",
-    );
-    assert!(
-        !dup.status.success() && text(&dup).contains("username already exists"),
-        "{}",
-        text(&dup)
-    );
-    let weak = cli(
-        &[
-            "create-user",
-            "--username",
-            "weakling",
-            "--email",
-            "w@example.com",
-        ],
-        "weak\n",
-    );
-    assert!(
-        !weak.status.success() && text(&weak).contains("password"),
-        "{}",
-        text(&weak)
-    );
+    let dup = cli(&["create-user", "--username", "BOB", "--email", "x@example.com"], "Bob_password123!\n");
+    assert!(!dup.status.success() && text(&dup).contains("username already exists"), "{}", text(&dup));
+    let weak = cli(&["create-user", "--username", "weakling", "--email", "w@example.com"], "weak\n");
+    assert!(!weak.status.success() && text(&weak).contains("password"), "{}", text(&weak));
     assert!(!text(&weak).contains("weak\n"));
     let missing = cli(
-        &[
-            "create-user",
-            "--username",
-            "tok",
-            "--email",
-            "tok@example.com",
-            "--backend-url",
-            "http://x.example",
-        ],
+        &["create-user", "--username", "tok", "--email", "tok@example.com", "--backend-url", "http://x.example"],
         "Tok_password123!\n",
     );
-    assert!(
-        !missing.status.success() && text(&missing).contains("stdin ended"),
-        "{}",
-        text(&missing)
-    );
+    assert!(!missing.status.success() && text(&missing).contains("stdin ended"), "{}", text(&missing));
 
     let out = cli(&["deactivate", "--username", "bob"], "");
     assert!(out.status.success(), "{}", text(&out));
-    expect_code(
-        s.login_reply("bob", "Bob_password123!").await,
-        Code::PermissionDenied,
-    );
-    assert!(
-        cli(&["activate", "--username", "bob@example.com"], "")
-            .status
-            .success()
-    );
+    expect_code(s.login_reply("bob", "Bob_password123!").await, Code::PermissionDenied);
+    assert!(cli(&["activate", "--username", "bob@example.com"], "").status.success());
     s.login("bob", "Bob_password123!").await;
 
-    let out = cli(
-        &["reset-password", "--username", "bob"],
-        "Reset_password789!\n",
-    );
+    let out = cli(&["reset-password", "--username", "bob"], "Reset_password789!\n");
     assert!(out.status.success(), "{}", text(&out));
-    expect_code(
-        s.login_reply("bob", "Bob_password123!").await,
-        Code::Unauthenticated,
-    );
+    expect_code(s.login_reply("bob", "Bob_password123!").await, Code::Unauthenticated);
     s.login("bob", "Reset_password789!").await;
-    assert!(
-        !cli(
-            &["reset-password", "--username", "nobody"],
-            "Reset_password789!\n"
-        )
-        .status
-        .success()
-    );
+    assert!(!cli(&["reset-password", "--username", "nobody"], "Reset_password789!\n").status.success());
 
-    let out = cli(
-        &[
-            "create-admin",
-            "--username",
-            "root2",
-            "--email",
-            "root2@example.com",
-        ],
-        "Root_password123!\n",
-    );
+    let out = cli(&["create-admin", "--username", "root2", "--email", "root2@example.com"], "Root_password123!\n");
     assert!(out.status.success(), "{}", text(&out));
     let token = s.login("root2", "Root_password123!").await;
     let mut users = s.users().await;
-    users
-        .list_users(crate::common::authed(
-            &token,
-            instachatico_auth::pb::ListUsersRequest::default(),
-        ))
-        .await
-        .unwrap();
+    users.list_users(crate::common::authed(&token, instachatico_auth::pb::ListUsersRequest::default())).await.unwrap();
     s.stop().await;
 }
 
@@ -187,66 +105,27 @@ fn bad_keys_stop_start_up_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let out = run(
         dir.path(),
-        &[
-            ("ENCRYPTION_KEY", "not-a-fernet-key"),
-            ("JWT_SECRET_KEY", JWT_SECRET),
-            ("PORT", "0"),
-        ],
+        &[("ENCRYPTION_KEY", "not-a-fernet-key"), ("JWT_SECRET_KEY", JWT_SECRET), ("PORT", "0")],
         &["serve"],
         "",
     );
     assert!(!out.status.success());
     let t = text(&out);
-    assert!(
-        t.contains("ENCRYPTION_KEY is not a valid Fernet key") && t.contains("generate-keys"),
-        "{t}"
-    );
-    assert!(
-        !t.contains("not-a-fernet-key"),
-        "the key itself is never printed"
-    );
+    assert!(t.contains("ENCRYPTION_KEY is not a valid Fernet key") && t.contains("generate-keys"), "{t}");
+    assert!(!t.contains("not-a-fernet-key"), "the key itself is never printed");
 
-    let out = run(
-        dir.path(),
-        &[("JWT_SECRET_KEY", "short"), ("PORT", "0")],
-        &["serve"],
-        "",
-    );
-    assert!(
-        !out.status.success() && text(&out).contains("JWT_SECRET_KEY must be at least 32 bytes"),
-        "{}",
-        text(&out)
-    );
+    let out = run(dir.path(), &[("JWT_SECRET_KEY", "short"), ("PORT", "0")], &["serve"], "");
+    assert!(!out.status.success() && text(&out).contains("JWT_SECRET_KEY must be at least 32 bytes"), "{}", text(&out));
 
     let prod = tempfile::tempdir().unwrap();
-    let out = run(
-        prod.path(),
-        &[("APP_ENV", "production"), ("PORT", "0")],
-        &["serve"],
-        "",
-    );
+    let out = run(prod.path(), &[("APP_ENV", "production"), ("PORT", "0")], &["serve"], "");
     assert!(!out.status.success());
     let t = text(&out);
-    assert!(
-        t.contains("JWT_SECRET_KEY and ENCRYPTION_KEY not set") && t.contains("generate-keys"),
-        "{t}"
-    );
-    assert!(
-        !prod.path().join("data/dev-keys.env").exists(),
-        "production never generates keys"
-    );
+    assert!(t.contains("JWT_SECRET_KEY and ENCRYPTION_KEY not set") && t.contains("generate-keys"), "{t}");
+    assert!(!prod.path().join("data/dev-keys.env").exists(), "production never generates keys");
 
-    let out = run(
-        dir.path(),
-        &[("DATABASE_URL", "mysql://x"), ("PORT", "0")],
-        &["migrate"],
-        "",
-    );
-    assert!(
-        !out.status.success() && text(&out).contains("DATABASE_URL must be"),
-        "{}",
-        text(&out)
-    );
+    let out = run(dir.path(), &[("DATABASE_URL", "mysql://x"), ("PORT", "0")], &["migrate"], "");
+    assert!(!out.status.success() && text(&out).contains("DATABASE_URL must be"), "{}", text(&out));
 }
 
 #[test]
@@ -257,21 +136,11 @@ fn development_keys_are_generated_once_privately() {
     let out = run(
         dir.path(),
         &env,
-        &[
-            "create-admin",
-            "--username",
-            "first",
-            "--email",
-            "first@example.com",
-        ],
+        &["create-admin", "--username", "first", "--email", "first@example.com"],
         "First_password123!\n",
     );
     assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        text(&out).contains("DEVELOPMENT keys"),
-        "loud warning: {}",
-        text(&out)
-    );
+    assert!(text(&out).contains("DEVELOPMENT keys"), "loud warning: {}", text(&out));
     let keys = dir.path().join("data/dev-keys.env");
     let mode = std::fs::metadata(&keys).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
@@ -279,25 +148,12 @@ fn development_keys_are_generated_once_privately() {
     let out = run(
         dir.path(),
         &env,
-        &[
-            "create-user",
-            "--username",
-            "second",
-            "--email",
-            "second@example.com",
-        ],
+        &["create-user", "--username", "second", "--email", "second@example.com"],
         "Second_password123!\n",
     );
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(
-        std::fs::read_to_string(&keys).unwrap(),
-        before,
-        "reused, not regenerated"
-    );
-    assert!(
-        dir.path().join("data/instachatico_auth.db").exists(),
-        "default SQLite file under ./data"
-    );
+    assert_eq!(std::fs::read_to_string(&keys).unwrap(), before, "reused, not regenerated");
+    assert!(dir.path().join("data/instachatico_auth.db").exists(), "default SQLite file under ./data");
 }
 
 #[test]
@@ -330,30 +186,12 @@ fn generated_keys_work_and_sigterm_stops_gracefully() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let serving = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .any(|l| l.contains("serving gRPC and grpc-web"));
-    assert!(
-        serving,
-        "server came up with generated keys in production mode"
-    );
+    let serving = lines.by_ref().map_while(Result::ok).any(|l| l.contains("serving gRPC and grpc-web"));
+    assert!(serving, "server came up with generated keys in production mode");
     let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let status = child.wait().unwrap();
-    assert!(
-        status.success(),
-        "SIGTERM exits cleanly: {status:?} {rest:?}"
-    );
-    assert!(
-        rest.iter().any(|l| l.contains("server stopped")),
-        "{rest:?}"
-    );
+    assert!(status.success(), "SIGTERM exits cleanly: {status:?} {rest:?}");
+    assert!(rest.iter().any(|l| l.contains("server stopped")), "{rest:?}");
 }

@@ -44,16 +44,9 @@ async fn python_hash_and_fernet_token_are_accepted(s: TestServer) {
     .unwrap();
     drop(conn);
 
-    let reply = s
-        .login_reply("pyuser", &field("password"))
-        .await
-        .expect("python hash verifies");
+    let reply = s.login_reply("pyuser", &field("password")).await.expect("python hash verifies");
     let backend = reply.backend_config.unwrap();
-    assert_eq!(
-        backend.bearer_token,
-        field("bearer_token"),
-        "python Fernet token decrypts"
-    );
+    assert_eq!(backend.bearer_token, field("bearer_token"), "python Fernet token decrypts");
     // The stored hash is kept as it is (cost 12 is not below the configured cost).
     let mut conn = s.app().db().get().await.unwrap();
     let (row, _) = users::find(&mut conn, user.id).await.unwrap().unwrap();

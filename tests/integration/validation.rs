@@ -28,58 +28,33 @@ async fn create_user_rules(s: TestServer) {
         ("username", |r| r.username = String::new()),
         ("email", |r| r.email = "not-an-email".into()),
         ("email", |r| r.email = "a@b".into()),
-        ("email", |r| {
-            r.email = format!("{}@example.com", "a".repeat(95))
-        }),
+        ("email", |r| r.email = format!("{}@example.com", "a".repeat(95))),
         ("password", |r| r.password = String::new()),
         ("password", |r| r.password = "Short1!".into()),
         ("password", |r| r.password = "nouppercase123!".into()),
         ("password", |r| r.password = "NOLOWERCASE123!".into()),
         ("password", |r| r.password = "NoDigitsHere!!".into()),
         ("password", |r| r.password = "NoSpecial1234".into()),
-        ("password", |r| {
-            r.password = format!("Aa1!{}", "x".repeat(69))
-        }),
-        ("api_base_url", |r| {
-            r.api_base_url = "ftp://example.com".into()
-        }),
+        ("password", |r| r.password = format!("Aa1!{}", "x".repeat(69))),
+        ("api_base_url", |r| r.api_base_url = "ftp://example.com".into()),
         ("api_base_url", |r| r.api_base_url = "localhost:4291".into()),
-        ("api_base_url", |r| {
-            r.api_base_url = "http://user:secret@example.com".into()
-        }),
-        ("api_base_url", |r| {
-            r.api_base_url = format!("http://example.com/{}", "p".repeat(250))
-        }),
+        ("api_base_url", |r| r.api_base_url = "http://user:secret@example.com".into()),
+        ("api_base_url", |r| r.api_base_url = format!("http://example.com/{}", "p".repeat(250))),
         ("api_base_url", |r| r.api_base_url = String::new()),
         ("bearer_token", |r| r.bearer_token = String::new()),
         ("bearer_token", |r| r.bearer_token = "x".repeat(5000)),
-        ("instagram_username", |r| {
-            r.instagram_username = "bad name!".into()
-        }),
+        ("instagram_username", |r| r.instagram_username = "bad name!".into()),
         ("role", |r| r.role = "superuser".into()),
     ];
     for (field, edit) in cases {
         let mut request = valid_create();
         edit(&mut request);
-        let msg = expect_code(
-            users.create_user(authed(&admin, request.clone())).await,
-            Code::InvalidArgument,
-        );
-        assert!(
-            msg.starts_with(&format!("{field}:")),
-            "{field}: got {msg:?} for {request:?}"
-        );
+        let msg = expect_code(users.create_user(authed(&admin, request.clone())).await, Code::InvalidArgument);
+        assert!(msg.starts_with(&format!("{field}:")), "{field}: got {msg:?} for {request:?}");
         assert!(!msg.contains("secret"), "no secret echoed: {msg}");
-        assert!(
-            request.password.len() < 6 || !msg.contains(&request.password),
-            "no password echoed: {msg}"
-        );
+        assert!(request.password.len() < 6 || !msg.contains(&request.password), "no password echoed: {msg}");
     }
-    let list = users
-        .list_users(authed(&admin, pb::ListUsersRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
+    let list = users.list_users(authed(&admin, pb::ListUsersRequest::default())).await.unwrap().into_inner();
     assert_eq!(list.total, 1, "no invalid request created anything");
     // The valid one works, with exactly 72 bytes of password.
     let mut ok = valid_create();
@@ -91,41 +66,14 @@ async fn create_user_rules(s: TestServer) {
 
 async fn update_and_self_service_rules(s: TestServer) {
     let admin = s.admin_token().await;
-    let user = s
-        .create_user(
-            &admin,
-            "rita",
-            Some(("http://localhost:4291", "rita-token")),
-        )
-        .await;
+    let user = s.create_user(&admin, "rita", Some(("http://localhost:4291", "rita-token"))).await;
     let token = s.login("rita", USER_PASSWORD).await;
     let mut users = s.users().await;
 
     let bad_updates = [
-        (
-            "id",
-            pb::UpdateUserRequest {
-                id: 0,
-                is_active: Some(true),
-                ..Default::default()
-            },
-        ),
-        (
-            "email",
-            pb::UpdateUserRequest {
-                id: user.id,
-                email: Some("nope".into()),
-                ..Default::default()
-            },
-        ),
-        (
-            "role",
-            pb::UpdateUserRequest {
-                id: user.id,
-                role: Some("root".into()),
-                ..Default::default()
-            },
-        ),
+        ("id", pb::UpdateUserRequest { id: 0, is_active: Some(true), ..Default::default() }),
+        ("email", pb::UpdateUserRequest { id: user.id, email: Some("nope".into()), ..Default::default() }),
+        ("role", pb::UpdateUserRequest { id: user.id, role: Some("root".into()), ..Default::default() }),
         (
             "remove_backend",
             pb::UpdateUserRequest {
@@ -153,32 +101,14 @@ async fn update_and_self_service_rules(s: TestServer) {
         ),
     ];
     for (field, request) in bad_updates {
-        let msg = expect_code(
-            users.update_user(authed(&admin, request)).await,
-            Code::InvalidArgument,
-        );
+        let msg = expect_code(users.update_user(authed(&admin, request)).await, Code::InvalidArgument);
         assert!(msg.starts_with(&format!("{field}:")), "{field}: {msg}");
     }
     for (field, request) in [
-        (
-            "limit",
-            pb::ListUsersRequest {
-                limit: 201,
-                offset: 0,
-            },
-        ),
-        (
-            "offset",
-            pb::ListUsersRequest {
-                limit: 10,
-                offset: -1,
-            },
-        ),
+        ("limit", pb::ListUsersRequest { limit: 201, offset: 0 }),
+        ("offset", pb::ListUsersRequest { limit: 10, offset: -1 }),
     ] {
-        let msg = expect_code(
-            users.list_users(authed(&admin, request)).await,
-            Code::InvalidArgument,
-        );
+        let msg = expect_code(users.list_users(authed(&admin, request)).await, Code::InvalidArgument);
         assert!(msg.starts_with(field), "{msg}");
     }
     for (field, request) in [
@@ -207,32 +137,14 @@ async fn update_and_self_service_rules(s: TestServer) {
             },
         ),
     ] {
-        let msg = expect_code(
-            users.update_my_backend(authed(&token, request)).await,
-            Code::InvalidArgument,
-        );
+        let msg = expect_code(users.update_my_backend(authed(&token, request)).await, Code::InvalidArgument);
         assert!(msg.starts_with(field), "{msg}");
     }
     // Nothing changed.
-    let got = users
-        .get_user(authed(&admin, pb::GetUserRequest { id: user.id }))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        (got.email.as_str(), got.role.as_str()),
-        ("rita@example.com", "user")
-    );
+    let got = users.get_user(authed(&admin, pb::GetUserRequest { id: user.id })).await.unwrap().into_inner();
+    assert_eq!((got.email.as_str(), got.role.as_str()), ("rita@example.com", "user"));
     assert_eq!(got.backend.unwrap().api_base_url, "http://localhost:4291");
-    assert_eq!(
-        s.login_reply("rita", USER_PASSWORD)
-            .await
-            .unwrap()
-            .backend_config
-            .unwrap()
-            .bearer_token,
-        "rita-token"
-    );
+    assert_eq!(s.login_reply("rita", USER_PASSWORD).await.unwrap().backend_config.unwrap().bearer_token, "rita-token");
     s.stop().await;
 }
 

@@ -33,10 +33,7 @@ fn unframe(mut body: &[u8]) -> (Vec<u8>, String) {
 async fn grpc_web_over_http1(s: TestServer) {
     let client = reqwest::Client::builder().http1_only().build().unwrap();
     let url = format!("{}/instachatico.auth.v1.AuthService/Login", s.url);
-    let login = |password: &str| pb::LoginRequest {
-        username: ADMIN_USERNAME.into(),
-        password: password.into(),
-    };
+    let login = |password: &str| pb::LoginRequest { username: ADMIN_USERNAME.into(), password: password.into() };
 
     let response = client
         .post(&url)
@@ -50,12 +47,7 @@ async fn grpc_web_over_http1(s: TestServer) {
     assert_eq!(response.version(), reqwest::Version::HTTP_11);
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["access-control-allow-origin"], FRONTEND);
-    assert!(
-        response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("application/grpc-web")
-    );
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("application/grpc-web"));
     let (data, trailers) = unframe(&response.bytes().await.unwrap());
     assert!(trailers.contains("grpc-status:0"), "{trailers}");
     let reply = pb::LoginResponse::decode(data.as_slice()).unwrap();
@@ -72,10 +64,7 @@ async fn grpc_web_over_http1(s: TestServer) {
         .await
         .unwrap();
     assert_eq!(response.headers()["grpc-status"], "16");
-    assert_eq!(
-        response.headers()["grpc-message"],
-        "Incorrect%20username%20or%20password"
-    );
+    assert_eq!(response.headers()["grpc-message"], "Incorrect%20username%20or%20password");
     s.stop().await;
 }
 
@@ -87,10 +76,7 @@ async fn cors_preflight_allows_only_the_ui(s: TestServer) {
             .request(reqwest::Method::OPTIONS, &url)
             .header("origin", origin)
             .header("access-control-request-method", "POST")
-            .header(
-                "access-control-request-headers",
-                "authorization,content-type,x-grpc-web",
-            )
+            .header("access-control-request-headers", "authorization,content-type,x-grpc-web")
             .send()
     };
     let allowed = preflight(FRONTEND).await.unwrap();
@@ -98,39 +84,23 @@ async fn cors_preflight_allows_only_the_ui(s: TestServer) {
     let h = allowed.headers();
     assert_eq!(h["access-control-allow-origin"], FRONTEND);
     assert_eq!(h["access-control-allow-credentials"], "true");
-    let allow_headers = h["access-control-allow-headers"]
-        .to_str()
-        .unwrap()
-        .to_ascii_lowercase();
+    let allow_headers = h["access-control-allow-headers"].to_str().unwrap().to_ascii_lowercase();
     assert!(allow_headers.contains("authorization") && allow_headers.contains("x-grpc-web"));
     assert!(h.contains_key("access-control-max-age"));
 
     let refused = preflight("http://evil.example").await.unwrap();
-    assert!(
-        !refused
-            .headers()
-            .contains_key("access-control-allow-origin"),
-        "{:?}",
-        refused.headers()
-    );
+    assert!(!refused.headers().contains_key("access-control-allow-origin"), "{:?}", refused.headers());
 
     // A real request from a refused origin carries no CORS grant either, so browsers drop it.
     let response = client
-        .post(format!(
-            "{}/instachatico.auth.v1.HealthService/Check",
-            s.url
-        ))
+        .post(format!("{}/instachatico.auth.v1.HealthService/Check", s.url))
         .header("content-type", "application/grpc-web+proto")
         .header("origin", "http://evil.example")
         .body(frame(&pb::CheckRequest {}))
         .send()
         .await
         .unwrap();
-    assert!(
-        !response
-            .headers()
-            .contains_key("access-control-allow-origin")
-    );
+    assert!(!response.headers().contains_key("access-control-allow-origin"));
     s.stop().await;
 }
 
