@@ -3,6 +3,7 @@
 //! into the domain's error. SQL lives only under `models/`.
 
 pub mod models;
+pub mod notify;
 pub mod schema;
 
 use std::path::{Path, PathBuf};
@@ -92,8 +93,9 @@ pub enum DbConn {
 /// is `&mut` the concrete connection, so queries type-check once per backend.
 #[macro_export]
 macro_rules! db_run {
-    ($conn:ident: $body:block) => {
-        match &mut *$conn {
+    ($conn:ident: $body:block) => {{
+        let started = ::std::time::Instant::now();
+        let result = match &mut *$conn {
             $crate::db::DbConn::Postgres($conn) => {
                 let $conn: &mut ::diesel_async::AsyncPgConnection = &mut **$conn;
                 $body
@@ -102,8 +104,28 @@ macro_rules! db_run {
                 let $conn: &mut $crate::db::SqliteConn = &mut **$conn;
                 $body
             }
-        }
-    };
+        };
+        $crate::metrics::db_query($crate::db_operation!(), started.elapsed());
+        result
+    }};
+}
+
+/// The name of the enclosing function below `db::` (e.g. `users::find`), computed once per
+/// call site: the label of the query-time histogram.
+#[macro_export]
+macro_rules! db_operation {
+    () => {{
+        fn here() {}
+        static NAME: ::std::sync::OnceLock<&'static str> = ::std::sync::OnceLock::new();
+        *NAME.get_or_init(|| $crate::db::operation_name(::std::any::type_name_of_val(&here)))
+    }};
+}
+
+/// `instachatico_auth::db::models::users::find::{{closure}}::here` -> `users::find`.
+pub fn operation_name(path: &'static str) -> &'static str {
+    let path = path.split("::{{closure}}").next().unwrap_or(path).trim_end_matches("::here");
+    let path = path.split_once("::db::").map_or(path, |(_, rest)| rest);
+    path.strip_prefix("models::").unwrap_or(path)
 }
 
 /// Pool limits.
@@ -206,9 +228,10 @@ fn ensure_parent_dir(path: &Path) -> anyhow::Result<()> {
 /// off by default in SQLite.
 async fn setup_sqlite(url: String) -> diesel::ConnectionResult<SqliteConn> {
     let mut conn = SqliteConn::establish(&url).await?;
+    // busy_timeout first: even switching the journal mode may have to wait for a lock.
     for pragma in [
-        "PRAGMA journal_mode = WAL",
         "PRAGMA busy_timeout = 5000",
+        "PRAGMA journal_mode = WAL",
         "PRAGMA foreign_keys = ON",
         "PRAGMA synchronous = NORMAL",
     ] {
@@ -286,8 +309,28 @@ pub fn map_err(e: DieselError) -> Error {
             };
             Error::AlreadyExists { field }
         }
+        // The database went away or is overloaded: transient, the client may retry.
+        DieselError::DatabaseError(
+            DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection,
+            info,
+        ) => {
+            tracing::warn!(error = info.message(), "database connection lost");
+            Error::Unavailable("database unavailable")
+        }
+        DieselError::DatabaseError(_, info) if is_transient(info.message()) => {
+            tracing::warn!(error = info.message(), "database temporarily unavailable");
+            Error::Unavailable("database unavailable")
+        }
         other => Error::Internal(anyhow::Error::new(other).context("database query failed")),
     }
+}
+
+/// Messages of failures that a retry can fix: PostgreSQL shutting a connection down (57P01..03),
+/// too many connections (53300), SQLite still locked after its busy timeout.
+fn is_transient(message: &str) -> bool {
+    ["terminating connection", "the database system is", "too many connections", "database is locked"]
+        .iter()
+        .any(|needle| message.contains(needle))
 }
 
 impl DbConn {
@@ -350,6 +393,12 @@ mod tests {
         let (pg, sqlite) = migration_versions();
         assert!(!pg.is_empty());
         assert_eq!(pg, sqlite, "migrations/postgres and migrations/sqlite must list the same versions");
+    }
+
+    #[test]
+    fn operation_names() {
+        assert_eq!(operation_name("instachatico_auth::db::models::users::find::{{closure}}::here"), "users::find");
+        assert_eq!(operation_name("instachatico_auth::db::DbPool::ping::{{closure}}::here"), "DbPool::ping");
     }
 
     #[test]
