@@ -134,7 +134,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(config.listen_addr()?)
                 .await
                 .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
-            server::serve(app, &config, listener, server::shutdown_signal()).await
+            let metrics = match config.metrics_listen_addr()? {
+                Some(addr) => Some(crate::telemetry::bind_metrics(addr).await?),
+                None => None,
+            };
+            server::serve(app, &config, listener, metrics, server::shutdown_signal()).await
         }
         Command::Migrate => {
             let target = config.db_target()?;

@@ -108,6 +108,10 @@ pub struct Config {
     #[arg(long, env = "ADMIN_PASSWORD", value_parser = secret, hide_env_values = true, global = true)]
     pub admin_password: Option<SecretString>,
 
+    /// Where Prometheus scrapes `/metrics` (a separate port; no auth). `off` disables it.
+    #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9464", global = true)]
+    pub metrics_addr: String,
+
     /// Login attempts per minute per client address (all replicas together); 0 disables.
     #[arg(long, env = "RATE_LIMIT_LOGIN_PER_MINUTE", default_value_t = 5, global = true)]
     pub rate_limit_login_per_minute: u32,
@@ -136,6 +140,12 @@ pub struct Config {
     /// Retry-After. 0: 16 per core.
     #[arg(long, env = "BCRYPT_MAX_QUEUE", default_value_t = 0, global = true)]
     pub bcrypt_max_queue: usize,
+
+    /// How long an authenticated session may be served from memory (milliseconds; 0 off).
+    /// Revocations reach every replica at once regardless (PostgreSQL NOTIFY); this bounds
+    /// staleness when the database is changed behind the service's back (e.g. SQLite + CLI).
+    #[arg(long, env = "SESSION_CACHE_TTL_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=60000), global = true)]
+    pub session_cache_ttl_ms: u64,
 
     /// Database connections per process.
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=512), global = true)]
@@ -178,6 +188,18 @@ impl Config {
             format!("HOST must be an IP address to listen on (e.g. 127.0.0.1 or 0.0.0.0), got {host:?}")
         })?;
         Ok(SocketAddr::new(ip, self.port))
+    }
+
+    /// The metrics listen address, or `None` when metrics are off.
+    pub fn metrics_listen_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        let value = self.metrics_addr.trim();
+        if value.is_empty() || value.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        value
+            .parse()
+            .map(Some)
+            .with_context(|| format!("METRICS_ADDR must be host:port (e.g. 127.0.0.1:9464) or off, got {value:?}"))
     }
 
     pub fn pool_options(&self) -> PoolOptions {

@@ -14,3 +14,4 @@ pub mod metrics;
 pub mod openapi;
 pub mod pb;
 pub mod server;
+pub mod telemetry;

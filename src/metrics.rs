@@ -36,3 +36,23 @@ pub fn active_sessions(count: i64) {
     #[expect(clippy::cast_precision_loss, reason = "a gauge; exact beyond 2^53 sessions is moot")]
     metrics::gauge!("auth_active_sessions").set(count as f64);
 }
+
+#[expect(clippy::cast_precision_loss, reason = "gauges of small counts")]
+pub fn pool_usage(in_use: usize, size: usize) {
+    metrics::gauge!("auth_db_pool_connections_in_use").set(in_use as f64);
+    metrics::gauge!("auth_db_pool_size").set(size as f64);
+}
+
+#[expect(clippy::cast_precision_loss, reason = "a gauge of a small count")]
+pub fn bcrypt_queue_depth(queued: usize) {
+    metrics::gauge!("auth_bcrypt_queue_depth").set(queued as f64);
+}
+
+/// Time of one database operation (`op` is the repository function).
+pub fn db_query(op: &'static str, elapsed: Duration) {
+    metrics::histogram!("auth_db_query_seconds", "op" => op).record(elapsed.as_secs_f64());
+}
+
+pub fn cache_lookup(hit: bool) {
+    metrics::counter!("auth_session_cache_lookups_total", "result" => if hit { "hit" } else { "stale" }).increment(1);
+}

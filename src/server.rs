@@ -13,6 +13,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::config::Config;
 use crate::crypto::jwt::JwtKeys;
@@ -30,6 +31,7 @@ use crate::pb::audit_service_server::AuditServiceServer;
 use crate::pb::auth_service_server::AuthServiceServer;
 use crate::pb::health_service_server::HealthServiceServer;
 use crate::pb::user_service_server::UserServiceServer;
+use crate::telemetry::{RpcTelemetryLayer, Transport};
 
 /// Largest request message accepted; ours are a few hundred bytes.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -58,7 +60,10 @@ pub async fn build_app(config: &Config) -> anyhow::Result<App> {
     let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let max_queue = if config.bcrypt_max_queue == 0 { workers * 16 } else { config.bcrypt_max_queue };
     let hasher = PasswordHasher::new(config.bcrypt_cost, workers, max_queue).await?;
-    Ok(App::new(pool, hasher, jwt, cipher, config.session_policy(), config.security_policy()))
+    // On PostgreSQL other replicas change sessions too: trust the cache only while listening.
+    let ttl = Duration::from_millis(config.session_cache_ttl_ms);
+    let cache = crate::domain::cache::PrincipalCache::new(ttl, matches!(target, crate::db::DbTarget::Postgres(_)));
+    Ok(App::new(pool, hasher, jwt, cipher, config.session_policy(), config.security_policy(), cache))
 }
 
 /// Creates the ADMIN_* admin on first start; idempotent.
@@ -84,6 +89,8 @@ pub async fn bootstrap_admin(app: &App, config: &Config) -> anyhow::Result<()> {
 /// A server running in the background (tests, embedding).
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served, when enabled.
+    pub metrics_addr: Option<SocketAddr>,
     pub app: App,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -105,17 +112,22 @@ pub async fn spawn(config: &Config) -> anyhow::Result<RunningServer> {
     bootstrap_admin(&app, config).await?;
     let listener = TcpListener::bind(config.listen_addr()?).await.context("cannot bind the listen address")?;
     let addr = listener.local_addr()?;
+    let metrics = match config.metrics_listen_addr()? {
+        Some(addr) => Some(crate::telemetry::bind_metrics(addr).await?),
+        None => None,
+    };
+    let metrics_addr = metrics.as_ref().map(TcpListener::local_addr).transpose()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn({
         let (app, config) = (app.clone(), config.clone());
         async move {
-            serve(app, &config, listener, async {
+            serve(app, &config, listener, metrics, async {
                 let _ = rx.await;
             })
             .await
         }
     });
-    Ok(RunningServer { addr, app, shutdown: Some(tx), task })
+    Ok(RunningServer { addr, metrics_addr, app, shutdown: Some(tx), task })
 }
 
 /// Serves on `listener` until `shutdown` completes, then drains in-flight requests.
@@ -123,9 +135,22 @@ pub async fn serve(
     app: App,
     config: &Config,
     listener: TcpListener,
+    metrics: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let ips = ClientIpPolicy::new(config.trusted_proxy_nets()?);
+    // The recorder is installed even without an endpoint: the histograms cost the same.
+    let prometheus = crate::telemetry::prometheus()?;
+    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_task = match metrics {
+        Some(listener) => {
+            tracing::info!(addr = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
+            Some(tokio::spawn(crate::telemetry::serve_metrics(listener, prometheus, async {
+                let _ = metrics_stopped.await;
+            })))
+        }
+        None => None,
+    };
     let cors = cors_layer(&config.cors_origins()?)?;
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -142,6 +167,10 @@ pub async fn serve(
     health_reporter.set_serving::<UserServiceServer<UserApi>>().await;
     let probe = tokio::spawn(probe_database(app.clone(), health_reporter));
     let janitor = tokio::spawn(housekeeping(app.clone()));
+    let listener_task = match config.db_target()? {
+        crate::db::DbTarget::Postgres(url) => Some(tokio::spawn(listen_for_invalidations(app.clone(), url))),
+        crate::db::DbTarget::Sqlite(_) => None,
+    };
 
     let auth =
         AuthServiceServer::new(AuthApi::new(app.clone(), ips.clone())).max_decoding_message_size(MAX_REQUEST_BYTES);
@@ -161,7 +190,11 @@ pub async fn serve(
         .accept_http1(true)
         .timeout(Duration::from_secs(config.request_timeout_seconds))
         .layer(cors)
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(tower::util::MapRequestLayer::new(Transport::tag))
         .layer(tonic_web::GrpcWebLayer::new())
+        .layer(RpcTelemetryLayer)
         .add_service(auth)
         .add_service(users)
         .add_service(audit)
@@ -173,6 +206,13 @@ pub async fn serve(
         .await;
     probe.abort();
     janitor.abort();
+    if let Some(task) = listener_task {
+        task.abort();
+    }
+    let _ = metrics_stop.send(());
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     tracing::info!("server stopped");
     result.context("server failed")
 }
@@ -211,7 +251,16 @@ fn cors_layer(origins: &[String]) -> anyhow::Result<CorsLayer> {
 /// Keeps `grpc.health.v1` truthful about the database.
 async fn probe_database(app: App, reporter: tonic_health::server::HealthReporter) {
     let mut last = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut n: u64 = 0;
     loop {
+        tick.tick().await;
+        let (in_use, size) = app.db().usage();
+        crate::metrics::pool_usage(in_use, size);
+        n += 1;
+        if n % HEALTH_PROBE_EVERY.as_secs() != 1 && last.is_some() {
+            continue;
+        }
         let status = if app.db().ping().await { ServingStatus::Serving } else { ServingStatus::NotServing };
         if last != Some(status) {
             if status == ServingStatus::NotServing {
@@ -220,8 +269,18 @@ async fn probe_database(app: App, reporter: tonic_health::server::HealthReporter
             reporter.set_service_status("", status).await;
             last = Some(status);
         }
-        tokio::time::sleep(HEALTH_PROBE_EVERY).await;
     }
+}
+
+/// Keeps this replica's session cache in step with the others (PostgreSQL only).
+async fn listen_for_invalidations(app: App, url: String) {
+    use crate::db::notify::{Event, listen};
+    listen(url, move |event| match event {
+        Event::Connected => app.cache().set_trustworthy(true),
+        Event::Disconnected => app.cache().set_trustworthy(false),
+        Event::UserChanged(user_id) => app.cache().bump(user_id),
+    })
+    .await;
 }
 
 /// Periodic cleanup of growing state (see `App::housekeeping`).

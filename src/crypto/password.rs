@@ -166,9 +166,9 @@ impl PasswordHasher {
             });
         };
         let enqueued = Instant::now();
-        self.inner.queued.fetch_add(1, Ordering::Relaxed);
+        let waiting = Waiting::enter(&self.inner.queued);
         let worker = Arc::clone(&self.inner.workers).acquire_owned().await;
-        self.inner.queued.fetch_sub(1, Ordering::Relaxed);
+        drop(waiting);
         let worker = worker.map_err(|e| Error::internal("hashing pool closed", e))?;
         crate::metrics::bcrypt_wait(enqueued.elapsed());
         // The permit moves into the thread: if the caller goes away the hash still finishes
@@ -180,6 +180,22 @@ impl PasswordHasher {
         })
         .await
         .map_err(|e| Error::internal("hashing thread failed", e))
+    }
+}
+
+/// Counts a request as queued until dropped, also when the caller goes away while waiting.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(queued: &'a AtomicUsize) -> Self {
+        crate::metrics::bcrypt_queue_depth(queued.fetch_add(1, Ordering::Relaxed) + 1);
+        Self(queued)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        crate::metrics::bcrypt_queue_depth(self.0.fetch_sub(1, Ordering::Relaxed).saturating_sub(1));
     }
 }
 
