@@ -28,6 +28,21 @@ pub enum Action {
 }
 
 impl Action {
+    /// Whether the event changes what cached sessions hold (so replicas must drop them).
+    pub fn changes_sessions(self) -> bool {
+        matches!(
+            self,
+            Self::LoginSuccess
+                | Self::Logout
+                | Self::PasswordChange
+                | Self::BackendUpdate
+                | Self::UserUpdate
+                | Self::UserDelete
+                | Self::PasswordReset
+                | Self::SessionRevoke
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::LoginSuccess => "login_success",
@@ -77,6 +92,10 @@ const USER_AGENT_MAX: usize = 512;
 
 pub async fn record(conn: &mut DbConn, event: Event, client: &ClientInfo, now: DateTime<Utc>) -> Result<()> {
     let user_agent = client.user_agent.as_deref().map(|ua| ua.chars().take(USER_AGENT_MAX).collect::<String>());
+    // Every state change is audited, so this is the one place that tells the other replicas.
+    if let (true, Some(user_id)) = (event.action.changes_sessions(), event.user_id) {
+        crate::db::notify::user_changed(conn, user_id).await?;
+    }
     let row = NewAuditRow {
         user_id: event.user_id,
         actor_id: event.actor_id,

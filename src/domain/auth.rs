@@ -1,6 +1,8 @@
 //! Sign-in and sessions: login, refresh, logout, and resolving a token's claims to a live
 //! session of an active user. Every JWT belongs to a row in `sessions`.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -104,6 +106,7 @@ impl App {
         })
         .await?;
         crate::metrics::login_attempt("success");
+        self.forget(user.id);
         self.rehash_if_weak(&user, password);
 
         let mut user = user;
@@ -112,25 +115,34 @@ impl App {
     }
 
     /// Resolves verified claims to a live session of an active user. Runs on every
-    /// authenticated request: one query.
-    pub async fn authenticate(&self, claims: &Claims, now: DateTime<Utc>) -> Result<Principal> {
+    /// authenticated request: from the session cache when it holds a valid entry, else one query.
+    pub async fn authenticate(&self, claims: &Claims, now: DateTime<Utc>) -> Result<Arc<Principal>> {
         let user_id = claims.user_id()?;
-        let mut conn = self.db().get().await?;
-        let (session, user, backend) = sessions::find_live(&mut conn, &claims.sid, now.naive_utc())
-            .await?
-            .ok_or(Error::Unauthenticated("Session has ended; sign in again"))?;
-        if session.user_id != user_id {
+        let principal = match self.cache().get(&claims.sid, now.naive_utc()) {
+            Some(cached) => cached,
+            None => {
+                let generation = self.cache().generation_before_read(user_id);
+                let mut conn = self.db().get().await?;
+                let (session, user, backend) = sessions::find_live(&mut conn, &claims.sid, now.naive_utc())
+                    .await?
+                    .ok_or(Error::Unauthenticated("Session has ended; sign in again"))?;
+                let principal = Principal { user, backend, session };
+                self.cache().put(principal.clone(), generation);
+                Arc::new(principal)
+            }
+        };
+        if principal.session.user_id != user_id {
             return Err(Error::Unauthenticated("Invalid token"));
         }
-        if !user.is_active {
+        if !principal.user.is_active {
             return Err(Error::Unauthenticated("Account is inactive"));
         }
-        self.inner.api_limiter.check(user.id)?;
-        Ok(Principal { user, backend, session })
+        self.inner.api_limiter.check(user_id)?;
+        Ok(principal)
     }
 
     /// Verifies a bearer token and resolves it to a principal.
-    pub async fn authenticate_token(&self, token: &str, now: DateTime<Utc>) -> Result<Principal> {
+    pub async fn authenticate_token(&self, token: &str, now: DateTime<Utc>) -> Result<Arc<Principal>> {
         let claims = self.jwt().verify(token, now)?;
         self.authenticate(&claims, now).await
     }
@@ -143,7 +155,8 @@ impl App {
         let principal = self.authenticate(&claims, now).await?;
         let issued = self.issue_token(&principal.user, &principal.session, now)?;
 
-        let (db, sid, user_id, client) = (self.db().clone(), principal.session.id, principal.user.id, client.clone());
+        let (db, sid, user_id, client) =
+            (self.db().clone(), principal.session.id.clone(), principal.user.id, client.clone());
         detached(async move {
             let mut conn = db.get().await?;
             conn.transaction(async |c: &mut DbConn| {
@@ -169,7 +182,7 @@ impl App {
         let claims = self.jwt().verify_allowing_expired(token, now, window)?;
         let user_id = claims.user_id()?;
         let (db, client) = (self.db().clone(), client.clone());
-        detached(async move {
+        let result = detached(async move {
             let mut conn = db.get().await?;
             conn.transaction(async |c: &mut DbConn| {
                 if !sessions::revoke(c, &claims.sid, now.naive_utc()).await? {
@@ -185,7 +198,8 @@ impl App {
             })
             .await
         })
-        .await
+        .await;
+        self.after_write(user_id, result)
     }
 
     /// Signs a token for `session`, never outliving it.

@@ -3,6 +3,7 @@
 
 pub mod audit;
 mod auth;
+pub mod cache;
 mod limits;
 mod maintenance;
 pub mod sessions;
@@ -58,6 +59,7 @@ pub struct AppInner {
     pub sessions: SessionPolicy,
     pub security: SecurityPolicy,
     pub(crate) api_limiter: limits::ApiLimiter,
+    pub cache: cache::PrincipalCache,
 }
 
 impl App {
@@ -68,9 +70,28 @@ impl App {
         cipher: TokenCipher,
         sessions: SessionPolicy,
         security: SecurityPolicy,
+        cache: cache::PrincipalCache,
     ) -> Self {
         let api_limiter = limits::ApiLimiter::new(security.api_per_minute);
-        Self { inner: Arc::new(AppInner { db, hasher, jwt, cipher, sessions, security, api_limiter }) }
+        Self { inner: Arc::new(AppInner { db, hasher, jwt, cipher, sessions, security, api_limiter, cache }) }
+    }
+
+    pub fn cache(&self) -> &cache::PrincipalCache {
+        &self.inner.cache
+    }
+
+    /// Drops this process's cached sessions of `user_id` (after a committed change; other
+    /// replicas hear of it through the database).
+    pub(crate) fn forget(&self, user_id: i32) {
+        self.inner.cache.bump(user_id);
+    }
+
+    /// [`forget`](Self::forget)s `user_id` once a write committed, passing its result on.
+    pub(crate) fn after_write<T>(&self, user_id: i32, result: crate::error::Result<T>) -> crate::error::Result<T> {
+        if result.is_ok() {
+            self.forget(user_id);
+        }
+        result
     }
 
     pub fn security(&self) -> SecurityPolicy {

@@ -62,7 +62,7 @@ impl App {
             return Err(Error::invalid("session_id", "is required"));
         }
         let (db, client, user_id, sid) = (self.db().clone(), client.clone(), principal.user.id, session_id.to_owned());
-        detached(async move {
+        let result = detached(async move {
             let mut conn = db.get().await?;
             conn.transaction(async |c: &mut DbConn| {
                 if !sessions::revoke_owned(c, &sid, user_id, now.naive_utc()).await? {
@@ -78,7 +78,8 @@ impl App {
             })
             .await
         })
-        .await
+        .await;
+        self.after_write(principal.user.id, result)
     }
 
     /// Admin: ends every session of a user; returns how many were live.
@@ -91,7 +92,7 @@ impl App {
     ) -> Result<usize> {
         actor.require_admin()?;
         let (db, client, actor_id) = (self.db().clone(), client.clone(), actor.user_id());
-        detached(async move {
+        let result = detached(async move {
             let mut conn = db.get().await?;
             conn.transaction(async |c: &mut DbConn| {
                 users::find(c, user_id).await?.ok_or(Error::NotFound("user"))?;
@@ -104,7 +105,8 @@ impl App {
             })
             .await
         })
-        .await
+        .await;
+        self.after_write(user_id, result)
     }
 
     /// Admin: forgets a user's failed logins and cool-downs from every address.

@@ -118,7 +118,7 @@ impl App {
         let encrypted = self.cipher().encrypt(input.bearer_token.expose_secret());
         let keep_ig = principal.backend.as_ref().map(|b| b.instagram_username.clone()).unwrap_or_default();
         let (db, client, user_id) = (self.db().clone(), client.clone(), principal.user.id);
-        detached(async move {
+        let result = detached(async move {
             let mut conn = db.get().await?;
             conn.transaction(async |c: &mut DbConn| {
                 let row = upsert_backend(c, user_id, &input, &encrypted, &keep_ig, now).await?;
@@ -129,7 +129,8 @@ impl App {
             })
             .await
         })
-        .await
+        .await;
+        self.after_write(principal.user.id, result)
     }
 
     /// Changes the caller's password (seed 3.3.4) and ends their other sessions.
@@ -154,7 +155,7 @@ impl App {
         let hash = self.hasher().hash(new).await?;
         let (db, client, user_id, keep) =
             (self.db().clone(), client.clone(), principal.user.id, principal.session.id.clone());
-        detached(async move {
+        let result = detached(async move {
             let mut conn = db.get().await?;
             conn.transaction(async |c: &mut DbConn| {
                 let changes =
@@ -171,7 +172,8 @@ impl App {
             })
             .await
         })
-        .await
+        .await;
+        self.after_write(principal.user.id, result)
     }
 
     /// Admin: a page of users by id, and the total count.
@@ -216,7 +218,7 @@ impl App {
             _ => None,
         };
         let (db, client, actor_id, via) = (self.db().clone(), client.clone(), actor.user_id(), system_via(actor));
-        detached(async move {
+        let result = detached(async move {
             let mut conn = db.get().await?;
             conn.transaction(async |c: &mut DbConn| {
                 let (before, _) = users::find(c, id).await?.ok_or(Error::NotFound("user"))?;
@@ -265,7 +267,8 @@ impl App {
             })
             .await
         })
-        .await
+        .await;
+        self.after_write(id, result)
     }
 
     /// Admin: deletes a user; backend and sessions go with it, audit rows stay.
@@ -275,7 +278,7 @@ impl App {
             return Err(Error::FailedPrecondition("You cannot delete your own account"));
         }
         let (db, client, actor_id, via) = (self.db().clone(), client.clone(), actor.user_id(), system_via(actor));
-        detached(async move {
+        let result = detached(async move {
             let mut conn = db.get().await?;
             conn.transaction(async |c: &mut DbConn| {
                 let (user, _) = users::find(c, id).await?.ok_or(Error::NotFound("user"))?;
@@ -291,7 +294,8 @@ impl App {
             })
             .await
         })
-        .await
+        .await;
+        self.after_write(id, result)
     }
 
     /// Admin: sets a new password and ends every session of the user.
@@ -307,7 +311,7 @@ impl App {
         password::check_policy("new_password", new.expose_secret())?;
         let hash = self.hasher().hash(new).await?;
         let (db, client, actor_id, via) = (self.db().clone(), client.clone(), actor.user_id(), system_via(actor));
-        detached(async move {
+        let result = detached(async move {
             let mut conn = db.get().await?;
             conn.transaction(async |c: &mut DbConn| {
                 let changes =
@@ -321,7 +325,8 @@ impl App {
             })
             .await
         })
-        .await
+        .await;
+        self.after_write(id, result)
     }
 }
 

@@ -42,7 +42,7 @@ impl Interceptor for AuthInterceptor {
 }
 
 /// The live principal behind a request that passed [`AuthInterceptor`].
-pub async fn principal<T>(app: &App, request: &Request<T>) -> Result<Principal, Status> {
+pub async fn principal<T>(app: &App, request: &Request<T>) -> Result<std::sync::Arc<Principal>, Status> {
     let claims = request.extensions().get::<Claims>().ok_or(Error::Unauthenticated("Not authenticated"))?;
     Ok(app.authenticate(claims, Utc::now()).await?)
 }

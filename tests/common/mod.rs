@@ -112,6 +112,7 @@ impl TestServer {
             ("bcrypt-cost", "10"),
             ("frontend-url", FRONTEND),
             ("db-pool-size", "4"),
+            ("metrics-addr", "127.0.0.1:0"),
             // Generous limits: tests that exercise the limits set their own.
             ("rate-limit-login-per-minute", "100000"),
             ("rate-limit-api-per-minute", "100000"),
@@ -518,7 +519,13 @@ impl ServiceProcess {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_instachatico-auth"))
             .current_dir(dir)
             .env_clear()
-            .envs([("PORT", "0"), ("HOST", "127.0.0.1"), ("BCRYPT_COST", "10"), ("LOG_FORMAT", "text")])
+            .envs([
+                ("PORT", "0"),
+                ("METRICS_ADDR", "127.0.0.1:0"),
+                ("HOST", "127.0.0.1"),
+                ("BCRYPT_COST", "10"),
+                ("LOG_FORMAT", "text"),
+            ])
             .envs(env.iter().copied())
             .arg("serve")
             .stderr(std::process::Stdio::piped())

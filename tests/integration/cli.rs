@@ -180,6 +180,7 @@ fn generated_keys_work_and_sigterm_stops_gracefully() {
             ("ENCRYPTION_KEY", enc.as_str()),
             ("APP_ENV", "production"),
             ("PORT", "0"),
+            ("METRICS_ADDR", "127.0.0.1:0"),
             ("BCRYPT_COST", "10"),
         ])
         .stderr(Stdio::piped())

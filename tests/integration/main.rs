@@ -14,6 +14,7 @@ mod cli;
 mod compat;
 mod health;
 mod json;
+mod observability;
 mod replicas;
 mod security;
 mod tokens;

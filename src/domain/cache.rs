@@ -1,0 +1,170 @@
+//! The hot-path cache: a live session with its user and backend, keyed by session id, so an
+//! authenticated RPC usually needs no database round trip. Revocation stays immediate:
+//! every write that changes a user's sessions or account bumps that user's generation (here
+//! after commit, and on every replica through PostgreSQL NOTIFY), and an entry filled under an
+//! older generation is a miss. Entries also expire after a short TTL, and on PostgreSQL the cache
+//! is bypassed entirely while the notification listener is down.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::NaiveDateTime;
+
+use super::types::Principal;
+
+#[derive(Clone)]
+struct Entry {
+    principal: Arc<Principal>,
+    generation: u64,
+}
+
+/// Generations come from one monotonic counter. A user's generation is the larger of the
+/// value recorded for them and the floor; raising the floor invalidates everyone. When the
+/// bounded generation map forgets a user, the floor rises past every value ever issued, so a
+/// forgotten generation can only cause misses, never make a stale entry look fresh.
+pub struct PrincipalCache {
+    entries: Option<moka::sync::Cache<String, Entry>>,
+    generations: moka::sync::Cache<i32, u64>,
+    counter: Arc<AtomicU64>,
+    floor: Arc<AtomicU64>,
+    /// False while changes made by other replicas could go unnoticed.
+    trustworthy: AtomicBool,
+}
+
+const MAX_ENTRIES: u64 = 100_000;
+
+impl PrincipalCache {
+    /// `ttl` zero disables caching. `needs_listener`: trust entries only once `set_trustworthy`.
+    pub fn new(ttl: Duration, needs_listener: bool) -> Self {
+        let entries =
+            (!ttl.is_zero()).then(|| moka::sync::Cache::builder().max_capacity(MAX_ENTRIES).time_to_live(ttl).build());
+        let counter = Arc::new(AtomicU64::new(1));
+        let floor = Arc::new(AtomicU64::new(1));
+        let (c, f) = (Arc::clone(&counter), Arc::clone(&floor));
+        let generations = moka::sync::Cache::builder()
+            .max_capacity(MAX_ENTRIES)
+            .eviction_listener(move |_user, _generation, _cause| {
+                f.fetch_max(c.fetch_add(1, Ordering::AcqRel) + 1, Ordering::AcqRel);
+            })
+            .build();
+        Self { entries, generations, counter, floor, trustworthy: AtomicBool::new(!needs_listener) }
+    }
+
+    fn generation(&self, user_id: i32) -> u64 {
+        let floor = self.floor.load(Ordering::Acquire);
+        self.generations.get(&user_id).map_or(floor, |g| g.max(floor))
+    }
+
+    /// The cached principal for `session_id`, if still valid at `now`.
+    pub fn get(&self, session_id: &str, now: NaiveDateTime) -> Option<Arc<Principal>> {
+        let entries = self.entries.as_ref()?;
+        if !self.trustworthy.load(Ordering::Acquire) {
+            return None;
+        }
+        let entry = entries.get(session_id)?;
+        let fresh =
+            entry.generation == self.generation(entry.principal.user.id) && entry.principal.session.expires_at > now;
+        let hit = fresh.then_some(entry.principal);
+        crate::metrics::cache_lookup(hit.is_some());
+        hit
+    }
+
+    /// Remembers a principal read from the database under `generation` (read before the
+    /// query, so a change committed meanwhile makes the entry stale, never wrongly fresh).
+    pub fn put(&self, principal: Principal, generation: u64) {
+        if let Some(entries) = &self.entries {
+            entries.insert(principal.session.id.clone(), Entry { principal: Arc::new(principal), generation });
+        }
+    }
+
+    /// The generation to pass to [`put`](Self::put) for a read about to start.
+    pub fn generation_before_read(&self, user_id: i32) -> u64 {
+        self.generation(user_id)
+    }
+
+    /// Invalidates every cached session of `user_id`.
+    pub fn bump(&self, user_id: i32) {
+        self.generations.insert(user_id, self.counter.fetch_add(1, Ordering::AcqRel) + 1);
+    }
+
+    /// Invalidates everything.
+    pub fn bump_all(&self) {
+        self.floor.fetch_max(self.counter.fetch_add(1, Ordering::AcqRel) + 1, Ordering::AcqRel);
+    }
+
+    /// Whether other replicas' changes reach this cache (the PostgreSQL listener is up).
+    pub fn set_trustworthy(&self, yes: bool) {
+        if yes {
+            // Whatever happened while we were not listening: forget it all.
+            self.bump_all();
+        }
+        self.trustworthy.store(yes, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::models::{SessionRow, UserRow};
+
+    fn principal(user_id: i32, sid: &str) -> Principal {
+        let t = chrono::Utc::now().naive_utc();
+        let far = t + chrono::Duration::hours(1);
+        Principal {
+            user: UserRow {
+                id: user_id,
+                username: "u".into(),
+                email: "u@example.com".into(),
+                password_hash: String::new(),
+                role: "user".into(),
+                is_active: true,
+                created_at: t,
+                updated_at: t,
+                last_login: None,
+            },
+            backend: None,
+            session: SessionRow {
+                id: sid.into(),
+                user_id,
+                created_at: t,
+                refreshed_at: t,
+                expires_at: far,
+                revoked_at: None,
+                ip_address: None,
+                user_agent: None,
+            },
+        }
+    }
+
+    #[test]
+    fn bump_invalidates_one_user_and_reads_started_before_a_bump_are_stale() {
+        let cache = PrincipalCache::new(Duration::from_secs(60), false);
+        let now = chrono::Utc::now().naive_utc();
+        let g1 = cache.generation_before_read(1);
+        cache.put(principal(1, "a"), g1);
+        cache.put(principal(2, "b"), cache.generation_before_read(2));
+        assert!(cache.get("a", now).is_some());
+        // A read that began before a change must not fill a fresh-looking entry.
+        let before = cache.generation_before_read(1);
+        cache.bump(1);
+        cache.put(principal(1, "a"), before);
+        assert!(cache.get("a", now).is_none());
+        assert!(cache.get("b", now).is_some(), "other users keep their entries");
+        cache.bump_all();
+        assert!(cache.get("b", now).is_none());
+    }
+
+    #[test]
+    fn untrusted_until_the_listener_is_up_and_expired_sessions_never_hit() {
+        let cache = PrincipalCache::new(Duration::from_secs(60), true);
+        let now = chrono::Utc::now().naive_utc();
+        cache.put(principal(1, "a"), cache.generation_before_read(1));
+        assert!(cache.get("a", now).is_none());
+        cache.set_trustworthy(true);
+        cache.put(principal(1, "a"), cache.generation_before_read(1));
+        assert!(cache.get("a", now).is_some());
+        assert!(cache.get("a", now + chrono::Duration::hours(2)).is_none(), "past the session's end");
+        assert!(PrincipalCache::new(Duration::ZERO, false).get("a", now).is_none());
+    }
+}
