@@ -54,34 +54,61 @@ pub fn hash_cost(hash: &str) -> Option<u32> {
     cost.parse().ok()
 }
 
-/// Numbers for metrics and benchmarks.
-#[derive(Debug, Clone, Copy)]
-pub struct HasherStats {
-    /// Requests waiting for a hashing thread.
-    pub queued: usize,
-    /// Hashes running now.
-    pub running: usize,
-}
-
 /// Runs bcrypt off the async runtime. Cloning shares the pool.
 #[derive(Clone)]
 pub struct PasswordHasher {
     inner: Arc<Inner>,
 }
 
+type Job = Box<dyn FnOnce() + Send>;
+
 struct Inner {
     cost: u32,
-    /// One permit per hashing thread (cores).
-    workers: Arc<Semaphore>,
-    worker_total: usize,
+    /// Feeds the hashing threads.
+    jobs: std::sync::mpsc::Sender<Job>,
     /// Permits for everything admitted (running + queued); when none is left, shed.
-    admitted: Semaphore,
-    queued: AtomicUsize,
+    admitted: Arc<Semaphore>,
+    queued: Arc<AtomicUsize>,
     /// Hash of a random password at `cost`: unknown users are verified against it so they cost
     /// the same time as a wrong password.
     dummy_hash: String,
     /// Seconds a client should wait when shed: roughly how long the queue takes to drain.
     retry_after: Duration,
+}
+
+/// Starts `n` hashing threads below the request-serving threads: SCHED_BATCH (a thread that
+/// wakes up to serve a request preempts them) at nice 5 (a smaller share under contention, but
+/// never starved: queued logins still finish). Idle cores still go to hashing.
+fn spawn_workers(n: usize) -> anyhow::Result<std::sync::mpsc::Sender<Job>> {
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
+    let rx = Arc::new(std::sync::Mutex::new(rx));
+    for i in 0..n {
+        let rx = Arc::clone(&rx);
+        std::thread::Builder::new().name(format!("bcrypt-{i}")).spawn(move || {
+            lower_priority();
+            loop {
+                // The lock is held only while waiting for the next job.
+                let next = rx.lock().map_err(|_| ()).and_then(|rx| rx.recv().map_err(|_| ()));
+                match next {
+                    Ok(job) => job(),
+                    // The hasher was dropped.
+                    Err(()) => return,
+                }
+            }
+        })?;
+    }
+    Ok(tx)
+}
+
+fn lower_priority() {
+    use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy};
+    // The crate's 0..99 scale maps 35 to niceness 5 for normal policies.
+    let Ok(value) = ThreadPriorityValue::try_from(35u8) else { return };
+    let policy = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch);
+    let id = thread_priority::thread_native_id();
+    if let Err(e) = thread_priority::set_thread_priority_and_policy(id, ThreadPriority::Crossplatform(value), policy) {
+        tracing::warn!(error = ?e, "cannot lower the hashing threads' priority");
+    }
 }
 
 impl PasswordHasher {
@@ -98,14 +125,14 @@ impl PasswordHasher {
         let dummy_hash = tokio::task::spawn_blocking(move || bcrypt::hash(random, cost)).await??;
         let one_hash = started.elapsed();
         // Time to drain a full queue with all workers busy, at least one second.
+        #[expect(clippy::cast_precision_loss, reason = "small counts")]
         let drain = one_hash.mul_f64((max_queue + workers) as f64 / workers as f64);
         Ok(Self {
             inner: Arc::new(Inner {
                 cost,
-                workers: Arc::new(Semaphore::new(workers)),
-                worker_total: workers,
-                admitted: Semaphore::new(workers + max_queue),
-                queued: AtomicUsize::new(0),
+                jobs: spawn_workers(workers)?,
+                admitted: Arc::new(Semaphore::new(workers + max_queue)),
+                queued: Arc::new(AtomicUsize::new(0)),
                 dummy_hash,
                 retry_after: drain.max(Duration::from_secs(1)),
             }),
@@ -114,12 +141,6 @@ impl PasswordHasher {
 
     pub fn cost(&self) -> u32 {
         self.inner.cost
-    }
-
-    pub fn stats(&self) -> HasherStats {
-        let queued = self.inner.queued.load(Ordering::Relaxed);
-        let running = self.inner.worker_total - self.inner.workers.available_permits();
-        HasherStats { queued, running }
     }
 
     /// Hashes a new password (policy already checked by the caller) at the configured cost.
@@ -152,48 +173,50 @@ impl PasswordHasher {
         }
     }
 
-    /// Admits the job or sheds it, waits for a hashing thread, runs it there.
+    /// Admits the job or sheds it, queues it for a hashing thread, waits for the result. A job
+    /// whose caller went away before it started is skipped: abandoned logins cost no CPU.
     async fn run<T, F>(&self, job: F) -> Result<T>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let Ok(_admitted) = self.inner.admitted.try_acquire() else {
+        let Ok(admitted) = Arc::clone(&self.inner.admitted).try_acquire_owned() else {
             crate::metrics::bcrypt_shed();
             return Err(Error::Overloaded {
                 message: "Too many sign-in attempts are in progress; retry shortly",
                 retry_after: self.inner.retry_after,
             });
         };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let waiting = Waiting::enter(Arc::clone(&self.inner.queued));
         let enqueued = Instant::now();
-        let waiting = Waiting::enter(&self.inner.queued);
-        let worker = Arc::clone(&self.inner.workers).acquire_owned().await;
-        drop(waiting);
-        let worker = worker.map_err(|e| Error::internal("hashing pool closed", e))?;
-        crate::metrics::bcrypt_wait(enqueued.elapsed());
-        // The permit moves into the thread: if the caller goes away the hash still finishes
-        // before the thread is counted free, so at most `workers` hashes ever run.
-        tokio::task::spawn_blocking(move || {
-            let out = job();
-            drop(worker);
-            out
-        })
-        .await
-        .map_err(|e| Error::internal("hashing thread failed", e))
+        let job: Job = Box::new(move || {
+            drop(waiting);
+            crate::metrics::bcrypt_wait(enqueued.elapsed());
+            if !tx.is_closed() {
+                let _ = tx.send(job());
+            }
+            drop(admitted);
+        });
+        self.inner
+            .jobs
+            .send(job)
+            .map_err(|_| Error::internal("hashing pool stopped", anyhow::anyhow!("channel closed")))?;
+        rx.await.map_err(|e| Error::internal("hashing thread failed", e))
     }
 }
 
-/// Counts a request as queued until dropped, also when the caller goes away while waiting.
-struct Waiting<'a>(&'a AtomicUsize);
+/// Counts a job as queued until it starts (or is dropped unstarted).
+struct Waiting(Arc<AtomicUsize>);
 
-impl<'a> Waiting<'a> {
-    fn enter(queued: &'a AtomicUsize) -> Self {
+impl Waiting {
+    fn enter(queued: Arc<AtomicUsize>) -> Self {
         crate::metrics::bcrypt_queue_depth(queued.fetch_add(1, Ordering::Relaxed) + 1);
         Self(queued)
     }
 }
 
-impl Drop for Waiting<'_> {
+impl Drop for Waiting {
     fn drop(&mut self) {
         crate::metrics::bcrypt_queue_depth(self.0.fetch_sub(1, Ordering::Relaxed).saturating_sub(1));
     }
