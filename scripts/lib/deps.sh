@@ -20,14 +20,17 @@ ensure_envoy() {
   export ENVOY_BIN
 }
 
-# Debian's Chromium and the browser test's npm packages.
-ensure_browser_deps() {
-  if ! [ -x /usr/bin/chromium ]; then
+# Debian's Chromium (browser test) and wrk (JSON load), and the browser test's npm packages.
+ensure_test_deps() {
+  local missing=()
+  [ -x /usr/bin/chromium ] || missing+=(chromium chromium-driver)
+  command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+  if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-      echo "Installing Debian chromium and chromium-driver ..." >&2
-      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+      echo "Installing Debian ${missing[*]} ..." >&2
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-      echo "warning: /usr/bin/chromium missing and cannot be installed here (needs root + apt-get)" >&2
+      echo "warning: ${missing[*]} missing and cannot be installed here (needs root + apt-get)" >&2
     fi
   fi
   if [ -f tests/browser/package-lock.json ]; then

@@ -5,6 +5,10 @@
 
 #![allow(dead_code)]
 
+#[path = "../../benches/harness/process.rs"]
+mod process;
+pub use process::{Envoy, ServiceProcess};
+
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
@@ -308,114 +312,6 @@ impl Drop for PgTestDb {
     }
 }
 
-/// A real Envoy running `envoy/envoy.yaml` (only its ports rewritten) in front of `upstreams`.
-pub struct Envoy {
-    pub url: String,
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Envoy {
-    /// The envoy binary: $ENVOY_BIN, ./.venv/bin/envoy, or `envoy` on PATH. `None` (loudly)
-    /// when there is none, except under CI=true where that fails the test.
-    pub fn binary() -> Option<std::path::PathBuf> {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let candidates = [
-            std::env::var_os("ENVOY_BIN").map(std::path::PathBuf::from),
-            Some(root.join(".venv/bin/envoy")),
-            Some(std::path::PathBuf::from("envoy")),
-        ];
-        let found = candidates.into_iter().flatten().find(|bin| {
-            std::process::Command::new(bin)
-                .arg("--version")
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        });
-        if found.is_none() {
-            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-            assert!(!ci, "CI=true but no envoy binary (run ./scripts/test, which installs it into .venv)");
-            if !WARNED_ENVOY.swap(true, Ordering::Relaxed) {
-                eprintln!(
-                    "\n!!!!! no envoy binary: SKIPPING the tests through Envoy (./scripts/test installs it) !!!!!\n"
-                );
-            }
-        }
-        found
-    }
-
-    pub async fn start(upstreams: &[std::net::SocketAddr]) -> Option<Self> {
-        let bin = Self::binary()?;
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let template = std::fs::read_to_string(root.join("envoy/envoy.yaml")).expect("envoy.yaml");
-        let endpoint_line =
-            "        - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: 50051 } } }";
-        assert!(template.contains(endpoint_line), "envoy.yaml upstream endpoint line changed; update the fixture");
-        let endpoints: Vec<String> = upstreams
-            .iter()
-            .map(|a| {
-                format!(
-                    "        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }}",
-                    a.port()
-                )
-            })
-            .collect();
-        for _attempt in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            let config = template
-                .replace("address: 0.0.0.0, port_value: 8080", &format!("address: 127.0.0.1, port_value: {port}"))
-                .replace(endpoint_line, &endpoints.join("\n"));
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("envoy.yaml");
-            std::fs::write(&path, config).unwrap();
-            let log = std::fs::File::create(dir.path().join("envoy.log")).unwrap();
-            // Run from the repository root, as operators do: the config's file paths are relative.
-            let child = std::process::Command::new(&bin)
-                .current_dir(root)
-                .args(["-c", path.to_str().unwrap(), "--disable-hot-restart", "--log-level", "warn"])
-                .stdout(std::process::Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("spawn envoy");
-            let mut envoy = Self { url: format!("http://127.0.0.1:{port}"), child, _dir: dir };
-            if envoy.wait_ready().await {
-                return Some(envoy);
-            }
-            let _ = envoy.child.kill();
-        }
-        panic!("envoy did not start");
-    }
-
-    /// Ready when the listener answers (any HTTP status).
-    async fn wait_ready(&mut self) -> bool {
-        let client = reqwest::Client::new();
-        for _ in 0..100 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return false;
-            }
-            if client.get(format!("{}/no-such-path", self.url)).send().await.is_ok() {
-                return true;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        false
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self._dir.path().join("envoy.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-static WARNED_ENVOY: AtomicBool = AtomicBool::new(false);
-
 /// A JSON client for the Envoy face.
 #[derive(Clone)]
 pub struct Json {
@@ -504,77 +400,6 @@ impl Json {
     }
 }
 
-/// The real binary as its own process (replicas, log checks), configured by environment only.
-pub struct ServiceProcess {
-    pub addr: std::net::SocketAddr,
-    child: std::process::Child,
-    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl ServiceProcess {
-    /// Starts `instachatico-auth serve` on an ephemeral port and waits until it serves.
-    pub fn spawn(env: &[(&str, &str)]) -> Self {
-        use std::io::BufRead;
-        let dir = std::env::temp_dir();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_instachatico-auth"))
-            .current_dir(dir)
-            .env_clear()
-            .envs([
-                ("PORT", "0"),
-                ("METRICS_ADDR", "127.0.0.1:0"),
-                ("HOST", "127.0.0.1"),
-                ("BCRYPT_COST", "10"),
-                ("LOG_FORMAT", "text"),
-            ])
-            .envs(env.iter().copied())
-            .arg("serve")
-            .stderr(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn service");
-        let stderr = child.stderr.take().unwrap();
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("addr=").nth(1).filter(|_| line.contains("serving gRPC")) {
-                    let _ = tx.send(addr.trim().parse::<std::net::SocketAddr>().ok());
-                }
-                sink.lock().unwrap().push(line);
-            }
-            let _ = tx.send(None);
-        });
-        match rx.recv_timeout(std::time::Duration::from_secs(30)) {
-            Ok(Some(addr)) => Self { addr, child, log },
-            _ => {
-                let _ = child.kill();
-                panic!("service did not start: {:?}", log.lock().unwrap());
-            }
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    pub fn log(&self) -> Vec<String> {
-        self.log.lock().unwrap().clone()
-    }
-
-    pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url()).unwrap().connect().await.expect("connect")
-    }
-}
-
-impl Drop for ServiceProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        append_to_log(&self.log());
-    }
-}
-
 /// Where the whole suite's logs go; `scripts/test` scans it for secrets afterwards.
 pub const LOG_FILE: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/integration.log");
 
@@ -582,6 +407,7 @@ pub const LOG_FILE: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/integration.lo
 pub fn capture_logs() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
+        let _ = process::LOG_SINK.set(append_to_log);
         let file = std::fs::File::create(LOG_FILE).expect("log file");
         let filter =
             tracing_subscriber::EnvFilter::new("debug,h2=info,hyper=info,hyper_util=info,tower=info,reqwest=info");

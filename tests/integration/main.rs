@@ -9,6 +9,7 @@ mod common;
 mod admin;
 mod api_docs;
 mod auth;
+mod bench_smoke;
 mod browser;
 mod cli;
 mod compat;

@@ -1,0 +1,569 @@
+//! Load scenarios against a running instachatico-auth, shared by the benchmark binary
+//! (`benches/loadgen.rs`, release, minutes) and the smoke test (`tests/integration/bench_smoke.rs`,
+//! debug, a second each). Closed-loop workers over tonic clients for gRPC, wrk for JSON through
+//! Envoy; latencies in an HDR histogram (µs); the service's RSS sampled from /proc.
+
+#![allow(dead_code, reason = "each user of the harness runs a subset")]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use instachatico_auth::pb;
+use instachatico_auth::pb::auth_service_client::AuthServiceClient;
+use instachatico_auth::pb::user_service_client::UserServiceClient;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+/// What the scenarios talk to.
+#[derive(Clone)]
+pub struct Target {
+    /// The service, native gRPC.
+    pub grpc_url: String,
+    /// Envoy's JSON face, when running.
+    pub json_url: Option<String>,
+    /// (username, password) of seeded users.
+    pub users: Vec<(String, String)>,
+    /// Valid access tokens, one per seeded session.
+    pub tokens: Vec<String>,
+    /// The service's pid, for RSS samples.
+    pub pid: Option<u32>,
+}
+
+/// The outcome of one scenario run.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub scenario: String,
+    pub ok: u64,
+    /// Deliberate refusals with Retry-After (load shedding, rate limits).
+    pub shed: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    /// Latency of answered requests, µs.
+    pub latency: Histogram<u64>,
+    pub peak_rss_kib: Option<u64>,
+    pub notes: Vec<String>,
+    /// p50, p90, p99 in ms when they come from elsewhere (wrk) rather than `latency`.
+    pub given_ms: Option<[f64; 3]>,
+}
+
+impl Report {
+    fn new(scenario: &str) -> Self {
+        Self {
+            scenario: scenario.to_owned(),
+            ok: 0,
+            shed: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+            latency: histogram(),
+            peak_rss_kib: None,
+            notes: Vec::new(),
+            given_ms: None,
+        }
+    }
+
+    /// Successful requests per second.
+    pub fn throughput(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// A latency quantile in milliseconds.
+    pub fn ms(&self, quantile: f64) -> f64 {
+        let index = [0.5, 0.9, 0.99].iter().position(|q| (q - quantile).abs() < 1e-9);
+        match (self.given_ms, index) {
+            (Some(given), Some(i)) => given[i],
+            _ => self.latency.value_at_quantile(quantile) as f64 / 1000.0,
+        }
+    }
+
+    fn merge(&mut self, other: &Worker) {
+        self.ok += other.ok;
+        self.shed += other.shed;
+        self.errors += other.errors;
+        let _ = self.latency.add(&other.latency);
+    }
+
+    /// One line for logs and tables.
+    pub fn summary(&self) -> String {
+        format!(
+            "{:<34} {:>9.1}/s  p50 {:>8.2} ms  p90 {:>8.2} ms  p99 {:>8.2} ms  ok {:>8}  shed {:>6}  errors {:>5}  peak RSS {}",
+            self.scenario,
+            self.throughput(),
+            self.ms(0.50),
+            self.ms(0.90),
+            self.ms(0.99),
+            self.ok,
+            self.shed,
+            self.errors,
+            self.peak_rss_kib.map_or_else(|| "-".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
+        )
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds")
+}
+
+/// One closed-loop worker's tally.
+struct Worker {
+    ok: u64,
+    shed: u64,
+    errors: u64,
+    latency: Histogram<u64>,
+}
+
+impl Worker {
+    fn new() -> Self {
+        Self { ok: 0, shed: 0, errors: 0, latency: histogram() }
+    }
+
+    fn record(&mut self, started: Instant) {
+        let _ = self.latency.record(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX).max(1));
+    }
+}
+
+/// `n` HTTP/2 connections to the service (requests are spread over them).
+pub async fn channels(url: &str, n: usize) -> Vec<Channel> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n.max(1) {
+        out.push(Channel::from_shared(url.to_owned()).expect("url").connect().await.expect("connect"));
+    }
+    out
+}
+
+fn authed<T>(token: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("header"));
+    request
+}
+
+/// The retry-after of a deliberate refusal, if that is what `status` is.
+fn shed_after(status: &tonic::Status) -> Option<Duration> {
+    if !matches!(status.code(), Code::Unavailable | Code::ResourceExhausted) {
+        return None;
+    }
+    let secs: f64 = status.metadata().get("retry-after")?.to_str().ok()?.parse().ok()?;
+    Some(Duration::from_secs_f64(secs))
+}
+
+/// Runs `concurrency` closed-loop workers for `duration`, each calling `step(worker_index, n)`
+/// on connection `worker_index % connections`.
+async fn closed_loop<F, Fut>(scenario: &str, concurrency: usize, duration: Duration, step: F) -> Report
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send,
+{
+    let step = Arc::new(step);
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(concurrency);
+    for w in 0..concurrency {
+        let step = Arc::clone(&step);
+        tasks.push(tokio::spawn(async move {
+            let mut tally = Worker::new();
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                match step(w, n).await {
+                    Outcome::Ok => {
+                        tally.ok += 1;
+                        tally.record(t0);
+                    }
+                    Outcome::Shed(after) => {
+                        tally.shed += 1;
+                        // A polite client: wait as told (but not past the end of the run).
+                        let wait = after.min(deadline.saturating_duration_since(Instant::now()));
+                        tokio::time::sleep(wait).await;
+                    }
+                    Outcome::Error => tally.errors += 1,
+                }
+                n += 1;
+            }
+            tally
+        }));
+    }
+    let mut report = Report::new(scenario);
+    for task in tasks {
+        report.merge(&task.await.expect("worker"));
+    }
+    report.elapsed = started.elapsed();
+    report
+}
+
+/// What one request came to.
+pub enum Outcome {
+    Ok,
+    Shed(Duration),
+    Error,
+}
+
+fn outcome<T>(result: Result<T, tonic::Status>) -> Outcome {
+    match result {
+        Ok(_) => Outcome::Ok,
+        Err(status) => shed_after(&status).map_or(Outcome::Error, Outcome::Shed),
+    }
+}
+
+/// Scenario 1: `grpc.health.v1.Health/Check`, no database: the stack's ceiling.
+pub async fn null_rpc(target: &Target, concurrency: usize, duration: Duration) -> Report {
+    let channels = channels(&target.grpc_url, concurrency.clamp(1, 8)).await;
+    closed_loop("null-rpc grpc Health/Check", concurrency, duration, move |w, _| {
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channels[w % channels.len()].clone());
+        async move { outcome(client.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await) }
+    })
+    .await
+}
+
+/// Scenario 2: GetMe over gRPC with tokens of many users (JWT, session, user: the real work).
+pub async fn getme_grpc(target: &Target, concurrency: usize, duration: Duration) -> Report {
+    let channels = channels(&target.grpc_url, concurrency.clamp(1, 8)).await;
+    let tokens = Arc::new(target.tokens.clone());
+    closed_loop("getme grpc", concurrency, duration, move |w, n| {
+        let mut client = UserServiceClient::new(channels[w % channels.len()].clone());
+        let token = tokens[(w + n as usize * 7919) % tokens.len()].clone();
+        async move { outcome(client.get_me(authed(&token, pb::GetMeRequest {})).await) }
+    })
+    .await
+}
+
+/// Scenario 4: logins with correct passwords, cycling through the seeded users.
+pub async fn login(target: &Target, concurrency: usize, duration: Duration) -> Report {
+    let channels = channels(&target.grpc_url, concurrency.clamp(1, 8)).await;
+    let users = Arc::new(target.users.clone());
+    let name = format!("login grpc c={concurrency}");
+    closed_loop(&name, concurrency, duration, move |w, n| {
+        let mut client = AuthServiceClient::new(channels[w % channels.len()].clone());
+        let (username, password) = users[(w + n as usize * 31) % users.len()].clone();
+        async move { outcome(client.login(pb::LoginRequest { username, password }).await) }
+    })
+    .await
+}
+
+/// Scenario 5: `logins` concurrent logins at once while `probes` connections call GetMe.
+/// Every login must be answered (success, or a refusal with Retry-After) within `answer_within`.
+pub async fn storm(target: &Target, logins: usize, probes: usize, answer_within: Duration) -> (Report, Report) {
+    let login_channels = channels(&target.grpc_url, 16).await;
+    let probe_channels = channels(&target.grpc_url, probes).await;
+    let done = Arc::new(AtomicBool::new(false));
+
+    // The probes: closed loop until the storm is over.
+    let tokens = Arc::new(target.tokens.clone());
+    let mut probe_tasks = Vec::new();
+    for (p, channel) in probe_channels.into_iter().enumerate() {
+        let (done, tokens) = (Arc::clone(&done), Arc::clone(&tokens));
+        probe_tasks.push(tokio::spawn(async move {
+            let mut tally = Worker::new();
+            let mut client = UserServiceClient::new(channel);
+            let mut n = 0usize;
+            while !done.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                match client.get_me(authed(&tokens[(p + n * 13) % tokens.len()], pb::GetMeRequest {})).await {
+                    Ok(_) => {
+                        tally.ok += 1;
+                        tally.record(t0);
+                    }
+                    Err(_) => tally.errors += 1,
+                }
+                n += 1;
+            }
+            tally
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let started = Instant::now();
+    let late = Arc::new(AtomicU64::new(0));
+    let mut login_tasks = Vec::with_capacity(logins);
+    for i in 0..logins {
+        let mut client = AuthServiceClient::new(login_channels[i % login_channels.len()].clone());
+        let (username, password) = target.users[i % target.users.len()].clone();
+        let late = Arc::clone(&late);
+        login_tasks.push(tokio::spawn(async move {
+            let mut tally = Worker::new();
+            let t0 = Instant::now();
+            let result =
+                tokio::time::timeout(answer_within * 3, client.login(pb::LoginRequest { username, password })).await;
+            tally.record(t0);
+            if t0.elapsed() > answer_within {
+                late.fetch_add(1, Ordering::Relaxed);
+            }
+            match result {
+                Ok(r) => match outcome(r) {
+                    Outcome::Ok => tally.ok += 1,
+                    Outcome::Shed(_) => tally.shed += 1,
+                    Outcome::Error => tally.errors += 1,
+                },
+                Err(_) => tally.errors += 1,
+            }
+            tally
+        }));
+    }
+    let mut logins_report = Report::new(&format!("storm: {logins} concurrent logins"));
+    for task in login_tasks {
+        logins_report.merge(&task.await.expect("login task"));
+    }
+    logins_report.elapsed = started.elapsed();
+    let late = late.load(Ordering::Relaxed);
+    logins_report.notes.push(format!(
+        "{} of {logins} answered within {:?} ({} ok, {} refused with Retry-After, {} errors); slowest {:.2} s",
+        logins as u64 - late,
+        answer_within,
+        logins_report.ok,
+        logins_report.shed,
+        logins_report.errors,
+        logins_report.latency.max() as f64 / 1e6
+    ));
+    done.store(true, Ordering::Relaxed);
+    let mut probes_report = Report::new(&format!("storm: GetMe probes c={probes}"));
+    for task in probe_tasks {
+        probes_report.merge(&task.await.expect("probe task"));
+    }
+    probes_report.elapsed = logins_report.elapsed;
+    (logins_report, probes_report)
+}
+
+/// One window of the sustained run.
+#[derive(Debug, Clone)]
+pub struct Window {
+    pub end_s: f64,
+    pub requests: u64,
+    pub errors: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub rss_kib: Option<u64>,
+}
+
+/// Scenario 6: GetMe at a constant rate (open loop), reported per window so drift shows.
+pub async fn sustained(
+    target: &Target,
+    per_minute: u64,
+    duration: Duration,
+    window: Duration,
+) -> (Report, Vec<Window>) {
+    let channels = channels(&target.grpc_url, 4).await;
+    let interval = Duration::from_secs(60).div_f64(per_minute as f64);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, bool, u64)>();
+    let started = Instant::now();
+    let tokens = Arc::new(target.tokens.clone());
+    let producer = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut n = 0usize;
+        while started.elapsed() < duration {
+            tick.tick().await;
+            let mut client = UserServiceClient::new(channels[n % channels.len()].clone());
+            let token = tokens[(n * 7919) % tokens.len()].clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let t0 = Instant::now();
+                let ok = client.get_me(authed(&token, pb::GetMeRequest {})).await.is_ok();
+                let _ = tx.send((t0, ok, u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX).max(1)));
+            });
+            n += 1;
+        }
+    });
+    let mut report = Report::new(&format!("sustained getme {per_minute}/min"));
+    let mut windows = Vec::new();
+    let mut current = Worker::new();
+    let mut window_end = started + window;
+    let pid = target.pid;
+    loop {
+        let next = tokio::time::timeout_at(tokio::time::Instant::from_std(window_end), rx.recv()).await;
+        match next {
+            Ok(Some((t0, ok, micros))) => {
+                if ok {
+                    current.ok += 1;
+                    let _ = current.latency.record(micros);
+                } else {
+                    current.errors += 1;
+                }
+                let _ = t0;
+            }
+            Ok(None) => break,
+            Err(_) => {
+                windows.push(Window {
+                    end_s: (window_end - started).as_secs_f64(),
+                    requests: current.ok,
+                    errors: current.errors,
+                    p50_ms: current.latency.value_at_quantile(0.5) as f64 / 1000.0,
+                    p99_ms: current.latency.value_at_quantile(0.99) as f64 / 1000.0,
+                    rss_kib: pid.and_then(rss_kib),
+                });
+                report.merge(&current);
+                current = Worker::new();
+                window_end += window;
+                if started.elapsed() > duration + Duration::from_secs(5) {
+                    break;
+                }
+            }
+        }
+    }
+    producer.await.expect("producer");
+    report.merge(&current);
+    report.elapsed = duration;
+    (report, windows)
+}
+
+/// Scenario 3: GetMe as JSON through Envoy, driven by wrk (rotating tokens).
+pub fn getme_json_wrk(target: &Target, connections: usize, duration: Duration, workdir: &std::path::Path) -> Report {
+    let url = target.json_url.as_ref().expect("Envoy running");
+    let script = workdir.join("getme.lua");
+    let tokens: Vec<String> = target.tokens.iter().map(|t| format!("\"{t}\"")).collect();
+    std::fs::write(
+        &script,
+        format!(
+            r#"local tokens = {{ {} }}
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("GET", "/api/v1/users/me", {{ ["Authorization"] = "Bearer " .. tokens[(i % #tokens) + 1] }})
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %d %d %d %d %d %d %d %d\n", summary.requests, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, summary.duration))
+end
+"#,
+            tokens.join(", ")
+        ),
+    )
+    .expect("wrk script");
+    let threads = connections.clamp(1, 2);
+    let output = std::process::Command::new("wrk")
+        .args([
+            "-t",
+            &threads.to_string(),
+            "-c",
+            &connections.to_string(),
+            "-d",
+            &format!("{}s", duration.as_secs().max(1)),
+            "--timeout",
+            "10s",
+        ])
+        .arg("-s")
+        .arg(&script)
+        .arg(format!("{url}/api/v1/users/me"))
+        .output()
+        .expect("wrk runs (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let line =
+        text.lines().find(|l| l.starts_with("RESULT ")).unwrap_or_else(|| panic!("wrk output without RESULT: {text}"));
+    let v: Vec<u64> = line.split_whitespace().skip(1).map(|x| x.parse().unwrap_or(0)).collect();
+    let mut report = Report::new(&format!("getme json via envoy c={connections}"));
+    let (requests, non2xx, socket) = (v[0], v[1], v[2]);
+    report.ok = requests.saturating_sub(non2xx);
+    report.errors = non2xx + socket;
+    report.elapsed = Duration::from_micros(v[7]);
+    // wrk reports percentiles, not its histogram.
+    report.given_ms = Some([v[3] as f64 / 1e3, v[4] as f64 / 1e3, v[5] as f64 / 1e3]);
+    let _ = report.latency.record(v[6].max(1));
+    report.notes.push(format!("wrk: max {:.2} ms, {non2xx} non-2xx, {socket} socket errors", v[6] as f64 / 1e3));
+    report
+}
+
+/// Cores ÷ one verify at `cost`, measured here and now: the ceiling of logins per second.
+pub fn bcrypt_bound(cost: u32, samples: u32) -> (Duration, f64) {
+    let hash = bcrypt::hash("Secure_password123!", cost).expect("hash");
+    let started = Instant::now();
+    for _ in 0..samples {
+        assert!(bcrypt::verify("Secure_password123!", &hash).expect("verify"));
+    }
+    let per = started.elapsed() / samples;
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    (per, cores as f64 / per.as_secs_f64())
+}
+
+/// The resident set size of `pid` now, KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    proc_status(pid, "VmRSS:")
+}
+
+/// The peak resident set size of `pid` over its life, KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    proc_status(pid, "VmHWM:")
+}
+
+fn proc_status(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Samples a process's RSS every 100 ms until stopped; the maximum seen.
+pub struct RssSampler {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<u64>,
+}
+
+impl RssSampler {
+    pub fn start(pid: u32) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let handle = std::thread::spawn(move || {
+            let mut max = 0;
+            while !flag.load(Ordering::Relaxed) {
+                max = max.max(rss_kib(pid).unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            max.max(rss_kib(pid).unwrap_or(0))
+        });
+        Self { stop, handle }
+    }
+
+    pub fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap_or(0)
+    }
+}
+
+pub const PASSWORD: &str = "Secure_password123!";
+
+/// Seeds `n` users (all with `password_hash`, a hash of [`PASSWORD`]) and one live session
+/// each, through the crate's own storage code; returns their credentials and access tokens
+/// (signed with `jwt`, as the service signs them).
+pub async fn seed(
+    db: &instachatico_auth::db::DbPool,
+    jwt: &instachatico_auth::crypto::jwt::JwtKeys,
+    n: usize,
+    password_hash: &str,
+) -> (Vec<(String, String)>, Vec<String>) {
+    use instachatico_auth::db::models::users::{self, NewUserRow};
+    use instachatico_auth::db::models::{SessionRow, sessions};
+    let now = chrono::Utc::now();
+    let mut conn = db.get().await.expect("db");
+    let (mut credentials, mut tokens) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n {
+        let username = format!("bench{i:04}");
+        let email = format!("{username}@example.com");
+        let user = users::insert(
+            &mut conn,
+            &NewUserRow {
+                username: &username,
+                email: &email,
+                password_hash,
+                role: "user",
+                is_active: true,
+                created_at: now.naive_utc(),
+                updated_at: now.naive_utc(),
+            },
+        )
+        .await
+        .expect("seed user");
+        let session = SessionRow {
+            id: uuid::Uuid::new_v4().to_string(),
+            user_id: user.id,
+            created_at: now.naive_utc(),
+            refreshed_at: now.naive_utc(),
+            expires_at: (now + chrono::Duration::hours(24)).naive_utc(),
+            revoked_at: None,
+            ip_address: None,
+            user_agent: Some("loadgen".into()),
+        };
+        sessions::insert(&mut conn, &session).await.expect("seed session");
+        let token =
+            jwt.issue(user.id, &username, "user", &session.id, now, now + chrono::Duration::hours(24)).expect("token");
+        credentials.push((username, PASSWORD.to_owned()));
+        tokens.push(token);
+    }
+    (credentials, tokens)
+}

@@ -1,0 +1,319 @@
+//! The load harness: `bench/run` (or `cargo bench --bench loadgen -- --help`).
+//!
+//! For each database it seeds users and sessions through the crate's own storage code, then
+//! for each scenario starts a fresh release service process (and Envoy for JSON), warms it up,
+//! runs the scenario while sampling the service's RSS, and stops it. Rate limits and login
+//! throttling are switched off for the run (it says so), everything else is the default
+//! configuration (bcrypt cost 12, pool of 16). Results: a table on stdout and
+//! `results.json` / `results.md` in the output directory.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a benchmark tool: a panic is its error report")]
+
+#[path = "harness/mod.rs"]
+mod harness;
+#[path = "harness/process.rs"]
+mod process;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use harness::{Report, RssSampler, Target};
+use process::{Envoy, ServiceProcess};
+use secrecy::SecretString;
+
+const JWT_SECRET: &str = "loadgen-jwt-secret-0123456789-abcdefghijklmnop";
+const FERNET_KEY: &str = "KSDEUmaWmBWPfjVWm8Pkru5oXPd2OaHkVt0xXkx-Qbg=";
+
+#[derive(Debug, Parser)]
+#[command(about = "Load scenarios against a real instachatico-auth (release build)")]
+struct Args {
+    /// Databases to run on.
+    #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
+    db: Vec<String>,
+    /// Scenarios: null, getme, json, login, storm, sustained.
+    #[arg(long, value_delimiter = ',', default_value = "null,getme,json,login,storm,sustained")]
+    scenarios: Vec<String>,
+    /// Seconds per closed-loop run.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Seconds of the sustained run (seed 8.3: 10,000 GetMe/min; 5 minutes).
+    #[arg(long, default_value_t = 300)]
+    sustained_seconds: u64,
+    /// Concurrency of the throughput runs (null, getme, json).
+    #[arg(long, value_delimiter = ',', default_value = "8,64")]
+    concurrency: Vec<usize>,
+    /// Logins of the storm (seed 8.3: 1000).
+    #[arg(long, default_value_t = 1000)]
+    storm_logins: usize,
+    /// Seeded users (and sessions).
+    #[arg(long, default_value_t = 200)]
+    users: usize,
+    #[arg(long, default_value_t = 12)]
+    bcrypt_cost: u32,
+    /// PostgreSQL server on which throwaway databases are created.
+    #[arg(long, env = "BENCH_PG_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    pg_url: String,
+    /// Where results.json and results.md go.
+    #[arg(long, default_value = "bench/results/latest")]
+    out: PathBuf,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    runtime.block_on(run(args));
+}
+
+async fn run(args: Args) {
+    std::fs::create_dir_all(&args.out).expect("output dir");
+    println!(
+        "instachatico-auth load harness: rate limits and login throttling OFF for this run; bcrypt cost {}",
+        args.bcrypt_cost
+    );
+    println!(
+        "machine: {} cores; service {}",
+        std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        env!("CARGO_BIN_EXE_instachatico-auth")
+    );
+    let (per_verify, bound) = tokio::task::spawn_blocking({
+        let cost = args.bcrypt_cost;
+        move || harness::bcrypt_bound(cost, 6)
+    })
+    .await
+    .unwrap();
+    println!(
+        "bcrypt bound: one verify at cost {} = {:.1} ms here -> {:.2} logins/s on all cores\n",
+        args.bcrypt_cost,
+        per_verify.as_secs_f64() * 1e3,
+        bound
+    );
+
+    let mut all: Vec<(String, Report)> = Vec::new();
+    let mut sustained_windows = Vec::new();
+    for db in &args.db {
+        let database = Database::create(db, &args.pg_url).await;
+        let (users, tokens) = database.seed(args.users, args.bcrypt_cost).await;
+        for scenario in &args.scenarios {
+            for report in run_scenario(scenario, &database, &users, &tokens, &args, &mut sustained_windows).await {
+                println!("[{db}] {}", report.summary());
+                for note in &report.notes {
+                    println!("         {note}");
+                }
+                all.push((db.clone(), report));
+            }
+        }
+        database.drop().await;
+    }
+    write_results(&args, per_verify, bound, &all, &sustained_windows);
+}
+
+async fn run_scenario(
+    scenario: &str,
+    database: &Database,
+    users: &[(String, String)],
+    tokens: &[String],
+    args: &Args,
+    windows: &mut Vec<(String, harness::Window)>,
+) -> Vec<Report> {
+    let seconds = Duration::from_secs(args.seconds);
+    let mut reports = Vec::new();
+    let runs: Vec<Option<usize>> = match scenario {
+        "null" | "getme" | "json" => args.concurrency.iter().copied().map(Some).collect(),
+        "login" => vec![Some(1), Some(8), Some(64)],
+        _ => vec![None],
+    };
+    for c in runs {
+        // A fresh service per run: one run's leftovers never colour the next.
+        let service = ServiceProcess::spawn(&database.service_env());
+        let envoy = if scenario == "json" { Envoy::start(&[service.addr]).await } else { None };
+        if scenario == "json" && envoy.is_none() {
+            println!("(no envoy binary: skipping the JSON scenario)");
+            return reports;
+        }
+        let target = Target {
+            grpc_url: service.url(),
+            json_url: envoy.as_ref().map(|e| e.url.clone()),
+            users: users.to_vec(),
+            tokens: tokens.to_vec(),
+            pid: Some(service.pid()),
+        };
+        // Warm up connections, caches and the allocator.
+        if scenario != "login" && scenario != "storm" {
+            let _ = harness::getme_grpc(&target, 8, Duration::from_secs(2)).await;
+        }
+        let sampler = RssSampler::start(service.pid());
+        let mut produced = match (scenario, c) {
+            ("null", Some(c)) => vec![harness::null_rpc(&target, c, seconds).await],
+            ("getme", Some(c)) => vec![harness::getme_grpc(&target, c, seconds).await],
+            ("json", Some(c)) => {
+                let dir = tempfile::tempdir().unwrap();
+                let t = target.clone();
+                vec![
+                    tokio::task::spawn_blocking(move || harness::getme_json_wrk(&t, c, seconds, dir.path()))
+                        .await
+                        .unwrap(),
+                ]
+            }
+            ("login", Some(c)) => vec![harness::login(&target, c, seconds).await],
+            ("storm", _) => {
+                let (logins, probes) = harness::storm(&target, args.storm_logins, 8, Duration::from_secs(10)).await;
+                vec![logins, probes]
+            }
+            ("sustained", _) => {
+                let (report, w) = harness::sustained(
+                    &target,
+                    10_000,
+                    Duration::from_secs(args.sustained_seconds),
+                    Duration::from_secs(30),
+                )
+                .await;
+                windows.extend(w.into_iter().map(|w| (database.kind.clone(), w)));
+                vec![report]
+            }
+            (other, _) => panic!("unknown scenario {other}"),
+        };
+        let peak = sampler.finish();
+        for report in &mut produced {
+            report.peak_rss_kib = Some(peak);
+        }
+        reports.extend(produced);
+    }
+    reports
+}
+
+/// A throwaway database with the schema applied.
+struct Database {
+    kind: String,
+    url: String,
+    pg_admin: Option<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+impl Database {
+    async fn create(kind: &str, pg_url: &str) -> Self {
+        use diesel_async::{AsyncConnection, RunQueryDsl};
+        let dir = tempfile::tempdir().unwrap();
+        let (url, pg_admin) = match kind {
+            "sqlite" => (dir.path().join("bench.db").to_string_lossy().into_owned(), None),
+            "postgres" => {
+                let name = format!("ia_bench_{}", uuid::Uuid::new_v4().simple());
+                let mut conn =
+                    diesel_async::AsyncPgConnection::establish(pg_url).await.expect("PostgreSQL for the benchmark");
+                diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+                let mut url = url::Url::parse(pg_url).unwrap();
+                url.set_path(&format!("/{name}"));
+                (url.to_string(), Some((pg_url.to_owned(), name)))
+            }
+            other => panic!("unknown database {other}: sqlite or postgres"),
+        };
+        let target = instachatico_auth::db::DbTarget::parse(&url).unwrap();
+        instachatico_auth::db::migrate(&target).await.unwrap();
+        Self { kind: kind.to_owned(), url, pg_admin, _dir: dir }
+    }
+
+    async fn seed(&self, n: usize, cost: u32) -> (Vec<(String, String)>, Vec<String>) {
+        let target = instachatico_auth::db::DbTarget::parse(&self.url).unwrap();
+        let options = instachatico_auth::db::PoolOptions { max_size: 2, wait_timeout: Duration::from_secs(10) };
+        let pool = instachatico_auth::db::DbPool::connect(&target, options).await.unwrap();
+        let jwt =
+            instachatico_auth::crypto::jwt::JwtKeys::new(&SecretString::from(JWT_SECRET.to_owned()), &[]).unwrap();
+        let hash = tokio::task::spawn_blocking(move || bcrypt::hash(harness::PASSWORD, cost).unwrap()).await.unwrap();
+        harness::seed(&pool, &jwt, n, &hash).await
+    }
+
+    fn service_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("DATABASE_URL", self.url.clone()),
+            ("JWT_SECRET_KEY", JWT_SECRET.to_owned()),
+            ("ENCRYPTION_KEY", FERNET_KEY.to_owned()),
+            ("BCRYPT_COST", "12".to_owned()),
+            // The harness's own run: limits off, so they do not cap the measurement.
+            ("RATE_LIMIT_LOGIN_PER_MINUTE", "0".to_owned()),
+            ("RATE_LIMIT_API_PER_MINUTE", "0".to_owned()),
+            ("LOGIN_THROTTLE_THRESHOLD", "1000".to_owned()),
+            ("LOG_LEVEL", "warn,instachatico_auth::server=info".to_owned()),
+        ]
+    }
+
+    async fn drop(self) {
+        use diesel_async::{AsyncConnection, RunQueryDsl};
+        if let Some((admin, name)) = &self.pg_admin
+            && let Ok(mut conn) = diesel_async::AsyncPgConnection::establish(admin).await
+        {
+            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
+        }
+    }
+}
+
+fn write_results(
+    args: &Args,
+    per_verify: Duration,
+    bound: f64,
+    all: &[(String, Report)],
+    windows: &[(String, harness::Window)],
+) {
+    let rows: Vec<serde_json::Value> = all
+        .iter()
+        .map(|(db, r)| {
+            serde_json::json!({
+                "db": db, "scenario": r.scenario, "throughput": r.throughput(), "ok": r.ok, "shed": r.shed,
+                "errors": r.errors, "seconds": r.elapsed.as_secs_f64(), "p50_ms": r.ms(0.5), "p90_ms": r.ms(0.9),
+                "p99_ms": r.ms(0.99), "max_ms": r.latency.max() as f64 / 1e3,
+                "peak_rss_mib": r.peak_rss_kib.map(|k| k as f64 / 1024.0), "notes": r.notes,
+            })
+        })
+        .collect();
+    let windows_json: Vec<serde_json::Value> = windows
+        .iter()
+        .map(|(db, w)| serde_json::json!({"db": db, "end_s": w.end_s, "requests": w.requests, "errors": w.errors, "p50_ms": w.p50_ms, "p99_ms": w.p99_ms, "rss_mib": w.rss_kib.map(|k| k as f64 / 1024.0)}))
+        .collect();
+    let json = serde_json::json!({
+        "bcrypt": {"cost": args.bcrypt_cost, "verify_ms": per_verify.as_secs_f64() * 1e3, "bound_logins_per_s": bound},
+        "results": rows,
+        "sustained_windows": windows_json,
+    });
+    std::fs::write(args.out.join("results.json"), serde_json::to_string_pretty(&json).unwrap()).unwrap();
+
+    let mut md = format!(
+        "bcrypt cost {}: {:.1} ms per verify, bound {:.2} logins/s\n\n| db | scenario | req/s | p50 ms | p90 ms | p99 ms | ok | shed | errors | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        args.bcrypt_cost,
+        per_verify.as_secs_f64() * 1e3,
+        bound
+    );
+    for (db, r) in all {
+        md.push_str(&format!(
+            "| {db} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |\n",
+            r.scenario,
+            r.throughput(),
+            r.ms(0.5),
+            r.ms(0.9),
+            r.ms(0.99),
+            r.ok,
+            r.shed,
+            r.errors,
+            r.peak_rss_kib.map_or_else(|| "-".into(), |k| format!("{:.1}", k as f64 / 1024.0))
+        ));
+    }
+    if !windows.is_empty() {
+        md.push_str(
+            "\n| db | window end s | requests | errors | p50 ms | p99 ms | RSS MiB |\n|---|---|---|---|---|---|---|\n",
+        );
+        for (db, w) in windows {
+            md.push_str(&format!(
+                "| {db} | {:.0} | {} | {} | {:.2} | {:.2} | {} |\n",
+                w.end_s,
+                w.requests,
+                w.errors,
+                w.p50_ms,
+                w.p99_ms,
+                w.rss_kib.map_or_else(|| "-".into(), |k| format!("{:.1}", k as f64 / 1024.0))
+            ));
+        }
+    }
+    std::fs::write(args.out.join("results.md"), &md).unwrap();
+    println!("\n{md}\nresults: {}", args.out.display());
+}

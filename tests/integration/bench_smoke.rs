@@ -1,0 +1,70 @@
+//! The load harness itself, each scenario for about a second against the real server: the
+//! benchmark cannot rot unnoticed. No timing assertions: only that requests flow and every
+//! outcome is accounted for.
+
+use std::time::Duration;
+
+#[path = "../../benches/harness/mod.rs"]
+mod harness;
+
+use crate::common::{Backend, Envoy, TestServer};
+
+async fn target(s: &TestServer, json: bool) -> (harness::Target, Option<Envoy>) {
+    let hash = bcrypt::hash(harness::PASSWORD, 10).unwrap();
+    let (users, tokens) = harness::seed(s.app().db(), s.app().jwt(), 20, &hash).await;
+    let envoy = if json { Envoy::start(&[s.running.as_ref().unwrap().addr]).await } else { None };
+    let target = harness::Target {
+        grpc_url: s.url.clone(),
+        json_url: envoy.as_ref().map(|e| e.url.clone()),
+        users,
+        tokens,
+        pid: Some(std::process::id()),
+    };
+    (target, envoy)
+}
+
+fn flows(report: &harness::Report) {
+    assert!(report.ok > 0, "{}", report.summary());
+    assert_eq!(report.errors, 0, "{}", report.summary());
+    assert!(report.throughput() > 0.0 && report.ms(0.99) > 0.0);
+}
+
+async fn every_scenario_runs(s: TestServer) {
+    let second = Duration::from_secs(1);
+    let (target, envoy) = target(&s, true).await;
+    flows(&harness::null_rpc(&target, 4, second).await);
+    flows(&harness::getme_grpc(&target, 4, second).await);
+    flows(&harness::login(&target, 2, second).await);
+
+    let (logins, probes) = harness::storm(&target, 40, 2, Duration::from_secs(10)).await;
+    assert_eq!(logins.ok + logins.shed + logins.errors, 40, "every login answered: {}", logins.summary());
+    assert_eq!(logins.errors, 0, "{:?}", logins.notes);
+    flows(&probes);
+
+    let (sustained, windows) = harness::sustained(&target, 1200, second, Duration::from_millis(500)).await;
+    flows(&sustained);
+    assert!(!windows.is_empty() && windows.iter().all(|w| w.rss_kib.is_some()));
+
+    let sampler = harness::RssSampler::start(std::process::id());
+    if envoy.is_some() && std::process::Command::new("wrk").arg("--version").output().is_ok() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = target.clone();
+        let json =
+            tokio::task::spawn_blocking(move || harness::getme_json_wrk(&t, 4, Duration::from_secs(1), dir.path()))
+                .await
+                .unwrap();
+        flows(&json);
+    } else {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(!ci, "CI=true but wrk or envoy is missing (./scripts/test installs them)");
+        eprintln!("!!!!! SKIPPING the wrk JSON scenario smoke: wrk or envoy missing !!!!!");
+    }
+    assert!(sampler.finish() > 0);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_harness_smoke() {
+    let Some(s) = TestServer::start(Backend::Postgres).await else { return };
+    every_scenario_runs(s).await;
+}
