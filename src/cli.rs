@@ -129,6 +129,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.config;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
+            // First: a SIGTERM during start-up then stops us cleanly instead of killing us.
+            let shutdown = server::shutdown_signal()?;
             let app = server::build_app(&config).await?;
             server::bootstrap_admin(&app, &config).await?;
             let listener = tokio::net::TcpListener::bind(config.listen_addr()?)
@@ -138,7 +140,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(addr) => Some(crate::telemetry::bind_metrics(addr).await?),
                 None => None,
             };
-            server::serve(app, &config, listener, metrics, server::shutdown_signal()).await
+            server::serve(app, &config, listener, metrics, shutdown).await
         }
         Command::Migrate => {
             let target = config.db_target()?;

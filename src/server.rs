@@ -59,7 +59,9 @@ pub async fn build_app(config: &Config) -> anyhow::Result<App> {
 
     let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let max_queue = if config.bcrypt_max_queue == 0 { workers * 16 } else { config.bcrypt_max_queue };
-    let hasher = PasswordHasher::new(config.bcrypt_cost, workers, max_queue).await?;
+    let hasher =
+        PasswordHasher::new(config.bcrypt_cost, workers, max_queue, Duration::from_millis(config.bcrypt_max_wait_ms))
+            .await?;
     // On PostgreSQL other replicas change sessions too: trust the cache only while listening.
     let ttl = Duration::from_millis(config.session_cache_ttl_ms);
     let cache = crate::domain::cache::PrincipalCache::new(ttl, matches!(target, crate::db::DbTarget::Postgres(_)));
@@ -176,11 +178,11 @@ pub async fn serve(
         AuthServiceServer::new(AuthApi::new(app.clone(), ips.clone())).max_decoding_message_size(MAX_REQUEST_BYTES);
     let users = InterceptedService::new(
         UserServiceServer::new(UserApi::new(app.clone(), ips)).max_decoding_message_size(MAX_REQUEST_BYTES),
-        AuthInterceptor::new(app.clone()),
+        AuthInterceptor,
     );
     let audit = InterceptedService::new(
         AuditServiceServer::new(AuditApi::new(app.clone())).max_decoding_message_size(MAX_REQUEST_BYTES),
-        AuthInterceptor::new(app.clone()),
+        AuthInterceptor,
     );
     let health = HealthServiceServer::new(HealthApi::new(app.clone()));
 
@@ -294,25 +296,27 @@ async fn housekeeping(app: App) {
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Registers for Ctrl-C and SIGTERM now (so a signal that comes before serving starts is not
+/// fatal) and returns a future that resolves on either.
+pub fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = interrupt.recv() => {},
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+            tracing::info!("shutdown requested; draining in-flight requests");
+        })
     }
-    tracing::info!("shutdown requested; draining in-flight requests");
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutdown requested; draining in-flight requests");
+        })
+    }
 }
