@@ -147,6 +147,10 @@ pub struct Config {
     #[arg(long, env = "SESSION_CACHE_TTL_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=60000), global = true)]
     pub session_cache_ttl_ms: u64,
 
+    /// Longest expected wait for a password hash before logins are shed (milliseconds).
+    #[arg(long, env = "BCRYPT_MAX_WAIT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=60000), global = true)]
+    pub bcrypt_max_wait_ms: u64,
+
     /// Database connections per process.
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=512), global = true)]
     pub db_pool_size: u32,

@@ -96,10 +96,12 @@ impl Transport {
 }
 
 /// The RPC paths the service serves, so metric labels stay bounded whatever clients send.
-fn known_methods() -> &'static HashSet<String> {
-    static METHODS: OnceLock<HashSet<String>> = OnceLock::new();
+/// Built once and kept for the life of the process (a few dozen short strings), so labels are
+/// `&'static str` and recording a call allocates nothing.
+fn known_methods() -> &'static HashSet<&'static str> {
+    static METHODS: OnceLock<HashSet<&'static str>> = OnceLock::new();
     METHODS.get_or_init(|| {
-        let mut set: HashSet<String> = crate::openapi::pool()
+        let mut paths: Vec<String> = crate::openapi::pool()
             .map(|pool| {
                 pool.services()
                     .flat_map(|s| {
@@ -110,7 +112,7 @@ fn known_methods() -> &'static HashSet<String> {
                     .collect()
             })
             .unwrap_or_default();
-        set.extend(
+        paths.extend(
             [
                 "/grpc.health.v1.Health/Check",
                 "/grpc.health.v1.Health/Watch",
@@ -119,12 +121,12 @@ fn known_methods() -> &'static HashSet<String> {
             ]
             .map(str::to_owned),
         );
-        set
+        paths.into_iter().map(|p| &*Box::leak(p.into_boxed_str())).collect()
     })
 }
 
-fn method_label(path: &str) -> String {
-    if known_methods().contains(path) { path.trim_start_matches('/').to_owned() } else { "unknown".to_owned() }
+fn method_label(path: &str) -> &'static str {
+    known_methods().get(path).map_or("unknown", |p| p.trim_start_matches('/'))
 }
 
 fn code_name(code: &str) -> &'static str {
@@ -157,7 +159,7 @@ fn grpc_status(headers: &HeaderMap) -> Option<&'static str> {
 /// Per-call bookkeeping, finished exactly once (status known, stream ended or dropped).
 struct Call {
     start: Instant,
-    method: String,
+    method: &'static str,
     transport: Transport,
     span: tracing::Span,
     done: bool,
@@ -169,7 +171,7 @@ impl Call {
             return;
         }
         let elapsed = self.start.elapsed();
-        metrics::histogram!("auth_rpc_duration_seconds", "method" => self.method.clone(), "code" => code, "transport" => self.transport.as_str())
+        metrics::histogram!("auth_rpc_duration_seconds", "method" => self.method, "code" => code, "transport" => self.transport.as_str())
             .record(elapsed.as_secs_f64());
         self.span.record("code", code);
         self.span.record("latency_us", u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX));

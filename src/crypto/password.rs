@@ -68,29 +68,43 @@ struct Inner {
     jobs: std::sync::mpsc::Sender<Job>,
     /// Permits for everything admitted (running + queued); when none is left, shed.
     admitted: Arc<Semaphore>,
+    capacity: usize,
+    workers: usize,
     queued: Arc<AtomicUsize>,
+    /// Moving average of one hash's wall time (ns). It grows when the CPU is contended, and
+    /// with it the estimated wait, so admission adapts to what the machine can do right now.
+    hash_ns: Arc<std::sync::atomic::AtomicU64>,
+    /// Longest estimated wait admitted; beyond it logins are shed.
+    max_wait: Duration,
     /// Hash of a random password at `cost`: unknown users are verified against it so they cost
     /// the same time as a wrong password.
     dummy_hash: String,
-    /// Seconds a client should wait when shed: roughly how long the queue takes to drain.
-    retry_after: Duration,
 }
 
 /// Starts `n` hashing threads below the request-serving threads: SCHED_BATCH (a thread that
 /// wakes up to serve a request preempts them) at nice 5 (a smaller share under contention, but
 /// never starved: queued logins still finish). Idle cores still go to hashing.
-fn spawn_workers(n: usize) -> anyhow::Result<std::sync::mpsc::Sender<Job>> {
+fn spawn_workers(n: usize, hash_ns: Arc<std::sync::atomic::AtomicU64>) -> anyhow::Result<std::sync::mpsc::Sender<Job>> {
     let (tx, rx) = std::sync::mpsc::channel::<Job>();
     let rx = Arc::new(std::sync::Mutex::new(rx));
     for i in 0..n {
-        let rx = Arc::clone(&rx);
+        let (rx, hash_ns) = (Arc::clone(&rx), Arc::clone(&hash_ns));
         std::thread::Builder::new().name(format!("bcrypt-{i}")).spawn(move || {
             lower_priority();
             loop {
                 // The lock is held only while waiting for the next job.
                 let next = rx.lock().map_err(|_| ()).and_then(|rx| rx.recv().map_err(|_| ()));
                 match next {
-                    Ok(job) => job(),
+                    Ok(job) => {
+                        let started = Instant::now();
+                        job();
+                        // Average of recent hashes (skipped jobs are instant and left out).
+                        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                        if took > 1_000_000 {
+                            let old = hash_ns.load(Ordering::Relaxed);
+                            hash_ns.store(old - old / 5 + took / 5, Ordering::Relaxed);
+                        }
+                    }
                     // The hasher was dropped.
                     Err(()) => return,
                 }
@@ -112,9 +126,10 @@ fn lower_priority() {
 }
 
 impl PasswordHasher {
-    /// `workers` hashing threads, `max_queue` requests waiting beyond them. Computes the dummy
-    /// hash, so this takes one hash's time.
-    pub async fn new(cost: u32, workers: usize, max_queue: usize) -> anyhow::Result<Self> {
+    /// `workers` hashing threads, at most `max_queue` requests waiting beyond them and none
+    /// expected to wait longer than `max_wait`. Computes the dummy hash, so this takes one
+    /// hash's time.
+    pub async fn new(cost: u32, workers: usize, max_queue: usize, max_wait: Duration) -> anyhow::Result<Self> {
         anyhow::ensure!(
             (MIN_COST..=MAX_COST).contains(&cost),
             "BCRYPT_COST must be between {MIN_COST} and {MAX_COST}, got {cost}"
@@ -123,18 +138,19 @@ impl PasswordHasher {
         let random = crate::crypto::random_token(24);
         let started = Instant::now();
         let dummy_hash = tokio::task::spawn_blocking(move || bcrypt::hash(random, cost)).await??;
-        let one_hash = started.elapsed();
-        // Time to drain a full queue with all workers busy, at least one second.
-        #[expect(clippy::cast_precision_loss, reason = "small counts")]
-        let drain = one_hash.mul_f64((max_queue + workers) as f64 / workers as f64);
+        let one_hash = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let hash_ns = Arc::new(std::sync::atomic::AtomicU64::new(one_hash));
         Ok(Self {
             inner: Arc::new(Inner {
                 cost,
-                jobs: spawn_workers(workers)?,
+                jobs: spawn_workers(workers, Arc::clone(&hash_ns))?,
                 admitted: Arc::new(Semaphore::new(workers + max_queue)),
+                capacity: workers + max_queue,
+                workers,
                 queued: Arc::new(AtomicUsize::new(0)),
+                hash_ns,
+                max_wait,
                 dummy_hash,
-                retry_after: drain.max(Duration::from_secs(1)),
             }),
         })
     }
@@ -180,12 +196,23 @@ impl PasswordHasher {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
+        // Expected wait if admitted: the hashes ahead of it, spread over the workers.
+        let in_system = self.inner.capacity - self.inner.admitted.available_permits();
+        let hash = Duration::from_nanos(self.inner.hash_ns.load(Ordering::Relaxed));
+        let rounds = u32::try_from(in_system / self.inner.workers + 1).unwrap_or(u32::MAX);
+        let expected = hash.saturating_mul(rounds);
+        let overloaded = || Error::Overloaded {
+            message: "Too many sign-in attempts are in progress; retry shortly",
+            // By then about half of today's queue has drained.
+            retry_after: (expected / 2).max(Duration::from_secs(1)),
+        };
+        if expected > self.inner.max_wait {
+            crate::metrics::bcrypt_shed();
+            return Err(overloaded());
+        }
         let Ok(admitted) = Arc::clone(&self.inner.admitted).try_acquire_owned() else {
             crate::metrics::bcrypt_shed();
-            return Err(Error::Overloaded {
-                message: "Too many sign-in attempts are in progress; retry shortly",
-                retry_after: self.inner.retry_after,
-            });
+            return Err(overloaded());
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let waiting = Waiting::enter(Arc::clone(&self.inner.queued));

@@ -114,37 +114,44 @@ impl App {
         Ok(LoginOutcome { token, user: UserView::from((&user, backend.as_ref())), backend: backend_config })
     }
 
-    /// Resolves verified claims to a live session of an active user. Runs on every
-    /// authenticated request: from the session cache when it holds a valid entry, else one query.
+    /// Resolves verified claims to a live session of an active user (one query).
     pub async fn authenticate(&self, claims: &Claims, now: DateTime<Utc>) -> Result<Arc<Principal>> {
         let user_id = claims.user_id()?;
-        let principal = match self.cache().get(&claims.sid, now.naive_utc()) {
-            Some(cached) => cached,
-            None => {
-                let generation = self.cache().generation_before_read(user_id);
-                let mut conn = self.db().get().await?;
-                let (session, user, backend) = sessions::find_live(&mut conn, &claims.sid, now.naive_utc())
-                    .await?
-                    .ok_or(Error::Unauthenticated("Session has ended; sign in again"))?;
-                let principal = Principal { user, backend, session };
-                self.cache().put(principal.clone(), generation);
-                Arc::new(principal)
-            }
-        };
-        if principal.session.user_id != user_id {
+        let mut conn = self.db().get().await?;
+        let (session, user, backend) = sessions::find_live(&mut conn, &claims.sid, now.naive_utc())
+            .await?
+            .ok_or(Error::Unauthenticated("Session has ended; sign in again"))?;
+        drop(conn);
+        let principal = Arc::new(Principal { user, backend, session });
+        self.admit(&principal, user_id)?;
+        Ok(principal)
+    }
+
+    /// Verifies a bearer token and resolves it to a live principal. Runs on every authenticated
+    /// request: from the cache when it holds this exact token, else JWT verification and one
+    /// query.
+    pub async fn authenticate_token(&self, token: &str, now: DateTime<Utc>) -> Result<Arc<Principal>> {
+        if let Some(principal) = self.cache().get(token, now) {
+            self.admit(&principal, principal.user.id)?;
+            return Ok(principal);
+        }
+        let claims = self.jwt().verify(token, now)?;
+        // Read before the query: a change committed meanwhile leaves the entry stale.
+        let generation = self.cache().generation_before_read(claims.user_id()?);
+        let principal = self.authenticate(&claims, now).await?;
+        self.cache().put(token, claims.exp, Arc::clone(&principal), generation);
+        Ok(principal)
+    }
+
+    /// The checks every authenticated request passes, cached or not.
+    fn admit(&self, principal: &Principal, token_user: i32) -> Result<()> {
+        if principal.session.user_id != token_user {
             return Err(Error::Unauthenticated("Invalid token"));
         }
         if !principal.user.is_active {
             return Err(Error::Unauthenticated("Account is inactive"));
         }
-        self.inner.api_limiter.check(user_id)?;
-        Ok(principal)
-    }
-
-    /// Verifies a bearer token and resolves it to a principal.
-    pub async fn authenticate_token(&self, token: &str, now: DateTime<Utc>) -> Result<Arc<Principal>> {
-        let claims = self.jwt().verify(token, now)?;
-        self.authenticate(&claims, now).await
+        self.inner.api_limiter.check(token_user)
     }
 
     /// Issues a new token for the session behind `token`, which may have expired within the

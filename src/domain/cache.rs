@@ -1,5 +1,7 @@
-//! The hot-path cache: a live session with its user and backend, keyed by session id, so an
-//! authenticated RPC usually needs no database round trip. Revocation stays immediate:
+//! The hot-path cache: an access token already verified, with its live session, user and
+//! backend, so an authenticated RPC usually needs neither JWT verification nor a database round
+//! trip. Keyed by the whole token (compared in full), bounded in bytes; a hit still checks the
+//! token's expiry and the session's end. Revocation stays immediate:
 //! every write that changes a user's sessions or account bumps that user's generation (here
 //! after commit, and on every replica through PostgreSQL NOTIFY), and an entry filled under an
 //! older generation is a miss. Entries also expire after a short TTL, and on PostgreSQL the cache
@@ -9,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use chrono::NaiveDateTime;
+use chrono::{DateTime, Utc};
 
 use super::types::Principal;
 
@@ -17,6 +19,8 @@ use super::types::Principal;
 struct Entry {
     principal: Arc<Principal>,
     generation: u64,
+    /// The token's `exp` (Unix seconds).
+    expires: i64,
 }
 
 /// Generations come from one monotonic counter. A user's generation is the larger of the
@@ -33,12 +37,23 @@ pub struct PrincipalCache {
 }
 
 const MAX_ENTRIES: u64 = 100_000;
+/// Memory budget of the entries: ~16 MiB, tokens included.
+const MAX_BYTES: u64 = 16 << 20;
+/// What one entry costs besides its token (the principal's rows, bookkeeping).
+const ENTRY_OVERHEAD: u32 = 640;
 
 impl PrincipalCache {
     /// `ttl` zero disables caching. `needs_listener`: trust entries only once `set_trustworthy`.
     pub fn new(ttl: Duration, needs_listener: bool) -> Self {
-        let entries =
-            (!ttl.is_zero()).then(|| moka::sync::Cache::builder().max_capacity(MAX_ENTRIES).time_to_live(ttl).build());
+        let entries = (!ttl.is_zero()).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(MAX_BYTES)
+                .weigher(|token: &String, _: &Entry| {
+                    u32::try_from(token.len()).unwrap_or(u32::MAX).saturating_add(ENTRY_OVERHEAD)
+                })
+                .time_to_live(ttl)
+                .build()
+        });
         let counter = Arc::new(AtomicU64::new(1));
         let floor = Arc::new(AtomicU64::new(1));
         let (c, f) = (Arc::clone(&counter), Arc::clone(&floor));
@@ -56,25 +71,27 @@ impl PrincipalCache {
         self.generations.get(&user_id).map_or(floor, |g| g.max(floor))
     }
 
-    /// The cached principal for `session_id`, if still valid at `now`.
-    pub fn get(&self, session_id: &str, now: NaiveDateTime) -> Option<Arc<Principal>> {
+    /// The principal behind `token` if it was verified and is still valid at `now`: token not
+    /// expired, session not ended, no change to the user since it was read.
+    pub fn get(&self, token: &str, now: DateTime<Utc>) -> Option<Arc<Principal>> {
         let entries = self.entries.as_ref()?;
         if !self.trustworthy.load(Ordering::Acquire) {
             return None;
         }
-        let entry = entries.get(session_id)?;
-        let fresh =
-            entry.generation == self.generation(entry.principal.user.id) && entry.principal.session.expires_at > now;
-        let hit = fresh.then_some(entry.principal);
-        crate::metrics::cache_lookup(hit.is_some());
-        hit
+        let entry = entries.get(token)?;
+        let fresh = entry.expires > now.timestamp()
+            && entry.principal.session.expires_at > now.naive_utc()
+            && entry.generation == self.generation(entry.principal.user.id);
+        crate::metrics::cache_lookup(fresh);
+        fresh.then_some(entry.principal)
     }
 
-    /// Remembers a principal read from the database under `generation` (read before the
-    /// query, so a change committed meanwhile makes the entry stale, never wrongly fresh).
-    pub fn put(&self, principal: Principal, generation: u64) {
+    /// Remembers a verified token and the principal read from the database under
+    /// `generation` (read before the query, so a change committed meanwhile makes the entry
+    /// stale, never wrongly fresh).
+    pub fn put(&self, token: &str, expires: i64, principal: Arc<Principal>, generation: u64) {
         if let Some(entries) = &self.entries {
-            entries.insert(principal.session.id.clone(), Entry { principal: Arc::new(principal), generation });
+            entries.insert(token.to_owned(), Entry { principal, generation, expires });
         }
     }
 
@@ -140,31 +157,38 @@ mod tests {
     #[test]
     fn bump_invalidates_one_user_and_reads_started_before_a_bump_are_stale() {
         let cache = PrincipalCache::new(Duration::from_secs(60), false);
-        let now = chrono::Utc::now().naive_utc();
-        let g1 = cache.generation_before_read(1);
-        cache.put(principal(1, "a"), g1);
-        cache.put(principal(2, "b"), cache.generation_before_read(2));
-        assert!(cache.get("a", now).is_some());
+        let now = chrono::Utc::now();
+        let exp = now.timestamp() + 3600;
+        cache.put("ta", exp, Arc::new(principal(1, "a")), cache.generation_before_read(1));
+        cache.put("tb", exp, Arc::new(principal(2, "b")), cache.generation_before_read(2));
+        assert!(cache.get("ta", now).is_some());
+        assert!(cache.get("tx", now).is_none(), "only the exact token hits");
         // A read that began before a change must not fill a fresh-looking entry.
         let before = cache.generation_before_read(1);
         cache.bump(1);
-        cache.put(principal(1, "a"), before);
-        assert!(cache.get("a", now).is_none());
-        assert!(cache.get("b", now).is_some(), "other users keep their entries");
+        cache.put("ta", exp, Arc::new(principal(1, "a")), before);
+        assert!(cache.get("ta", now).is_none());
+        assert!(cache.get("tb", now).is_some(), "other users keep their entries");
         cache.bump_all();
-        assert!(cache.get("b", now).is_none());
+        assert!(cache.get("tb", now).is_none());
     }
 
     #[test]
-    fn untrusted_until_the_listener_is_up_and_expired_sessions_never_hit() {
+    fn untrusted_until_the_listener_is_up_and_expired_tokens_or_sessions_never_hit() {
         let cache = PrincipalCache::new(Duration::from_secs(60), true);
-        let now = chrono::Utc::now().naive_utc();
-        cache.put(principal(1, "a"), cache.generation_before_read(1));
-        assert!(cache.get("a", now).is_none());
+        let now = chrono::Utc::now();
+        let exp = now.timestamp() + 60;
+        cache.put("ta", exp, Arc::new(principal(1, "a")), cache.generation_before_read(1));
+        assert!(cache.get("ta", now).is_none());
         cache.set_trustworthy(true);
-        cache.put(principal(1, "a"), cache.generation_before_read(1));
-        assert!(cache.get("a", now).is_some());
-        assert!(cache.get("a", now + chrono::Duration::hours(2)).is_none(), "past the session's end");
-        assert!(PrincipalCache::new(Duration::ZERO, false).get("a", now).is_none());
+        cache.put("ta", exp, Arc::new(principal(1, "a")), cache.generation_before_read(1));
+        assert!(cache.get("ta", now).is_some());
+        assert!(cache.get("ta", now + chrono::Duration::seconds(61)).is_none(), "past the token's exp");
+        cache.put("tb", now.timestamp() + 7200, Arc::new(principal(1, "b")), cache.generation_before_read(1));
+        assert!(
+            cache.get("tb", now + chrono::Duration::hours(1) + chrono::Duration::seconds(1)).is_none(),
+            "past the session's end"
+        );
+        assert!(PrincipalCache::new(Duration::ZERO, false).get("ta", now).is_none());
     }
 }

@@ -13,36 +13,31 @@ use chrono::Utc;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
-use crate::crypto::jwt::Claims;
 use crate::domain::App;
 use crate::domain::types::Principal;
 use crate::error::Error;
 pub use meta::ClientIpPolicy;
 
-/// Verifies the bearer JWT (CPU only) before a protected service sees the request and leaves
-/// the claims in the request's extensions. Session and user checks happen in the handler,
-/// which can reach the database.
-#[derive(Clone)]
-pub struct AuthInterceptor {
-    app: App,
-}
+/// Rejects protected calls without a well-formed `authorization: Bearer` header before a
+/// service sees them, and leaves the token in the request's extensions. Verification (JWT or
+/// the verified-token cache) and the session and user checks happen in [`principal`].
+#[derive(Clone, Copy, Default)]
+pub struct AuthInterceptor;
 
-impl AuthInterceptor {
-    pub fn new(app: App) -> Self {
-        Self { app }
-    }
-}
+/// The bearer token of a request that passed [`AuthInterceptor`].
+#[derive(Clone)]
+struct BearerToken(String);
 
 impl Interceptor for AuthInterceptor {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let claims = meta::bearer_token(request.metadata()).and_then(|t| self.app.jwt().verify(t, Utc::now()))?;
-        request.extensions_mut().insert(claims);
+        let token = meta::bearer_token(request.metadata())?.to_owned();
+        request.extensions_mut().insert(BearerToken(token));
         Ok(request)
     }
 }
 
 /// The live principal behind a request that passed [`AuthInterceptor`].
 pub async fn principal<T>(app: &App, request: &Request<T>) -> Result<std::sync::Arc<Principal>, Status> {
-    let claims = request.extensions().get::<Claims>().ok_or(Error::Unauthenticated("Not authenticated"))?;
-    Ok(app.authenticate(claims, Utc::now()).await?)
+    let token = request.extensions().get::<BearerToken>().ok_or(Error::Unauthenticated("Not authenticated"))?;
+    Ok(app.authenticate_token(&token.0, Utc::now()).await?)
 }
