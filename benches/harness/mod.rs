@@ -208,7 +208,8 @@ fn outcome<T>(result: Result<T, tonic::Status>) -> Outcome {
 /// Scenario 1: `grpc.health.v1.Health/Check`, no database: the stack's ceiling.
 pub async fn null_rpc(target: &Target, concurrency: usize, duration: Duration) -> Report {
     let channels = channels(&target.grpc_url, concurrency.clamp(1, 8)).await;
-    closed_loop("null-rpc grpc Health/Check", concurrency, duration, move |w, _| {
+    let name = format!("null-rpc grpc Health/Check c={concurrency}");
+    closed_loop(&name, concurrency, duration, move |w, _| {
         let mut client = tonic_health::pb::health_client::HealthClient::new(channels[w % channels.len()].clone());
         async move { outcome(client.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await) }
     })
@@ -219,7 +220,8 @@ pub async fn null_rpc(target: &Target, concurrency: usize, duration: Duration) -
 pub async fn getme_grpc(target: &Target, concurrency: usize, duration: Duration) -> Report {
     let channels = channels(&target.grpc_url, concurrency.clamp(1, 8)).await;
     let tokens = Arc::new(target.tokens.clone());
-    closed_loop("getme grpc", concurrency, duration, move |w, n| {
+    let name = format!("getme grpc c={concurrency}");
+    closed_loop(&name, concurrency, duration, move |w, n| {
         let mut client = UserServiceClient::new(channels[w % channels.len()].clone());
         let token = tokens[(w + n as usize * 7919) % tokens.len()].clone();
         async move { outcome(client.get_me(authed(&token, pb::GetMeRequest {})).await) }
