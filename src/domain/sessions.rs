@@ -90,23 +90,15 @@ impl App {
         client: &ClientInfo,
         now: DateTime<Utc>,
     ) -> Result<usize> {
-        actor.require_admin()?;
-        let (db, client, actor_id) = (self.db().clone(), client.clone(), actor.user_id());
-        let result = detached(async move {
-            let mut conn = db.get().await?;
-            conn.transaction(async |c: &mut DbConn| {
-                users::find(c, user_id).await?.ok_or(Error::NotFound("user"))?;
+        self.admin_write(actor, user_id, client, now, move |c| {
+            Box::pin(async move {
                 let ended = sessions::revoke_all_for_user(c, user_id, None, now.naive_utc()).await?;
-                let mut event =
+                let event =
                     Event::new(Action::SessionRevoke, Some(user_id)).with("sessions_ended", ended).with("all", true);
-                event.actor_id = actor_id;
-                audit::record(c, event, &client, now).await?;
-                Ok(ended)
+                Ok((ended, event))
             })
-            .await
         })
-        .await;
-        self.after_write(user_id, result)
+        .await
     }
 
     /// Admin: forgets a user's failed logins and cool-downs from every address.
@@ -117,20 +109,47 @@ impl App {
         client: &ClientInfo,
         now: DateTime<Utc>,
     ) -> Result<usize> {
+        self.admin_write(actor, user_id, client, now, move |c| {
+            Box::pin(async move {
+                let cleared = throttles::clear_subject(c, &user_subject(user_id)).await?;
+                Ok((cleared, Event::new(Action::UserUnlock, Some(user_id)).with("addresses_cleared", cleared)))
+            })
+        })
+        .await
+    }
+
+    /// An admin's change to an existing user: one transaction, on its own task (cancel-safe),
+    /// that finds the user, runs `change` and writes the audit event it returns; then this
+    /// replica forgets the user's cached sessions (the others hear it from the audit NOTIFY).
+    pub(super) async fn admin_write<T, F>(
+        &self,
+        actor: &Actor<'_>,
+        user_id: i32,
+        client: &ClientInfo,
+        now: DateTime<Utc>,
+        change: F,
+    ) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut DbConn) -> futures_util::future::BoxFuture<'c, Result<(T, Event)>> + Send + 'static,
+    {
         actor.require_admin()?;
-        let (db, client, actor_id) = (self.db().clone(), client.clone(), actor.user_id());
-        detached(async move {
+        let (db, client, actor_id, via) = (self.db().clone(), client.clone(), actor.user_id(), actor.via());
+        let result = detached(async move {
             let mut conn = db.get().await?;
             conn.transaction(async |c: &mut DbConn| {
                 users::find(c, user_id).await?.ok_or(Error::NotFound("user"))?;
-                let cleared = throttles::clear_subject(c, &user_subject(user_id)).await?;
-                let mut event = Event::new(Action::UserUnlock, Some(user_id)).with("addresses_cleared", cleared);
+                let (value, mut event) = change(c).await?;
                 event.actor_id = actor_id;
+                if let Some(via) = via {
+                    event = event.with("via", via);
+                }
                 audit::record(c, event, &client, now).await?;
-                Ok(cleared)
+                Ok(value)
             })
             .await
         })
-        .await
+        .await;
+        self.after_write(user_id, result)
     }
 }

@@ -80,6 +80,14 @@ impl Actor<'_> {
             Self::System(_) => None,
         }
     }
+
+    /// How a system actor came in (`cli`, `bootstrap`), for audit metadata.
+    pub fn via(&self) -> Option<&'static str> {
+        match self {
+            Self::System(via) => Some(via),
+            Self::User(_) => None,
+        }
+    }
 }
 
 /// A backend to store for a user (validated).

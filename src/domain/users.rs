@@ -40,7 +40,7 @@ impl App {
         password::check_policy("password", new.password.expose_secret())?;
         let hash = self.hasher().hash(&new.password).await?;
         let encrypted = new.backend.as_ref().map(|b| self.cipher().encrypt(b.bearer_token.expose_secret()));
-        let (db, client, actor_id, via) = (self.db().clone(), client.clone(), actor.user_id(), system_via(actor));
+        let (db, client, actor_id, via) = (self.db().clone(), client.clone(), actor.user_id(), actor.via());
         detached(async move {
             let mut conn = db.get().await?;
             conn.transaction(async |c: &mut DbConn| {
@@ -217,7 +217,7 @@ impl App {
             BackendChange::Set(b) => Some(self.cipher().encrypt(b.bearer_token.expose_secret())),
             _ => None,
         };
-        let (db, client, actor_id, via) = (self.db().clone(), client.clone(), actor.user_id(), system_via(actor));
+        let (db, client, actor_id, via) = (self.db().clone(), client.clone(), actor.user_id(), actor.via());
         let result = detached(async move {
             let mut conn = db.get().await?;
             conn.transaction(async |c: &mut DbConn| {
@@ -277,7 +277,7 @@ impl App {
         if actor.user_id() == Some(id) {
             return Err(Error::FailedPrecondition("You cannot delete your own account"));
         }
-        let (db, client, actor_id, via) = (self.db().clone(), client.clone(), actor.user_id(), system_via(actor));
+        let (db, client, actor_id, via) = (self.db().clone(), client.clone(), actor.user_id(), actor.via());
         let result = detached(async move {
             let mut conn = db.get().await?;
             conn.transaction(async |c: &mut DbConn| {
@@ -310,35 +310,21 @@ impl App {
         actor.require_admin()?;
         password::check_policy("new_password", new.expose_secret())?;
         let hash = self.hasher().hash(new).await?;
-        let (db, client, actor_id, via) = (self.db().clone(), client.clone(), actor.user_id(), system_via(actor));
-        let result = detached(async move {
-            let mut conn = db.get().await?;
-            conn.transaction(async |c: &mut DbConn| {
+        self.admin_write(actor, id, client, now, move |c| {
+            Box::pin(async move {
                 let changes =
                     UserChanges { password_hash: Some(hash), updated_at: Some(now.naive_utc()), ..Default::default() };
-                if !users::update(c, id, &changes).await? {
-                    return Err(Error::NotFound("user"));
-                }
+                users::update(c, id, &changes).await?;
                 let ended = sessions::revoke_all_for_user(c, id, None, now.naive_utc()).await?;
-                let event = admin_event(Action::PasswordReset, Some(id), actor_id, via).with("sessions_ended", ended);
-                audit::record(c, event, &client, now).await
+                Ok(((), Event::new(Action::PasswordReset, Some(id)).with("sessions_ended", ended)))
             })
-            .await
         })
-        .await;
-        self.after_write(id, result)
+        .await
     }
 }
 
 fn view(row: &UserWithBackend) -> UserView {
     UserView::from((&row.0, row.1.as_ref()))
-}
-
-fn system_via(actor: &Actor<'_>) -> Option<&'static str> {
-    match actor {
-        Actor::System(via) => Some(via),
-        Actor::User(_) => None,
-    }
 }
 
 /// The event for an admin action, from values that can move into a detached task.
