@@ -436,6 +436,7 @@ crate::on_both_backends!(
     cors_in_exactly_one_place,
     forwarded_for_cannot_be_spoofed,
     docs_and_every_documented_route_is_served,
+    grpc_and_grpc_web_through_envoy,
 );
 
 /// JSON CORS follows the service's FRONTEND_URL: one setting for every transport.
@@ -516,4 +517,55 @@ async fn upstream_down_is_503_json() {
     let r = api.post("/api/v1/auth/login", None, json!({"username": "a", "password": "b"})).await;
     assert_eq!(r.detail(503), "Service unavailable", "{}", envoy.log());
     assert!(r.header("retry-after").is_some());
+}
+
+/// One URL serves all three: native gRPC (with reflection) and grpc-web pass through Envoy to
+/// the service untouched, beside the JSON routes.
+async fn grpc_and_grpc_web_through_envoy(s: TestServer) {
+    use instachatico_auth::pb;
+    use prost::Message;
+    let Some((envoy, api)) = envoy(&s).await else { return };
+
+    // Native gRPC over h2c to Envoy's listener.
+    let channel = tonic::transport::Channel::from_shared(envoy.url.clone()).unwrap().connect().await.unwrap();
+    let mut auth = pb::auth_service_client::AuthServiceClient::new(channel.clone());
+    let login = pb::LoginRequest { username: ADMIN_USERNAME.into(), password: ADMIN_PASSWORD.into() };
+    let token = auth.login(login).await.unwrap().into_inner().access_token;
+    let mut users = pb::user_service_client::UserServiceClient::new(channel.clone());
+    let me = users.get_me(crate::common::authed(&token, pb::GetMeRequest {})).await.unwrap();
+    // The JSON face's header filter (which strips grpc-status) must not touch gRPC.
+    assert_eq!(me.metadata().get("grpc-status").map(|v| v.to_str().unwrap()), Some("0"));
+    assert!(me.metadata().get("content-security-policy").is_none());
+    assert_eq!(me.into_inner().username, ADMIN_USERNAME);
+    let status = users.get_me(crate::common::authed("bad", pb::GetMeRequest {})).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
+
+    // grpc-web over HTTP/1.1 to the same listener; the service's CORS answers for it.
+    let body = pb::GetMeRequest {}.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+    frame.extend_from_slice(&body);
+    let web = reqwest::Client::builder().http1_only().build().unwrap();
+    let r = web
+        .post(format!("{}/instachatico.auth.v1.UserService/GetMe", envoy.url))
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .header("origin", FRONTEND)
+        .header("authorization", format!("Bearer {token}"))
+        .body(frame)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers().get_all("access-control-allow-origin").iter().count(), 1);
+    assert!(r.headers()["access-control-expose-headers"].to_str().unwrap().contains("grpc-status"));
+    let bytes = r.bytes().await.unwrap();
+    let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+    let user = pb::User::decode(&bytes[5..5 + len]).unwrap();
+    assert_eq!(user.username, ADMIN_USERNAME);
+    assert!(String::from_utf8_lossy(&bytes[5 + len..]).contains("grpc-status:0"), "trailers in the body");
+    drop(api);
+    s.stop().await;
 }
