@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use harness::{Report, RssSampler, Target};
+use harness::{Report, RssSampler, Target, WrkCall};
 use process::{Envoy, ServiceProcess};
 use secrecy::SecretString;
 
@@ -156,13 +156,17 @@ async fn run_scenario(
             ("null", Some(c)) => vec![harness::null_rpc(&target, c, seconds).await],
             ("getme", Some(c)) => vec![harness::getme_grpc(&target, c, seconds).await],
             ("json", Some(c)) => {
-                let dir = tempfile::tempdir().unwrap();
-                let t = target.clone();
-                vec![
-                    tokio::task::spawn_blocking(move || harness::getme_json_wrk(&t, c, seconds, dir.path()))
-                        .await
-                        .unwrap(),
-                ]
+                let envoy = envoy.as_ref().expect("Envoy running");
+                let watched = [("Envoy", envoy.pid()), ("service", service.pid())];
+                let mut reports = Vec::new();
+                for (name, call) in [
+                    (format!("getme json via envoy c={c}"), WrkCall::JsonGetMe),
+                    (format!("getme grpc-web via envoy c={c}"), WrkCall::GrpcWebGetMe),
+                ] {
+                    reports.push(wrk_measured(name, call, &envoy.url, &target, c, seconds, &watched).await);
+                }
+                reports.extend(envoy_ceiling(&target, c, seconds).await);
+                reports
             }
             ("login", Some(c)) => vec![harness::login(&target, c, seconds).await],
             ("storm", _) => {
@@ -183,12 +187,55 @@ async fn run_scenario(
             (other, _) => panic!("unknown scenario {other}"),
         };
         let peak = sampler.finish();
-        for report in &mut produced {
+        for report in produced.iter_mut().filter(|r| r.measures_service) {
             report.peak_rss_kib = Some(peak);
         }
         reports.extend(produced);
     }
     reports
+}
+
+/// A wrk run with the CPU time each of `watched` spent per request.
+async fn wrk_measured(
+    name: String,
+    call: WrkCall,
+    url: &str,
+    target: &Target,
+    connections: usize,
+    seconds: Duration,
+    watched: &[(&'static str, u32)],
+) -> Report {
+    let before: Vec<_> = watched.iter().map(|(n, pid)| (*n, *pid, harness::cpu_time(*pid))).collect();
+    let (t, url, dir) = (target.clone(), url.to_owned(), tempfile::tempdir().unwrap());
+    let mut report = tokio::task::spawn_blocking(move || {
+        harness::wrk_getme(&name, call, &url, &t, connections, seconds, dir.path())
+    })
+    .await
+    .unwrap();
+    report.notes.push(harness::cpu_per_request(&report, &before));
+    report
+}
+
+/// The same wrk load against an Envoy that answers GetMe's JSON reply by itself (no upstream,
+/// no filter but the router): the most any route through Envoy can do on this machine.
+async fn envoy_ceiling(target: &Target, connections: usize, seconds: Duration) -> Option<Report> {
+    let url = target.json_url.as_ref()?;
+    let reply = reqwest::Client::new()
+        .get(format!("{url}/api/v1/users/me"))
+        .bearer_auth(&target.tokens[0])
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let envoy = Envoy::start_static(&reply).await?;
+    let name = format!("envoy ceiling (static reply) c={connections}");
+    let mut report =
+        wrk_measured(name, WrkCall::JsonGetMe, &envoy.url, target, connections, seconds, &[("Envoy", envoy.pid())])
+            .await;
+    report.measures_service = false;
+    Some(report)
 }
 
 /// A throwaway database with the schema applied.

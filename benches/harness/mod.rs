@@ -46,6 +46,8 @@ pub struct Report {
     pub notes: Vec<String>,
     /// p50, p90, p99 in ms when they come from elsewhere (wrk) rather than `latency`.
     pub given_ms: Option<[f64; 3]>,
+    /// False for a reference run that does not touch the service (its RSS is not sampled).
+    pub measures_service: bool,
 }
 
 impl Report {
@@ -59,6 +61,7 @@ impl Report {
             latency: histogram(),
             peak_rss_kib: None,
             notes: Vec::new(),
+            measures_service: true,
             given_ms: None,
         }
     }
@@ -410,24 +413,70 @@ pub async fn sustained(
 /// Scenario 3: GetMe as JSON through Envoy, driven by wrk (rotating tokens).
 pub fn getme_json_wrk(target: &Target, connections: usize, duration: Duration, workdir: &std::path::Path) -> Report {
     let url = target.json_url.as_ref().expect("Envoy running");
+    let scenario = format!("getme json via envoy c={connections}");
+    wrk_getme(&scenario, WrkCall::JsonGetMe, url, target, connections, duration, workdir)
+}
+
+/// What wrk sends: GetMe as the JSON face's `GET /api/v1/users/me`, or as a grpc-web call.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum WrkCall {
+    JsonGetMe,
+    GrpcWebGetMe,
+}
+
+/// GetMe by wrk against `url`, rotating the target's tokens: the same client work whatever
+/// answers there. grpc-web replies are 200 whatever their grpc-status, so those are checked
+/// in the body (a `response` hook: it costs wrk some speed).
+pub fn wrk_getme(
+    scenario: &str,
+    call: WrkCall,
+    url: &str,
+    target: &Target,
+    connections: usize,
+    duration: Duration,
+    workdir: &std::path::Path,
+) -> Report {
     let script = workdir.join("getme.lua");
     let tokens: Vec<String> = target.tokens.iter().map(|t| format!("\"{t}\"")).collect();
+    let (path, request, check) = match call {
+        WrkCall::JsonGetMe => (
+            "/api/v1/users/me",
+            r#"wrk.format("GET", "/api/v1/users/me", { ["Authorization"] = "Bearer " .. tokens[(i % #tokens) + 1] })"#,
+            "",
+        ),
+        WrkCall::GrpcWebGetMe => (
+            "/instachatico.auth.v1.UserService/GetMe",
+            r#"wrk.format("POST", "/instachatico.auth.v1.UserService/GetMe", {
+    ["Authorization"] = "Bearer " .. tokens[(i % #tokens) + 1],
+    ["Content-Type"] = "application/grpc-web+proto", ["X-Grpc-Web"] = "1" }, "\0\0\0\0\0")"#,
+            r#"bad = 0
+response = function(status, headers, body)
+  if not body:find("grpc-status:0", 1, true) then bad = bad + 1 end
+end
+"#,
+        ),
+    };
     std::fs::write(
         &script,
         format!(
-            r#"local tokens = {{ {} }}
+            r#"local tokens = {{ {tokens} }}
 local i = 0
 request = function()
   i = i + 1
-  return wrk.format("GET", "/api/v1/users/me", {{ ["Authorization"] = "Bearer " .. tokens[(i % #tokens) + 1] }})
+  return {request}
 end
+{check}
+local threads = {{}}
+setup = function(thread) table.insert(threads, thread) end
 done = function(summary, latency, requests)
   local e = summary.errors
-  io.write(string.format("RESULT %d %d %d %d %d %d %d %d\n", summary.requests, e.status, e.connect + e.read + e.write + e.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, summary.duration))
+  local bad = 0
+  for _, t in ipairs(threads) do bad = bad + (t:get("bad") or 0) end
+  io.write(string.format("RESULT %d %d %d %d %d %d %d %d %d\n", summary.requests, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, summary.duration, bad))
 end
 "#,
-            tokens.join(", ")
+            tokens = tokens.join(", ")
         ),
     )
     .expect("wrk script");
@@ -445,22 +494,25 @@ end
         ])
         .arg("-s")
         .arg(&script)
-        .arg(format!("{url}/api/v1/users/me"))
+        .arg(format!("{url}{path}"))
         .output()
         .expect("wrk runs (apt-get install wrk)");
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     let line =
         text.lines().find(|l| l.starts_with("RESULT ")).unwrap_or_else(|| panic!("wrk output without RESULT: {text}"));
     let v: Vec<u64> = line.split_whitespace().skip(1).map(|x| x.parse().unwrap_or(0)).collect();
-    let mut report = Report::new(&format!("getme json via envoy c={connections}"));
-    let (requests, non2xx, socket) = (v[0], v[1], v[2]);
-    report.ok = requests.saturating_sub(non2xx);
-    report.errors = non2xx + socket;
+    let mut report = Report::new(scenario);
+    let (requests, non2xx, socket, bad) = (v[0], v[1], v[2], v[8]);
+    report.ok = requests.saturating_sub(non2xx + bad);
+    report.errors = non2xx + socket + bad;
     report.elapsed = Duration::from_micros(v[7]);
     // wrk reports percentiles, not its histogram.
     report.given_ms = Some([v[3] as f64 / 1e3, v[4] as f64 / 1e3, v[5] as f64 / 1e3]);
     let _ = report.latency.record(v[6].max(1));
-    report.notes.push(format!("wrk: max {:.2} ms, {non2xx} non-2xx, {socket} socket errors", v[6] as f64 / 1e3));
+    report.notes.push(format!(
+        "wrk: max {:.2} ms, {non2xx} non-2xx, {socket} socket errors, {bad} non-OK grpc-status",
+        v[6] as f64 / 1e3
+    ));
     report
 }
 
@@ -484,6 +536,29 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 /// The peak resident set size of `pid` over its life, KiB.
 pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     proc_status(pid, "VmHWM:")
+}
+
+/// CPU time (user + system, all threads) `pid` has used so far.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15,
+    // in USER_HZ (100 per second on Linux).
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// CPU time per answered request of each `(name, pid, before)`, for a report's notes.
+pub fn cpu_per_request(report: &Report, processes: &[(&str, u32, Option<Duration>)]) -> String {
+    let requests = (report.ok + report.shed + report.errors).max(1);
+    let parts: Vec<String> = processes
+        .iter()
+        .filter_map(|(name, pid, before)| {
+            let used = cpu_time(*pid)?.checked_sub((*before)?)?;
+            Some(format!("{name} {:.0} µs", used.as_secs_f64() * 1e6 / requests as f64))
+        })
+        .collect();
+    format!("CPU per request: {}", parts.join(", "))
 }
 
 fn proc_status(pid: u32, field: &str) -> Option<u64> {

@@ -124,7 +124,6 @@ impl Envoy {
     }
 
     pub async fn start(upstreams: &[std::net::SocketAddr]) -> Option<Self> {
-        let bin = Self::binary()?;
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let template = std::fs::read_to_string(root.join("envoy/envoy.yaml")).expect("envoy.yaml");
         let endpoint_line =
@@ -139,11 +138,51 @@ impl Envoy {
                 )
             })
             .collect();
+        let config = template.replace(endpoint_line, &endpoints.join("\n"));
+        Self::launch(&config, "address: 0.0.0.0, port_value: 8080").await
+    }
+
+    /// Envoy's own ceiling on this machine: an HTTP/1 listener whose only route answers every
+    /// request with `body` (JSON) from Envoy itself, no upstream and no filter but the router.
+    /// Anything proxied through Envoy costs at least this much of Envoy.
+    pub async fn start_static(body: &str) -> Option<Self> {
+        let config = format!(
+            r#"static_resources:
+  listeners:
+  - name: static
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 8080 }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: static
+          route_config:
+            virtual_hosts:
+            - name: static
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                direct_response: {{ status: 200, body: {{ inline_string: {} }} }}
+                response_headers_to_add:
+                - {{ header: {{ key: content-type, value: application/json }} }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+"#,
+            serde_json::to_string(body).unwrap()
+        );
+        Self::launch(&config, "address: 127.0.0.1, port_value: 8080").await
+    }
+
+    /// Runs `config` on a free port (`listen` is the config's listener address to replace).
+    async fn launch(config: &str, listen: &str) -> Option<Self> {
+        let bin = Self::binary()?;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        assert!(config.contains(listen), "the Envoy config's listener address changed; update the fixture");
         for _attempt in 0..5 {
             let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            let config = template
-                .replace("address: 0.0.0.0, port_value: 8080", &format!("address: 127.0.0.1, port_value: {port}"))
-                .replace(endpoint_line, &endpoints.join("\n"));
+            let config = config.replace(listen, &format!("address: 127.0.0.1, port_value: {port}"));
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("envoy.yaml");
             std::fs::write(&path, config).unwrap();
@@ -163,6 +202,10 @@ impl Envoy {
             let _ = envoy.child.kill();
         }
         panic!("envoy did not start");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Ready when the listener answers (any HTTP status).

@@ -8,6 +8,7 @@ use std::time::Duration;
 mod harness;
 
 use crate::common::{Backend, Envoy, TestServer};
+use harness::WrkCall;
 
 async fn target(s: &TestServer, json: bool) -> (harness::Target, Option<Envoy>) {
     let hash = bcrypt::hash(harness::PASSWORD, 10).unwrap();
@@ -21,6 +22,15 @@ async fn target(s: &TestServer, json: bool) -> (harness::Target, Option<Envoy>) 
         pid: Some(std::process::id()),
     };
     (target, envoy)
+}
+
+async fn wrk(call: WrkCall, url: &str, target: &harness::Target) -> harness::Report {
+    let (url, t, dir) = (url.to_owned(), target.clone(), tempfile::tempdir().unwrap());
+    tokio::task::spawn_blocking(move || {
+        harness::wrk_getme("smoke", call, &url, &t, 4, Duration::from_secs(1), dir.path())
+    })
+    .await
+    .unwrap()
 }
 
 fn flows(report: &harness::Report) {
@@ -46,7 +56,8 @@ async fn every_scenario_runs(s: TestServer) {
     assert!(!windows.is_empty() && windows.iter().all(|w| w.rss_kib.is_some()));
 
     let sampler = harness::RssSampler::start(std::process::id());
-    if envoy.is_some() && std::process::Command::new("wrk").arg("--version").output().is_ok() {
+    let wrk_found = std::process::Command::new("wrk").arg("--version").output().is_ok();
+    if let (Some(envoy), true) = (&envoy, wrk_found) {
         let dir = tempfile::tempdir().unwrap();
         let t = target.clone();
         let json =
@@ -54,6 +65,14 @@ async fn every_scenario_runs(s: TestServer) {
                 .await
                 .unwrap();
         flows(&json);
+        let envoy_url = envoy.url.clone();
+        flows(&wrk(WrkCall::GrpcWebGetMe, &envoy_url, &target).await);
+        // A refused grpc-web call is still HTTP 200: the harness must count it by its grpc-status.
+        let strangers = harness::Target { tokens: vec!["not-a-token".to_owned()], ..target.clone() };
+        let refused = wrk(WrkCall::GrpcWebGetMe, &envoy_url, &strangers).await;
+        assert!(refused.ok == 0 && refused.errors > 0, "{}", refused.summary());
+        let ceiling = Envoy::start_static(r#"{"id":1,"username":"static"}"#).await.expect("static Envoy");
+        flows(&wrk(WrkCall::JsonGetMe, &ceiling.url, &target).await);
     } else {
         let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
         assert!(!ci, "CI=true but wrk or envoy is missing (./scripts/test installs them)");
