@@ -124,6 +124,11 @@ impl Envoy {
     }
 
     pub async fn start(upstreams: &[std::net::SocketAddr]) -> Option<Self> {
+        Self::start_edited(upstreams, str::to_owned).await
+    }
+
+    /// `envoy/envoy.yaml` changed by `edit` (after its upstreams are set, before its port is).
+    pub async fn start_edited(upstreams: &[std::net::SocketAddr], edit: impl Fn(&str) -> String) -> Option<Self> {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let template = std::fs::read_to_string(root.join("envoy/envoy.yaml")).expect("envoy.yaml");
         let endpoint_line =
@@ -139,7 +144,7 @@ impl Envoy {
             })
             .collect();
         let config = template.replace(endpoint_line, &endpoints.join("\n"));
-        Self::launch(&config, "address: 0.0.0.0, port_value: 8080").await
+        Self::launch(&edit(&config), "address: 0.0.0.0, port_value: 8080").await
     }
 
     /// Envoy's own ceiling on this machine: an HTTP/1 listener whose only route answers every

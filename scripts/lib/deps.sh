@@ -20,11 +20,13 @@ ensure_envoy() {
   export ENVOY_BIN
 }
 
-# Debian's Chromium (browser test) and wrk (JSON load), and the browser test's npm packages.
+# Debian's Chromium (browser test), wrk (JSON load) and openssl (the TLS test's certificate and
+# client), and the browser test's npm packages.
 ensure_test_deps() {
   local missing=()
   [ -x /usr/bin/chromium ] || missing+=(chromium chromium-driver)
   command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+  command -v openssl >/dev/null 2>&1 || missing+=(openssl)
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
       echo "Installing Debian ${missing[*]} ..." >&2

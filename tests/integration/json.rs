@@ -440,6 +440,80 @@ crate::on_both_backends!(
 );
 
 /// JSON CORS follows the service's FRONTEND_URL: one setting for every transport.
+/// Envoy's JSON face over TLS (a second listener on the same HTTP stack, as envoy.yaml tells
+/// operators to add) sends HSTS on success and error replies alike; the plain listener never
+/// does (`clean_success`). The client is `openssl s_client`: the test's HTTP client has no TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hsts_over_tls() {
+    let Some(s) = TestServer::start(crate::common::Backend::Sqlite).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (./scripts/test installs it)");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listener = format!(
+        r#"  - name: public_tls
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {tls_port} }} }}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificates:
+            - certificate_chain: {{ filename: "{}" }}
+              private_key: {{ filename: "{}" }}
+      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config: *public_http
+"#,
+        cert.display(),
+        key.display()
+    );
+    let add_tls = |config: &str| {
+        assert!(config.contains("\n  clusters:"), "envoy.yaml layout changed; update this test");
+        config.replacen("\n  clusters:", &format!("\n{listener}  clusters:"), 1)
+    };
+    let Some(envoy) = Envoy::start_edited(&[s.running.as_ref().unwrap().addr], add_tls).await else {
+        return;
+    };
+    let https_get = |path: &str| {
+        use std::io::Write;
+        let mut client = std::process::Command::new("openssl")
+            .args(["s_client", "-quiet", "-servername", "localhost", "-connect"])
+            .arg(format!("127.0.0.1:{tls_port}"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        client.stdin.take().unwrap().write_all(request.as_bytes()).unwrap();
+        String::from_utf8_lossy(&client.wait_with_output().unwrap().stdout).to_lowercase()
+    };
+    let hsts = "strict-transport-security: max-age=63072000; includesubdomains";
+    let health = https_get("/api/v1/health");
+    assert!(health.starts_with("http/1.1 200"), "{health}");
+    assert!(health.contains(hsts) && health.contains("x-content-type-options: nosniff"), "{health}");
+    let refused = https_get("/api/v1/users/me");
+    assert!(refused.starts_with("http/1.1 401") && refused.contains(r#"{"detail":"#), "{refused}");
+    assert!(refused.contains(hsts), "{refused}");
+    // The plain listener of the same Envoy: no HSTS.
+    let plain = Json::new(&envoy.url).get("/api/v1/health", None).await;
+    assert_eq!(plain.status, 200);
+    assert!(plain.header("strict-transport-security").is_none());
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_cors_follows_frontend_url() {
     let options = crate::common::Options::default().arg("frontend-url", "https://ui.example.com,http://localhost:3000");
