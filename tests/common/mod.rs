@@ -429,3 +429,12 @@ pub fn append_to_log(lines: &[String]) {
         }
     }
 }
+
+/// `message` as one grpc-web data frame (flag byte, big-endian length, bytes).
+pub fn grpc_web_frame(message: &impl prost::Message) -> Vec<u8> {
+    let body = message.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+    frame.extend_from_slice(&body);
+    frame
+}

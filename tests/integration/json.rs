@@ -617,10 +617,7 @@ async fn grpc_and_grpc_web_through_envoy(s: TestServer) {
     health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
 
     // grpc-web over HTTP/1.1 to the same listener; the service's CORS answers for it.
-    let body = pb::GetMeRequest {}.encode_to_vec();
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
-    frame.extend_from_slice(&body);
+    let frame = crate::common::grpc_web_frame(&pb::GetMeRequest {});
     let web = reqwest::Client::builder().http1_only().build().unwrap();
     let r = web
         .post(format!("{}/instachatico.auth.v1.UserService/GetMe", envoy.url))

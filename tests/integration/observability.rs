@@ -2,7 +2,6 @@
 //! propagated or generated, all from the real server.
 
 use instachatico_auth::pb;
-use prost::Message;
 
 use crate::common::{ADMIN_PASSWORD, ADMIN_USERNAME, Envoy, Json, TestServer, authed};
 
@@ -37,10 +36,7 @@ async fn metrics_cover_every_transport(s: TestServer) {
     users.get_me(authed("bad", pb::GetMeRequest {})).await.unwrap_err();
 
     // grpc-web over HTTP/1.1.
-    let mut frame = vec![0u8];
-    let body = pb::GetMeRequest {}.encode_to_vec();
-    frame.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
-    frame.extend_from_slice(&body);
+    let frame = crate::common::grpc_web_frame(&pb::GetMeRequest {});
     let web = reqwest::Client::builder().http1_only().build().unwrap();
     let r = web
         .post(format!("{}/instachatico.auth.v1.UserService/GetMe", s.url))
