@@ -430,11 +430,19 @@ pub fn append_to_log(lines: &[String]) {
     }
 }
 
-/// `message` as one grpc-web data frame (flag byte, big-endian length, bytes).
-pub fn grpc_web_frame(message: &impl prost::Message) -> Vec<u8> {
-    let body = message.encode_to_vec();
+/// A grpc-web call of `GetMe` over HTTP/1.1 to `base`, ready for more headers and `send()`.
+pub fn grpc_web_get_me(base: &str, token: &str) -> reqwest::RequestBuilder {
+    use prost::Message;
+    let body = pb::GetMeRequest {}.encode_to_vec();
     let mut frame = vec![0u8];
     frame.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
     frame.extend_from_slice(&body);
-    frame
+    reqwest::Client::builder()
+        .http1_only()
+        .build()
+        .unwrap()
+        .post(format!("{base}/instachatico.auth.v1.UserService/GetMe"))
+        .header("content-type", "application/grpc-web+proto")
+        .header("authorization", format!("Bearer {token}"))
+        .body(frame)
 }

@@ -617,15 +617,9 @@ async fn grpc_and_grpc_web_through_envoy(s: TestServer) {
     health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
 
     // grpc-web over HTTP/1.1 to the same listener; the service's CORS answers for it.
-    let frame = crate::common::grpc_web_frame(&pb::GetMeRequest {});
-    let web = reqwest::Client::builder().http1_only().build().unwrap();
-    let r = web
-        .post(format!("{}/instachatico.auth.v1.UserService/GetMe", envoy.url))
-        .header("content-type", "application/grpc-web+proto")
+    let r = crate::common::grpc_web_get_me(&envoy.url, &token)
         .header("x-grpc-web", "1")
         .header("origin", FRONTEND)
-        .header("authorization", format!("Bearer {token}"))
-        .body(frame)
         .send()
         .await
         .unwrap();

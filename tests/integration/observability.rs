@@ -36,16 +36,7 @@ async fn metrics_cover_every_transport(s: TestServer) {
     users.get_me(authed("bad", pb::GetMeRequest {})).await.unwrap_err();
 
     // grpc-web over HTTP/1.1.
-    let frame = crate::common::grpc_web_frame(&pb::GetMeRequest {});
-    let web = reqwest::Client::builder().http1_only().build().unwrap();
-    let r = web
-        .post(format!("{}/instachatico.auth.v1.UserService/GetMe", s.url))
-        .header("content-type", "application/grpc-web+proto")
-        .header("authorization", format!("Bearer {token}"))
-        .body(frame)
-        .send()
-        .await
-        .unwrap();
+    let r = crate::common::grpc_web_get_me(&s.url, &token).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let _ = r.bytes().await.unwrap();
 
