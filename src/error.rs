@@ -42,6 +42,10 @@ pub enum Error {
     #[error("{message}")]
     Overloaded { message: &'static str, retry_after: Duration },
 
+    /// A write kept losing to concurrent ones (after retries); the client may retry.
+    #[error("The service is busy; try again")]
+    Contention,
+
     /// A dependency (the database) cannot serve now.
     #[error("{0}")]
     Unavailable(&'static str),

@@ -52,7 +52,7 @@ pub async fn build_app(config: &Config) -> anyhow::Result<App> {
     }
     let pool = DbPool::connect(&target, config.pool_options()).await?;
     tracing::info!(database = %target.describe(), "database ready");
-    if matches!(pool, DbPool::Sqlite(_)) {
+    if matches!(pool, DbPool::Sqlite(..)) {
         tracing::info!("SQLite: run a single instance; replicas need PostgreSQL");
     }
 

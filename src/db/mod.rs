@@ -7,6 +7,7 @@ pub mod notify;
 pub mod schema;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
@@ -18,6 +19,7 @@ use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 
 use crate::error::Error;
 
@@ -76,7 +78,9 @@ impl DbTarget {
 #[derive(Clone)]
 pub enum DbPool {
     Postgres(Pool<AsyncPgConnection>),
-    Sqlite(Pool<SqliteConn>),
+    /// SQLite has one writer at a time: write transactions of this process queue for it here,
+    /// in order, instead of polling the file lock (other processes still wait on busy_timeout).
+    Sqlite(Pool<SqliteConn>, Arc<tokio::sync::Mutex<()>>),
 }
 
 /// A connection checked out of a [`DbPool`].
@@ -155,7 +159,7 @@ impl DbPool {
                 config.custom_setup = Box::new(|url| setup_sqlite(url.to_owned()).boxed());
                 let url = path.to_string_lossy().into_owned();
                 let manager = AsyncDieselConnectionManager::new_with_config(url, config);
-                Self::Sqlite(build_pool(manager, opts)?)
+                Self::Sqlite(build_pool(manager, opts)?, Arc::default())
             }
         };
         pool.get().await.map_err(|e| anyhow::anyhow!("cannot connect to the database ({}): {e}", target.describe()))?;
@@ -166,7 +170,7 @@ impl DbPool {
     pub async fn get(&self) -> Result<DbConn, Error> {
         match self {
             Self::Postgres(p) => p.get().await.map(DbConn::Postgres),
-            Self::Sqlite(p) => p.get().await.map(DbConn::Sqlite),
+            Self::Sqlite(p, _) => p.get().await.map(DbConn::Sqlite),
         }
         .map_err(|e| {
             tracing::warn!(error = %e, "database connection unavailable");
@@ -188,7 +192,7 @@ impl DbPool {
     pub fn backend_name(&self) -> &'static str {
         match self {
             Self::Postgres(_) => "postgres",
-            Self::Sqlite(_) => "sqlite",
+            Self::Sqlite(..) => "sqlite",
         }
     }
 
@@ -196,7 +200,7 @@ impl DbPool {
     pub fn usage(&self) -> (usize, usize) {
         let status = match self {
             Self::Postgres(p) => p.status(),
-            Self::Sqlite(p) => p.status(),
+            Self::Sqlite(p, _) => p.status(),
         };
         (status.size.saturating_sub(status.available), status.max_size)
     }
@@ -309,6 +313,9 @@ pub fn map_err(e: DieselError) -> Error {
             };
             Error::AlreadyExists { field }
         }
+        // Lost to a concurrent transaction (PostgreSQL 40001 / 40P01): run it again.
+        DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => Error::Contention,
+        DieselError::DatabaseError(_, info) if info.message().contains("deadlock detected") => Error::Contention,
         // The database went away or is overloaded: transient, the client may retry.
         DieselError::DatabaseError(
             DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection,
@@ -333,33 +340,86 @@ fn is_transient(message: &str) -> bool {
         .any(|needle| message.contains(needle))
 }
 
+/// How often a write that lost to a concurrent one (PostgreSQL: serialization failure or
+/// deadlock) is run again before the client is told to retry (503 + Retry-After).
+const WRITE_ATTEMPTS: u32 = 5;
+
+/// A write transaction's work: called again from the start when the transaction must be retried,
+/// so it owns (clones) what it uses.
+pub type WriteWork<T> = Box<dyn for<'c> Fn(&'c mut DbConn) -> BoxFuture<'c, Result<T, Error>> + Send + Sync>;
+
+impl DbPool {
+    /// Runs `work` in one write transaction to completion on its own task (a client going away
+    /// cannot cut it in half), retrying it from the start when it lost to a concurrent
+    /// transaction. On SQLite, this process's writers queue for the one write lock in order.
+    pub async fn write<T: Send + 'static>(&self, work: WriteWork<T>) -> Result<T, Error> {
+        let pool = self.clone();
+        detached(async move {
+            let mut attempt = 1;
+            loop {
+                let turn = match &pool {
+                    Self::Sqlite(_, writer) => Some(Arc::clone(writer).lock_owned().await),
+                    Self::Postgres(_) => None,
+                };
+                let mut conn = pool.get().await?;
+                let result = conn.transaction(async |c: &mut DbConn| work(c).await).await;
+                drop((conn, turn));
+                match result {
+                    Err(Error::Contention) if attempt < WRITE_ATTEMPTS => {
+                        tracing::debug!(attempt, "write lost to a concurrent one; retrying");
+                        // Randomised backoff, so that the same two transactions do not collide again.
+                        let wait = rand::random_range(1..=5u64 << attempt);
+                        tokio::time::sleep(Duration::from_millis(wait)).await;
+                        attempt += 1;
+                    }
+                    other => return other,
+                }
+            }
+        })
+        .await
+    }
+}
+
 impl DbConn {
-    /// Runs `work` in a transaction: commit on `Ok`, roll back on `Err`.
+    /// Runs `work` in a transaction: commit on `Ok`, roll back on `Err`. On SQLite it begins
+    /// IMMEDIATE: it takes the write lock up front (waiting its turn) rather than failing with
+    /// "database is locked" when a read turns into a write.
     ///
     /// Not cancel-safe (no diesel-async transaction is): callers whose future may be dropped
-    /// mid-way (every RPC handler) run it inside [`detached`].
+    /// mid-way (every RPC handler) use [`DbPool::write`] or run it inside [`detached`].
     pub async fn transaction<T>(
         &mut self,
         work: impl AsyncFnOnce(&mut DbConn) -> Result<T, Error>,
     ) -> Result<T, Error> {
+        use diesel::connection::AnsiTransactionManager;
         use diesel_async::TransactionManager;
-        async fn begin<C: AsyncConnection>(c: &mut C) -> diesel::QueryResult<()> {
-            C::TransactionManager::begin_transaction(c).await
-        }
         async fn commit<C: AsyncConnection>(c: &mut C) -> diesel::QueryResult<()> {
             C::TransactionManager::commit_transaction(c).await
         }
         async fn rollback<C: AsyncConnection>(c: &mut C) -> diesel::QueryResult<()> {
             C::TransactionManager::rollback_transaction(c).await
         }
-        {
-            let conn = &mut *self;
-            db_run!(conn: { begin(conn).await.map_err(map_err)? });
+        match self {
+            Self::Postgres(c) => {
+                <AsyncPgConnection as AsyncConnection>::TransactionManager::begin_transaction(&mut **c)
+                    .await
+                    .map_err(map_err)?;
+            }
+            Self::Sqlite(c) => {
+                c.spawn_blocking(|c| AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE"))
+                    .await
+                    .map_err(map_err)?;
+            }
         }
         match work(self).await {
             Ok(value) => {
                 let conn = &mut *self;
-                db_run!(conn: { commit(conn).await.map_err(map_err)? });
+                let committed = db_run!(conn: { commit(conn).await.map_err(map_err) });
+                if let Err(e) = committed {
+                    let conn = &mut *self;
+                    let _ = db_run!(conn: { rollback(conn).await });
+                    return Err(e);
+                }
                 Ok(value)
             }
             Err(e) => {

@@ -13,7 +13,7 @@ use super::types::{ClientInfo, IssuedToken, LoginOutcome, Principal, UserView};
 use crate::crypto::jwt::Claims;
 use crate::db::models::audit as audit_rows;
 use crate::db::models::{SessionRow, UserRow, sessions, throttles, users};
-use crate::db::{DbConn, detached};
+
 use crate::error::{Error, Result};
 
 /// Longest username/email accepted at login (longer ones cannot exist).
@@ -41,20 +41,11 @@ impl App {
 
         let mut conn = self.db().get().await?;
         let found = if login.len() <= LOGIN_MAX { users::find_by_login(&mut conn, login).await? } else { None };
-        let known_id = found.as_ref().map(|(u, _)| u.id);
-        let subject = known_id.map_or_else(|| unknown_subject(login), user_subject);
-        let address = client_key(client);
-        if let Some(until) = throttles::locked_until(&mut conn, &subject, &address, now.naive_utc()).await? {
-            drop(conn);
-            self.record_login_failure(known_id, "throttled", client, now).await;
-            let wait = (until.and_utc() - now).to_std().unwrap_or_default();
-            return Err(Error::TooManyRequests {
-                message: "Too many failed sign-in attempts; try again later",
-                retry_after: wait,
-            });
-        }
         // Release the connection while bcrypt runs: hashing is the slow part of a login.
         drop(conn);
+        let known_id = found.as_ref().map(|(u, _)| u.id);
+        let subject = known_id.map_or_else(|| unknown_subject(login), user_subject);
+        self.refuse_if_throttled(known_id, &subject, client, now).await?;
 
         let stored_hash = found.as_ref().map(|(u, _)| u.password_hash.as_str());
         let matched = self.hasher().verify(password, stored_hash).await?;
@@ -62,8 +53,7 @@ impl App {
             Some(found) if matched => found,
             _ => {
                 let reason = if known_id.is_some() { "bad_password" } else { "unknown_user" };
-                self.record_login_failure(known_id, reason, client, now).await;
-                self.count_failure(&subject, known_id, client, now).await;
+                self.sign_in_failed(known_id, &subject, reason, client, now).await;
                 return Err(Error::InvalidCredentials);
             }
         };
@@ -90,21 +80,32 @@ impl App {
         };
         let token = self.issue_token(&user, &session, now)?;
 
-        let db = self.db().clone();
-        let (user_id, session_for_task, client_for_task) = (user.id, session.clone(), client.clone());
-        detached(async move {
-            let mut conn = db.get().await?;
-            conn.transaction(async |c: &mut DbConn| {
-                sessions::insert(c, &session_for_task).await?;
-                users::set_last_login(c, user_id, now.naive_utc()).await?;
-                throttles::clear(c, &user_subject(user_id), &client_key(&client_for_task)).await?;
-                let event =
-                    Event::new(Action::LoginSuccess, Some(user_id)).with("session_id", session_for_task.id.as_str());
-                audit::record(c, event, &client_for_task, now).await
-            })
-            .await
-        })
-        .await?;
+        let (user_id, checked_hash, client_for_task) = (user.id, user.password_hash.clone(), client.clone());
+        let new_session = session.clone();
+        self.db()
+            .write(Box::new(move |c| {
+                let (session, checked_hash, client) =
+                    (new_session.clone(), checked_hash.clone(), client_for_task.clone());
+                Box::pin(async move {
+                    // In one order with every other change to this user: the password checked above
+                    // must still be the account's (a reset that committed meanwhile wins), and the
+                    // account still active.
+                    users::lock(c, user_id).await?;
+                    let (current, _) = users::find(c, user_id).await?.ok_or(Error::InvalidCredentials)?;
+                    if current.password_hash != checked_hash {
+                        return Err(Error::InvalidCredentials);
+                    }
+                    if !current.is_active {
+                        return Err(Error::AccountInactive);
+                    }
+                    sessions::insert(c, &session).await?;
+                    users::set_last_login(c, user_id, now.naive_utc()).await?;
+                    throttles::clear(c, &user_subject(user_id), &client_key(&client)).await?;
+                    let event = Event::new(Action::LoginSuccess, Some(user_id)).with("session_id", session.id.as_str());
+                    audit::record(c, event, &client, now).await
+                })
+            }))
+            .await?;
         crate::metrics::login_attempt("success");
         self.forget(user.id);
         self.rehash_if_weak(&user, password);
@@ -159,27 +160,27 @@ impl App {
     pub async fn refresh(&self, token: &str, client: &ClientInfo, now: DateTime<Utc>) -> Result<IssuedToken> {
         let window = self.session_policy().refresh_window.num_seconds();
         let claims = self.jwt().verify_allowing_expired(token, now, window)?;
-        let principal = self.authenticate(&claims, now).await?;
-        let issued = self.issue_token(&principal.user, &principal.session, now)?;
-
-        let (db, sid, user_id, client) =
-            (self.db().clone(), principal.session.id.clone(), principal.user.id, client.clone());
-        detached(async move {
-            let mut conn = db.get().await?;
-            conn.transaction(async |c: &mut DbConn| {
-                sessions::mark_refreshed(c, &sid, now.naive_utc()).await?;
-                audit::record(
-                    c,
-                    Event::new(Action::TokenRefresh, Some(user_id)).with("session_id", sid.as_str()),
-                    &client,
-                    now,
-                )
-                .await
-            })
+        let user_id = claims.user_id()?;
+        self.inner.api_limiter.check(user_id)?;
+        let (app, sid, client) = (self.clone(), claims.sid, client.clone());
+        // The old token stays valid until it expires: a client whose reply was lost retries with
+        // it, and concurrent refreshes of one token all succeed.
+        self.db()
+            .write(Box::new(move |c| {
+                let (app, sid, client) = (app.clone(), sid.clone(), client.clone());
+                Box::pin(async move {
+                    users::lock(c, user_id).await?;
+                    let (session, user, _) = sessions::find_live(c, &sid, now.naive_utc())
+                        .await?
+                        .filter(|(s, u, _)| s.user_id == user_id && u.is_active)
+                        .ok_or(Error::Unauthenticated("Session has ended; sign in again"))?;
+                    sessions::mark_refreshed(c, &sid, now.naive_utc()).await?;
+                    let event = Event::new(Action::TokenRefresh, Some(user_id)).with("session_id", sid.as_str());
+                    audit::record(c, event, &client, now).await?;
+                    app.issue_token(&user, &session, now)
+                })
+            }))
             .await
-        })
-        .await?;
-        Ok(issued)
     }
 
     /// Ends the session behind `token` everywhere at once. A token that expired within the
@@ -188,24 +189,21 @@ impl App {
         let window = self.session_policy().refresh_window.num_seconds();
         let claims = self.jwt().verify_allowing_expired(token, now, window)?;
         let user_id = claims.user_id()?;
-        let (db, client) = (self.db().clone(), client.clone());
-        let result = detached(async move {
-            let mut conn = db.get().await?;
-            conn.transaction(async |c: &mut DbConn| {
-                if !sessions::revoke(c, &claims.sid, now.naive_utc()).await? {
-                    return Err(Error::Unauthenticated("Session has already ended"));
-                }
-                audit::record(
-                    c,
-                    Event::new(Action::Logout, Some(user_id)).with("session_id", claims.sid.as_str()),
-                    &client,
-                    now,
-                )
-                .await
-            })
-            .await
-        })
-        .await;
+        let (sid, client) = (claims.sid, client.clone());
+        let result = self
+            .db()
+            .write(Box::new(move |c| {
+                let (sid, client) = (sid.clone(), client.clone());
+                Box::pin(async move {
+                    users::lock(c, user_id).await?;
+                    if !sessions::revoke(c, &sid, now.naive_utc()).await? {
+                        return Err(Error::Unauthenticated("Session has already ended"));
+                    }
+                    let event = Event::new(Action::Logout, Some(user_id)).with("session_id", sid.as_str());
+                    audit::record(c, event, &client, now).await
+                })
+            }))
+            .await;
         self.after_write(user_id, result)
     }
 
@@ -215,6 +213,40 @@ impl App {
         let token = self.jwt().issue(user.id, &user.username, &user.role, &session.id, now, expires_at)?;
         let expires_in = i32::try_from((expires_at - now).num_seconds().max(0)).unwrap_or(i32::MAX);
         Ok(IssuedToken { access_token: SecretString::from(token), expires_in })
+    }
+
+    /// Refuses a sign-in attempt while `subject` is in a cool-down from this client's address
+    /// (audited as a throttled sign-in).
+    pub(super) async fn refuse_if_throttled(
+        &self,
+        user_id: Option<i32>,
+        subject: &str,
+        client: &ClientInfo,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut conn = self.db().get().await?;
+        let until = throttles::locked_until(&mut conn, subject, &client_key(client), now.naive_utc()).await?;
+        drop(conn);
+        let Some(until) = until else { return Ok(()) };
+        self.record_login_failure(user_id, "throttled", client, now).await;
+        Err(Error::TooManyRequests {
+            message: "Too many failed sign-in attempts; try again later",
+            retry_after: (until.and_utc() - now).to_std().unwrap_or_default(),
+        })
+    }
+
+    /// A failed sign-in (a wrong password at login, or a wrong current password): audited,
+    /// counted toward the address alert and toward the account's throttling from this address.
+    pub(super) async fn sign_in_failed(
+        &self,
+        user_id: Option<i32>,
+        subject: &str,
+        reason: &'static str,
+        client: &ClientInfo,
+        now: DateTime<Utc>,
+    ) {
+        self.record_login_failure(user_id, reason, client, now).await;
+        self.count_failure(subject, user_id, client, now).await;
     }
 
     async fn record_login_failure(

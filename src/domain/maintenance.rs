@@ -8,7 +8,6 @@ use super::audit::{self, Action, Event};
 use super::types::ClientInfo;
 use crate::crypto::secrets::KeyUsed;
 use crate::db::models::{backends, rate_limits, sessions, throttles};
-use crate::db::{DbConn, detached};
 use crate::error::Result;
 use secrecy::ExposeSecret;
 
@@ -31,29 +30,29 @@ impl App {
     /// Re-encrypts every stored backend token that is not under the current `ENCRYPTION_KEY`,
     /// in one transaction (all or nothing). Returns (tokens stored, tokens re-encrypted).
     pub async fn reencrypt_backend_tokens(&self, client: &ClientInfo, now: DateTime<Utc>) -> Result<(usize, usize)> {
-        let (db, cipher, client) = (self.db().clone(), self.cipher().clone(), client.clone());
-        detached(async move {
-            let mut conn = db.get().await?;
-            conn.transaction(async |c: &mut DbConn| {
-                let tokens = backends::all_tokens(c).await?;
-                let mut changed = 0;
-                for (id, encrypted) in &tokens {
-                    // Any token no key can read fails the whole run: nothing is half-rotated.
-                    let (plain, used) = cipher.decrypt_with_key_info(encrypted)?;
-                    if used == KeyUsed::Previous {
-                        backends::set_token(c, *id, &cipher.encrypt(plain.expose_secret())).await?;
-                        changed += 1;
+        let (cipher, client) = (self.cipher().clone(), client.clone());
+        self.db()
+            .write(Box::new(move |c| {
+                let (cipher, client) = (cipher.clone(), client.clone());
+                Box::pin(async move {
+                    let tokens = backends::all_tokens(c).await?;
+                    let mut changed = 0;
+                    for (id, encrypted) in &tokens {
+                        // Any token no key can read fails the whole run: nothing is half-rotated.
+                        let (plain, used) = cipher.decrypt_with_key_info(encrypted)?;
+                        if used == KeyUsed::Previous {
+                            backends::set_token(c, *id, &cipher.encrypt(plain.expose_secret())).await?;
+                            changed += 1;
+                        }
                     }
-                }
-                let event = Event::new(Action::TokensReencrypted, None)
-                    .with("tokens", tokens.len())
-                    .with("reencrypted", changed)
-                    .with("via", "cli");
-                audit::record(c, event, &client, now).await?;
-                Ok((tokens.len(), changed))
-            })
+                    let event = Event::new(Action::TokensReencrypted, None)
+                        .with("tokens", tokens.len())
+                        .with("reencrypted", changed)
+                        .with("via", "cli");
+                    audit::record(c, event, &client, now).await?;
+                    Ok((tokens.len(), changed))
+                })
+            }))
             .await
-        })
-        .await
     }
 }

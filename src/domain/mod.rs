@@ -10,6 +10,7 @@ pub mod sessions;
 pub mod types;
 mod users;
 pub mod validate;
+mod writes;
 
 use std::sync::Arc;
 

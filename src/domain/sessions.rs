@@ -4,10 +4,10 @@
 use chrono::{DateTime, Utc};
 
 use super::App;
-use super::audit::{self, Action, Event};
+use super::audit::{Action, Event};
 use super::types::{Actor, ClientInfo, Principal, utc};
-use crate::db::models::{SessionRow, sessions, throttles, users};
-use crate::db::{DbConn, detached};
+use super::writes::{Acting, Target};
+use crate::db::models::{SessionRow, sessions, throttles};
 use crate::error::{Error, Result};
 
 /// A session as its owner sees it.
@@ -61,25 +61,23 @@ impl App {
         if session_id.is_empty() {
             return Err(Error::invalid("session_id", "is required"));
         }
-        let (db, client, user_id, sid) = (self.db().clone(), client.clone(), principal.user.id, session_id.to_owned());
-        let result = detached(async move {
-            let mut conn = db.get().await?;
-            conn.transaction(async |c: &mut DbConn| {
-                if !sessions::revoke_owned(c, &sid, user_id, now.naive_utc()).await? {
-                    return Err(Error::NotFound("session"));
-                }
-                audit::record(
-                    c,
-                    Event::new(Action::SessionRevoke, Some(user_id)).with("session_id", sid.as_str()),
-                    &client,
-                    now,
-                )
-                .await
-            })
-            .await
-        })
-        .await;
-        self.after_write(principal.user.id, result)
+        let (user_id, sid) = (principal.user.id, session_id.to_owned());
+        self.change_user(
+            Acting::owner(principal),
+            Target::user(user_id),
+            client,
+            now,
+            Box::new(move |c, _| {
+                let sid = sid.clone();
+                Box::pin(async move {
+                    if !sessions::revoke_owned(c, &sid, user_id, now.naive_utc()).await? {
+                        return Err(Error::NotFound("session"));
+                    }
+                    Ok(((), Event::new(Action::SessionRevoke, Some(user_id)).with("session_id", sid.as_str())))
+                })
+            }),
+        )
+        .await
     }
 
     /// Admin: ends every session of a user; returns how many were live.
@@ -90,14 +88,22 @@ impl App {
         client: &ClientInfo,
         now: DateTime<Utc>,
     ) -> Result<usize> {
-        self.admin_write(actor, user_id, client, now, move |c| {
-            Box::pin(async move {
-                let ended = sessions::revoke_all_for_user(c, user_id, None, now.naive_utc()).await?;
-                let event =
-                    Event::new(Action::SessionRevoke, Some(user_id)).with("sessions_ended", ended).with("all", true);
-                Ok((ended, event))
-            })
-        })
+        actor.require_admin()?;
+        self.change_user(
+            Acting::admin(actor),
+            Target::user(user_id),
+            client,
+            now,
+            Box::new(move |c, _| {
+                Box::pin(async move {
+                    let ended = sessions::revoke_all_for_user(c, user_id, None, now.naive_utc()).await?;
+                    let event = Event::new(Action::SessionRevoke, Some(user_id))
+                        .with("sessions_ended", ended)
+                        .with("all", true);
+                    Ok((ended, event))
+                })
+            }),
+        )
         .await
     }
 
@@ -109,47 +115,19 @@ impl App {
         client: &ClientInfo,
         now: DateTime<Utc>,
     ) -> Result<usize> {
-        self.admin_write(actor, user_id, client, now, move |c| {
-            Box::pin(async move {
-                let cleared = throttles::clear_subject(c, &user_subject(user_id)).await?;
-                Ok((cleared, Event::new(Action::UserUnlock, Some(user_id)).with("addresses_cleared", cleared)))
-            })
-        })
-        .await
-    }
-
-    /// An admin's change to an existing user: one transaction, on its own task (cancel-safe),
-    /// that finds the user, runs `change` and writes the audit event it returns; then this
-    /// replica forgets the user's cached sessions (the others hear it from the audit NOTIFY).
-    pub(super) async fn admin_write<T, F>(
-        &self,
-        actor: &Actor<'_>,
-        user_id: i32,
-        client: &ClientInfo,
-        now: DateTime<Utc>,
-        change: F,
-    ) -> Result<T>
-    where
-        T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut DbConn) -> futures_util::future::BoxFuture<'c, Result<(T, Event)>> + Send + 'static,
-    {
         actor.require_admin()?;
-        let (db, client, actor_id, via) = (self.db().clone(), client.clone(), actor.user_id(), actor.via());
-        let result = detached(async move {
-            let mut conn = db.get().await?;
-            conn.transaction(async |c: &mut DbConn| {
-                users::find(c, user_id).await?.ok_or(Error::NotFound("user"))?;
-                let (value, mut event) = change(c).await?;
-                event.actor_id = actor_id;
-                if let Some(via) = via {
-                    event = event.with("via", via);
-                }
-                audit::record(c, event, &client, now).await?;
-                Ok(value)
-            })
-            .await
-        })
-        .await;
-        self.after_write(user_id, result)
+        self.change_user(
+            Acting::admin(actor),
+            Target::user(user_id),
+            client,
+            now,
+            Box::new(move |c, _| {
+                Box::pin(async move {
+                    let cleared = throttles::clear_subject(c, &user_subject(user_id)).await?;
+                    Ok((cleared, Event::new(Action::UserUnlock, Some(user_id)).with("addresses_cleared", cleared)))
+                })
+            }),
+        )
+        .await
     }
 }

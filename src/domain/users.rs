@@ -5,15 +5,17 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::App;
-use super::audit::{self, Action, Event};
+use super::audit::{Action, Event};
+use super::sessions::user_subject;
 use super::types::{
     Actor, BackendChange, BackendInput, BackendView, ClientInfo, NewUser, Principal, Role, UserPatch, UserView,
 };
+use super::writes::{Acting, Target};
 use crate::crypto::password;
+use crate::db::DbConn;
 use crate::db::models::backends::{self, NewBackendRow};
 use crate::db::models::users::{self, NewUserRow, UserChanges};
 use crate::db::models::{UserWithBackend, sessions};
-use crate::db::{DbConn, detached};
 use crate::error::{Error, Result};
 
 /// What start-up admin bootstrap did.
@@ -40,35 +42,39 @@ impl App {
         password::check_policy("password", new.password.expose_secret())?;
         let hash = self.hasher().hash(&new.password).await?;
         let encrypted = new.backend.as_ref().map(|b| self.cipher().encrypt(b.bearer_token.expose_secret()));
-        let (db, client, actor_id, via) = (self.db().clone(), client.clone(), actor.user_id(), actor.via());
-        detached(async move {
-            let mut conn = db.get().await?;
-            conn.transaction(async |c: &mut DbConn| {
-                let user = users::insert(
-                    c,
-                    &NewUserRow {
-                        username: &new.username,
-                        email: &new.email,
-                        password_hash: &hash,
-                        role: new.role.as_str(),
-                        is_active: true,
-                        created_at: now.naive_utc(),
-                        updated_at: now.naive_utc(),
-                    },
-                )
-                .await?;
-                let backend = match (&new.backend, &encrypted) {
-                    (Some(b), Some(enc)) => Some(upsert_backend(c, user.id, b, enc, "", now).await?),
-                    _ => None,
-                };
-                let event = admin_event(Action::UserCreate, Some(user.id), actor_id, via)
-                    .with("role", new.role.as_str())
-                    .with("with_backend", backend.is_some());
-                audit::record(c, event, &client, now).await?;
-                Ok(UserView::from((&user, backend.as_ref())))
-            })
-            .await
-        })
+        let target = Target { user_id: None, shrinks_admins: false };
+        self.change_user(
+            Acting::admin(actor),
+            target,
+            client,
+            now,
+            Box::new(move |c, _| {
+                let (new, hash, encrypted) = (new.clone(), hash.clone(), encrypted.clone());
+                Box::pin(async move {
+                    let user = users::insert(
+                        c,
+                        &NewUserRow {
+                            username: &new.username,
+                            email: &new.email,
+                            password_hash: &hash,
+                            role: new.role.as_str(),
+                            is_active: true,
+                            created_at: now.naive_utc(),
+                            updated_at: now.naive_utc(),
+                        },
+                    )
+                    .await?;
+                    let backend = match (&new.backend, &encrypted) {
+                        (Some(b), Some(enc)) => Some(upsert_backend(c, user.id, b, enc, "", now).await?),
+                        _ => None,
+                    };
+                    let event = Event::new(Action::UserCreate, Some(user.id))
+                        .with("role", new.role.as_str())
+                        .with("with_backend", backend.is_some());
+                    Ok((UserView::from((&user, backend.as_ref())), event))
+                })
+            }),
+        )
         .await
     }
 
@@ -116,24 +122,29 @@ impl App {
         now: DateTime<Utc>,
     ) -> Result<BackendView> {
         let encrypted = self.cipher().encrypt(input.bearer_token.expose_secret());
-        let keep_ig = principal.backend.as_ref().map(|b| b.instagram_username.clone()).unwrap_or_default();
-        let (db, client, user_id) = (self.db().clone(), client.clone(), principal.user.id);
-        let result = detached(async move {
-            let mut conn = db.get().await?;
-            conn.transaction(async |c: &mut DbConn| {
-                let row = upsert_backend(c, user_id, &input, &encrypted, &keep_ig, now).await?;
-                let event =
-                    Event::new(Action::BackendUpdate, Some(user_id)).with("api_base_url", row.api_base_url.as_str());
-                audit::record(c, event, &client, now).await?;
-                Ok(BackendView::from(&row))
-            })
-            .await
-        })
-        .await;
-        self.after_write(principal.user.id, result)
+        let user_id = principal.user.id;
+        self.change_user(
+            Acting::owner(principal),
+            Target::user(user_id),
+            client,
+            now,
+            Box::new(move |c, current| {
+                let (input, encrypted) = (input.clone(), encrypted.clone());
+                Box::pin(async move {
+                    let keep_ig = current.and_then(|(_, b)| b).map(|b| b.instagram_username).unwrap_or_default();
+                    let row = upsert_backend(c, user_id, &input, &encrypted, &keep_ig, now).await?;
+                    let event = Event::new(Action::BackendUpdate, Some(user_id))
+                        .with("api_base_url", row.api_base_url.as_str());
+                    Ok((BackendView::from(&row), event))
+                })
+            }),
+        )
+        .await
     }
 
-    /// Changes the caller's password (seed 3.3.4) and ends their other sessions.
+    /// Changes the caller's password (seed 3.3.4) and ends their other sessions. A wrong current
+    /// password counts as a failed sign-in of the account (throttling, audit, alert), so this
+    /// cannot be used to guess it.
     pub async fn change_my_password(
         &self,
         principal: &Principal,
@@ -146,34 +157,51 @@ impl App {
             return Err(Error::invalid("current_password", "is required"));
         }
         password::check_policy("new_password", new.expose_secret())?;
-        if !self.hasher().verify(current, Some(&principal.user.password_hash)).await? {
+        let user_id = principal.user.id;
+        self.refuse_if_throttled(Some(user_id), &user_subject(user_id), client, now).await?;
+        // The stored hash, not the cached principal's: it is compared again when writing.
+        let checked_hash = {
+            let mut conn = self.db().get().await?;
+            let (user, _) = users::find(&mut conn, user_id)
+                .await?
+                .ok_or(Error::Unauthenticated("Session has ended; sign in again"))?;
+            user.password_hash
+        };
+        if !self.hasher().verify(current, Some(&checked_hash)).await? {
+            self.sign_in_failed(Some(user_id), &user_subject(user_id), "bad_current_password", client, now).await;
             return Err(Error::invalid("current_password", "is incorrect"));
         }
         if current.expose_secret() == new.expose_secret() {
             return Err(Error::invalid("new_password", "must differ from the current password"));
         }
         let hash = self.hasher().hash(new).await?;
-        let (db, client, user_id, keep) =
-            (self.db().clone(), client.clone(), principal.user.id, principal.session.id.clone());
-        let result = detached(async move {
-            let mut conn = db.get().await?;
-            conn.transaction(async |c: &mut DbConn| {
-                let changes =
-                    UserChanges { password_hash: Some(hash), updated_at: Some(now.naive_utc()), ..Default::default() };
-                users::update(c, user_id, &changes).await?;
-                let ended = sessions::revoke_all_for_user(c, user_id, Some(&keep), now.naive_utc()).await?;
-                audit::record(
-                    c,
-                    Event::new(Action::PasswordChange, Some(user_id)).with("sessions_ended", ended),
-                    &client,
-                    now,
-                )
-                .await
-            })
-            .await
-        })
-        .await;
-        self.after_write(principal.user.id, result)
+        let keep = principal.session.id.clone();
+        self.change_user(
+            Acting::owner(principal),
+            Target::user(user_id),
+            client,
+            now,
+            Box::new(move |c, current| {
+                let (hash, keep, checked_hash) = (hash.clone(), keep.clone(), checked_hash.clone());
+                Box::pin(async move {
+                    // The password verified above must still be the account's. Changes that
+                    // replace it also end this session (refused above, UNAUTHENTICATED); only a
+                    // re-hash at a higher cost gets here, and a retry reads the new hash.
+                    if current.is_none_or(|(u, _)| u.password_hash != checked_hash) {
+                        return Err(Error::Unavailable("The password changed meanwhile; try again"));
+                    }
+                    let changes = UserChanges {
+                        password_hash: Some(hash),
+                        updated_at: Some(now.naive_utc()),
+                        ..Default::default()
+                    };
+                    users::update(c, user_id, &changes).await?;
+                    let ended = sessions::revoke_all_for_user(c, user_id, Some(&keep), now.naive_utc()).await?;
+                    Ok(((), Event::new(Action::PasswordChange, Some(user_id)).with("sessions_ended", ended)))
+                })
+            }),
+        )
+        .await
     }
 
     /// Admin: a page of users by id, and the total count.
@@ -217,58 +245,62 @@ impl App {
             BackendChange::Set(b) => Some(self.cipher().encrypt(b.bearer_token.expose_secret())),
             _ => None,
         };
-        let (db, client, actor_id, via) = (self.db().clone(), client.clone(), actor.user_id(), actor.via());
-        let result = detached(async move {
-            let mut conn = db.get().await?;
-            conn.transaction(async |c: &mut DbConn| {
-                let (before, _) = users::find(c, id).await?.ok_or(Error::NotFound("user"))?;
-                if demotes && before.role == "admin" && before.is_active && users::count_active_admins(c).await? <= 1 {
-                    return Err(Error::FailedPrecondition("The last active admin cannot be deactivated or demoted"));
-                }
-                let mut changed: Vec<&str> = Vec::new();
-                let changes = UserChanges {
-                    email: patch.email.clone().filter(|e| *e != before.email),
-                    role: patch.role.map(|r| r.as_str().to_owned()).filter(|r| *r != before.role),
-                    is_active: patch.is_active.filter(|a| *a != before.is_active),
-                    password_hash: None,
-                    updated_at: Some(now.naive_utc()),
-                };
-                for (name, set) in [
-                    ("email", changes.email.is_some()),
-                    ("role", changes.role.is_some()),
-                    ("is_active", changes.is_active.is_some()),
-                ] {
-                    if set {
-                        changed.push(name);
+        let target = Target { user_id: Some(id), shrinks_admins: demotes };
+        self.change_user(
+            Acting::admin(actor),
+            target,
+            client,
+            now,
+            Box::new(move |c, current| {
+                let (patch, encrypted) = (patch.clone(), encrypted.clone());
+                Box::pin(async move {
+                    let Some((before, backend)) = current else { return Err(Error::NotFound("user")) };
+                    // Under the admin-set lock (taken because `demotes`): no concurrent change
+                    // can remove another admin between this count and the commit.
+                    if demotes && is_active_admin(&before) && users::count_active_admins(c).await? <= 1 {
+                        return Err(Error::FailedPrecondition(
+                            "The last active admin cannot be deactivated or demoted",
+                        ));
                     }
-                }
-                match (&patch.backend, &encrypted) {
-                    (BackendChange::Set(b), Some(enc)) => {
-                        let keep_ig =
-                            backends::find_for_user(c, id).await?.map(|b| b.instagram_username).unwrap_or_default();
-                        upsert_backend(c, id, b, enc, &keep_ig, now).await?;
-                        changed.push("backend");
+                    let changes = UserChanges {
+                        email: patch.email.clone().filter(|e| *e != before.email),
+                        role: patch.role.map(|r| r.as_str().to_owned()).filter(|r| *r != before.role),
+                        is_active: patch.is_active.filter(|a| *a != before.is_active),
+                        password_hash: None,
+                        updated_at: Some(now.naive_utc()),
+                    };
+                    let mut changed: Vec<&str> = [
+                        ("email", changes.email.is_some()),
+                        ("role", changes.role.is_some()),
+                        ("is_active", changes.is_active.is_some()),
+                    ]
+                    .into_iter()
+                    .filter_map(|(name, set)| set.then_some(name))
+                    .collect();
+                    match (&patch.backend, &encrypted) {
+                        (BackendChange::Set(b), Some(enc)) => {
+                            let keep_ig = backend.map(|b| b.instagram_username).unwrap_or_default();
+                            upsert_backend(c, id, b, enc, &keep_ig, now).await?;
+                            changed.push("backend");
+                        }
+                        (BackendChange::Remove, _) if backends::delete_for_user(c, id).await? => {
+                            changed.push("backend_removed");
+                        }
+                        _ => {}
                     }
-                    (BackendChange::Remove, _) if backends::delete_for_user(c, id).await? => {
-                        changed.push("backend_removed");
+                    users::update(c, id, &changes).await?;
+                    let mut ended = 0;
+                    if changes.is_active == Some(false) {
+                        ended = sessions::revoke_all_for_user(c, id, None, now.naive_utc()).await?;
                     }
-                    _ => {}
-                }
-                users::update(c, id, &changes).await?;
-                let mut ended = 0;
-                if changes.is_active == Some(false) {
-                    ended = sessions::revoke_all_for_user(c, id, None, now.naive_utc()).await?;
-                }
-                let event = admin_event(Action::UserUpdate, Some(id), actor_id, via)
-                    .with("fields", changed)
-                    .with("sessions_ended", ended);
-                audit::record(c, event, &client, now).await?;
-                users::find(c, id).await?.as_ref().map(view).ok_or(Error::NotFound("user"))
-            })
-            .await
-        })
-        .await;
-        self.after_write(id, result)
+                    let view = users::find(c, id).await?.as_ref().map(view).ok_or(Error::NotFound("user"))?;
+                    let event =
+                        Event::new(Action::UserUpdate, Some(id)).with("fields", changed).with("sessions_ended", ended);
+                    Ok((view, event))
+                })
+            }),
+        )
+        .await
     }
 
     /// Admin: deletes a user; backend and sessions go with it, audit rows stay.
@@ -277,25 +309,31 @@ impl App {
         if actor.user_id() == Some(id) {
             return Err(Error::FailedPrecondition("You cannot delete your own account"));
         }
-        let (db, client, actor_id, via) = (self.db().clone(), client.clone(), actor.user_id(), actor.via());
-        let result = detached(async move {
-            let mut conn = db.get().await?;
-            conn.transaction(async |c: &mut DbConn| {
-                let (user, _) = users::find(c, id).await?.ok_or(Error::NotFound("user"))?;
-                if user.role == "admin" && user.is_active && users::count_active_admins(c).await? <= 1 {
-                    return Err(Error::FailedPrecondition("The last active admin cannot be deleted"));
-                }
-                // Written first, while the row it points to exists; the delete then sets it NULL.
-                let event =
-                    admin_event(Action::UserDelete, Some(id), actor_id, via).with("username", user.username.as_str());
-                audit::record(c, event, &client, now).await?;
-                users::delete(c, id).await?;
-                Ok(())
-            })
-            .await
-        })
-        .await;
-        self.after_write(id, result)
+        let target = Target { user_id: Some(id), shrinks_admins: true };
+        self.change_user(
+            Acting::admin(actor),
+            target,
+            client,
+            now,
+            Box::new(move |c, current| {
+                Box::pin(async move {
+                    let Some((user, _)) = current else { return Err(Error::NotFound("user")) };
+                    if is_active_admin(&user) && users::count_active_admins(c).await? <= 1 {
+                        return Err(Error::FailedPrecondition("The last active admin cannot be deleted"));
+                    }
+                    users::delete(c, id).await?;
+                    // The row is gone, so the event cannot point at it (as every earlier row about
+                    // this user now does not): it names the user in its metadata, and tells the
+                    // replicas itself.
+                    crate::db::notify::user_changed(c, id).await?;
+                    let event = Event::new(Action::UserDelete, None)
+                        .with("deleted_user_id", id)
+                        .with("username", user.username.as_str());
+                    Ok(((), event))
+                })
+            }),
+        )
+        .await
     }
 
     /// Admin: sets a new password and ends every session of the user.
@@ -310,31 +348,35 @@ impl App {
         actor.require_admin()?;
         password::check_policy("new_password", new.expose_secret())?;
         let hash = self.hasher().hash(new).await?;
-        self.admin_write(actor, id, client, now, move |c| {
-            Box::pin(async move {
-                let changes =
-                    UserChanges { password_hash: Some(hash), updated_at: Some(now.naive_utc()), ..Default::default() };
-                users::update(c, id, &changes).await?;
-                let ended = sessions::revoke_all_for_user(c, id, None, now.naive_utc()).await?;
-                Ok(((), Event::new(Action::PasswordReset, Some(id)).with("sessions_ended", ended)))
-            })
-        })
+        self.change_user(
+            Acting::admin(actor),
+            Target::user(id),
+            client,
+            now,
+            Box::new(move |c, _| {
+                let hash = hash.clone();
+                Box::pin(async move {
+                    let changes = UserChanges {
+                        password_hash: Some(hash),
+                        updated_at: Some(now.naive_utc()),
+                        ..Default::default()
+                    };
+                    users::update(c, id, &changes).await?;
+                    let ended = sessions::revoke_all_for_user(c, id, None, now.naive_utc()).await?;
+                    Ok(((), Event::new(Action::PasswordReset, Some(id)).with("sessions_ended", ended)))
+                })
+            }),
+        )
         .await
     }
 }
 
-fn view(row: &UserWithBackend) -> UserView {
-    UserView::from((&row.0, row.1.as_ref()))
+fn is_active_admin(user: &crate::db::models::UserRow) -> bool {
+    user.is_active && Role::from_db(&user.role) == Role::Admin
 }
 
-/// The event for an admin action, from values that can move into a detached task.
-fn admin_event(action: Action, user_id: Option<i32>, actor_id: Option<i32>, via: Option<&'static str>) -> Event {
-    let mut event = Event::new(action, user_id);
-    event.actor_id = actor_id;
-    if let Some(via) = via {
-        event = event.with("via", via);
-    }
-    event
+fn view(row: &UserWithBackend) -> UserView {
+    UserView::from((&row.0, row.1.as_ref()))
 }
 
 async fn upsert_backend(

@@ -25,7 +25,9 @@ impl From<Error> for Status {
                 with_retry_after(Status::resource_exhausted(message), retry_after)
             }
             Error::Overloaded { retry_after, .. } => with_retry_after(Status::unavailable(message), retry_after),
-            Error::Unavailable(_) => with_retry_after(Status::unavailable(message), std::time::Duration::from_secs(1)),
+            Error::Unavailable(_) | Error::Contention => {
+                with_retry_after(Status::unavailable(message), std::time::Duration::from_secs(1))
+            }
             Error::Internal(cause) => {
                 // The cause can name tables or files: it goes to the log, never to the client.
                 tracing::error!(error = format!("{cause:#}"), "internal error");

@@ -16,6 +16,7 @@ mod compat;
 mod health;
 mod json;
 mod observability;
+mod races;
 mod replicas;
 mod security;
 mod tokens;

@@ -183,6 +183,53 @@ async fn failed_logins_throttle_the_account_from_that_address_only(s: TestServer
     s.stop().await;
 }
 
+/// A wrong current password in ChangeMyPassword is a failed sign-in of the account: audited, and
+/// after the threshold this address must wait out the cool-down, for ChangeMyPassword and Login
+/// alike, so a stolen session cannot be used to guess the password.
+async fn guessing_the_current_password_is_throttled(s: TestServer) {
+    let s = s.restart(&[("login-throttle-threshold", "3"), ("login-throttle-cooldown-seconds", "2")]).await;
+    let admin = s.admin_token().await;
+    let vic = s.create_user(&admin, "vic", None).await;
+    let token = s.login("vic", USER_PASSWORD).await;
+    let mut users = s.users().await;
+    let guess = |current: &str| {
+        authed(
+            &token,
+            pb::ChangeMyPasswordRequest { current_password: current.into(), new_password: "New_password456!".into() },
+        )
+    };
+    for _ in 0..3 {
+        let message = expect_code(users.change_my_password(guess("Wrong_guess1!")).await, Code::InvalidArgument);
+        assert_eq!(message, "current_password: is incorrect");
+    }
+    let status = users.change_my_password(guess(USER_PASSWORD)).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!((1..=2).contains(&retry_after(&status)));
+    let login = pb::LoginRequest { username: "vic".into(), password: USER_PASSWORD.into() };
+    expect_code(s.auth().await.login(Request::new(login)).await, Code::ResourceExhausted);
+
+    let mut audit = instachatico_auth::pb::audit_service_client::AuditServiceClient::new(s.channel().await);
+    let filter = pb::ListAuditLogsRequest { user_id: vic.id, action: "login_failed".into(), ..Default::default() };
+    let rows = audit.list_audit_logs(authed(&admin, filter)).await.unwrap().into_inner();
+    let reason = |e: &pb::AuditLog| {
+        e.metadata.as_ref().and_then(|m| m.fields.get("reason")).and_then(|v| match &v.kind {
+            Some(prost_types::value::Kind::StringValue(s)) => Some(s.clone()),
+            _ => None,
+        })
+    };
+    let reasons: Vec<_> = rows.entries.iter().filter_map(reason).collect();
+    assert_eq!(reasons.iter().filter(|r| *r == "bad_current_password").count(), 3, "{reasons:?}");
+    assert_eq!(reasons.iter().filter(|r| *r == "throttled").count(), 2, "{reasons:?}");
+    let throttled =
+        pb::ListAuditLogsRequest { user_id: vic.id, action: "login_throttled".into(), ..Default::default() };
+    assert_eq!(audit.list_audit_logs(authed(&admin, throttled)).await.unwrap().into_inner().total, 1);
+
+    // The cool-down ends by itself; then the right current password works.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    users.change_my_password(guess(USER_PASSWORD)).await.unwrap();
+    s.stop().await;
+}
+
 async fn audit_query_filters_and_pages(s: TestServer) {
     let admin = s.admin_token().await;
     let vic = s.create_user(&admin, "vic", None).await;
@@ -357,6 +404,7 @@ crate::on_both_backends!(
     login_rate_limit_per_address,
     api_rate_limit_per_user,
     failed_logins_throttle_the_account_from_that_address_only,
+    guessing_the_current_password_is_throttled,
     audit_query_filters_and_pages,
     registration_is_off_unless_enabled,
     weak_hashes_are_upgraded_on_login,

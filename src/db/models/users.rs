@@ -166,3 +166,46 @@ pub async fn replace_password_hash(conn: &mut DbConn, id: i32, old: &str, new: &
             .map_err(map_err)
     })
 }
+
+/// Locks the user's row until the transaction ends, so that every change to one user is applied
+/// in one order; false when there is no such user. On PostgreSQL a row lock (NO KEY UPDATE: it
+/// does not block rows that merely reference the user); on SQLite the write transaction already
+/// holds the database's only write lock, so this only checks that the user exists.
+pub async fn lock(conn: &mut DbConn, id: i32) -> Result<bool> {
+    match conn {
+        DbConn::Postgres(c) => users::table
+            .find(id)
+            .select(users::id)
+            .for_no_key_update()
+            .first::<i32>(&mut **c)
+            .await
+            .optional()
+            .map(|row| row.is_some())
+            .map_err(map_err),
+        DbConn::Sqlite(c) => users::table
+            .find(id)
+            .select(users::id)
+            .first::<i32>(&mut **c)
+            .await
+            .optional()
+            .map(|row| row.is_some())
+            .map_err(map_err),
+    }
+}
+
+/// Serialises the changes that could leave no active admin (demote, deactivate, delete), until
+/// the transaction ends. Taken before any row lock, so it cannot join a lock cycle. On SQLite the
+/// write lock already serialises every writer.
+pub async fn lock_admin_set(conn: &mut DbConn) -> Result<()> {
+    /// An arbitrary, fixed key of PostgreSQL's advisory locks for "the set of active admins".
+    const ADMIN_SET_LOCK: i64 = 0x1a57_ad31;
+    match conn {
+        DbConn::Postgres(c) => diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+            .bind::<diesel::sql_types::BigInt, _>(ADMIN_SET_LOCK)
+            .execute(&mut **c)
+            .await
+            .map(drop)
+            .map_err(map_err),
+        DbConn::Sqlite(_) => Ok(()),
+    }
+}

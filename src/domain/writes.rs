@@ -1,0 +1,142 @@
+//! The one write path for changes to a user: every change to one user's credentials, role,
+//! activation, backend or sessions runs through [`App::change_user`], which makes them happen in
+//! one order and re-checks, inside the transaction that writes, the facts the change relies on.
+//!
+//! Why it holds under any interleaving:
+//! - On PostgreSQL each such transaction first locks the rows of the acting user and of the
+//!   user it changes (always in ascending id order, so two transactions cannot wait on each
+//!   other). READ COMMITTED then shows every later statement of the transaction what the
+//!   previous holder of the lock committed: a session revoked by a reset, a role taken away.
+//! - Changes that could leave no active admin (demote, deactivate, delete) first take one
+//!   advisory lock, so their "is another active admin left?" checks run one after the other
+//!   and no write skew can remove the last two admins at once.
+//! - On SQLite every write transaction begins IMMEDIATE and holds the only write lock.
+//! - A transaction that still loses (a deadlock or serialization failure) is retried from the
+//!   start a bounded number of times (`DbPool::write`), then answered 503 with Retry-After.
+
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+
+use super::App;
+use super::audit::{self, Event};
+use super::types::{Actor, ClientInfo, Role};
+use crate::db::DbConn;
+use crate::db::models::{UserWithBackend, sessions, users};
+use crate::error::{Error, Result};
+
+/// Who makes a change, in a form a transaction can re-check (and own across retries).
+#[derive(Debug, Clone)]
+pub(super) enum Acting {
+    /// A signed-in user through one session; `admin` when the change needs an admin.
+    Session { user_id: i32, session_id: String, admin: bool },
+    /// The operator at the CLI, start-up bootstrap, or self-registration.
+    System(&'static str),
+}
+
+impl Acting {
+    /// An admin action by `actor`.
+    pub(super) fn admin(actor: &Actor<'_>) -> Self {
+        match actor {
+            Actor::User(p) => Self::Session { user_id: p.user.id, session_id: p.session.id.clone(), admin: true },
+            Actor::System(via) => Self::System(via),
+        }
+    }
+
+    /// A user acting on their own account through the session of `principal`.
+    pub(super) fn owner(principal: &super::types::Principal) -> Self {
+        Self::Session { user_id: principal.user.id, session_id: principal.session.id.clone(), admin: false }
+    }
+
+    fn user_id(&self) -> Option<i32> {
+        match self {
+            Self::Session { user_id, .. } => Some(*user_id),
+            Self::System(_) => None,
+        }
+    }
+
+    /// Inside the transaction, after the locks: the acting session is still live, its user
+    /// active, and an admin when the change needs one.
+    async fn recheck(&self, c: &mut DbConn, now: DateTime<Utc>) -> Result<()> {
+        let Self::Session { user_id, session_id, admin } = self else { return Ok(()) };
+        let ended = Error::Unauthenticated("Session has ended; sign in again");
+        let (session, user, _) = sessions::find_live(c, session_id, now.naive_utc()).await?.ok_or(ended)?;
+        if session.user_id != *user_id || !user.is_active {
+            return Err(Error::Unauthenticated("Session has ended; sign in again"));
+        }
+        if *admin && Role::from_db(&user.role) != Role::Admin {
+            return Err(Error::PermissionDenied("Admin privileges required"));
+        }
+        Ok(())
+    }
+}
+
+/// What a change is about and what it must lock.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Target {
+    /// The user changed (must exist); `None` for a change that creates one.
+    pub user_id: Option<i32>,
+    /// The change may reduce the set of active admins.
+    pub shrinks_admins: bool,
+}
+
+impl Target {
+    pub(super) fn user(user_id: i32) -> Self {
+        Self { user_id: Some(user_id), shrinks_admins: false }
+    }
+}
+
+/// The change itself: given the locked, current row of the target (if any), it writes and
+/// returns its result and the audit event to record. Called again if the transaction is retried.
+pub(super) type ChangeFn<T> =
+    Box<dyn for<'c> Fn(&'c mut DbConn, Option<UserWithBackend>) -> BoxFuture<'c, Result<(T, Event)>> + Send + Sync>;
+
+impl App {
+    /// Runs one change to a user as described in the module docs, records its audit event (with
+    /// the acting user), and afterwards drops this replica's cached sessions of the target (the
+    /// other replicas hear of it through the audit row's NOTIFY).
+    pub(super) async fn change_user<T: Send + 'static>(
+        &self,
+        acting: Acting,
+        target: Target,
+        client: &ClientInfo,
+        now: DateTime<Utc>,
+        change: ChangeFn<T>,
+    ) -> Result<T> {
+        let (client, change) = (client.clone(), std::sync::Arc::new(change));
+        let result = self
+            .db()
+            .write(Box::new(move |c| {
+                let (acting, client, change) = (acting.clone(), client.clone(), std::sync::Arc::clone(&change));
+                Box::pin(async move {
+                    if target.shrinks_admins {
+                        users::lock_admin_set(c).await?;
+                    }
+                    let mut ids: Vec<i32> = acting.user_id().into_iter().chain(target.user_id).collect();
+                    ids.sort_unstable();
+                    ids.dedup();
+                    for id in ids {
+                        users::lock(c, id).await?;
+                    }
+                    acting.recheck(c, now).await?;
+                    let row = match target.user_id {
+                        Some(id) => Some(users::find(c, id).await?.ok_or(Error::NotFound("user"))?),
+                        None => None,
+                    };
+                    let (value, mut event) = change(c, row).await?;
+                    if let Acting::Session { user_id, admin: true, .. } = acting {
+                        event.actor_id = Some(user_id);
+                    }
+                    if let Acting::System(via) = acting {
+                        event = event.with("via", via);
+                    }
+                    audit::record(c, event, &client, now).await?;
+                    Ok(value)
+                })
+            }))
+            .await;
+        match target.user_id {
+            Some(id) => self.after_write(id, result),
+            None => result,
+        }
+    }
+}
