@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use instachatico_auth::db::models::users;
+use instachatico_auth::db::models::{audit, users};
 use serde_json::json;
 
 use crate::common::{ADMIN_PASSWORD, ADMIN_USERNAME, Envoy, Json, Reply, TestServer, USER_PASSWORD};
@@ -144,6 +144,65 @@ async fn a_login_racing_a_reset_leaves_no_live_session(s: TestServer) {
     }
 }
 
+/// A user's backend change racing an admin's deactivation (and the user's own session
+/// revocation): the change either committed before the deactivation (its audit row comes first)
+/// or fails UNAUTHENTICATED and leaves the backend as it was.
+async fn a_backend_change_racing_deactivation_is_ordered(s: TestServer) {
+    let Some((_envoy, api)) = envoy(&s).await else { return };
+    let admin = api.login(ADMIN_USERNAME, ADMIN_PASSWORD).await;
+    let id = create(&api, &admin, "bodo", "user").await;
+    for round in 0..ROUNDS {
+        let token = api.login("bodo", USER_PASSWORD).await;
+        let url = format!("http://round{round}.example/api/v1");
+        let (change, deactivate) = tokio::join!(
+            async {
+                jitter(8).await;
+                api.put("/api/v1/users/me/backend", Some(&token), json!({"api_base_url": url, "bearer_token": "t"}))
+                    .await
+            },
+            async {
+                jitter(8).await;
+                api.call(
+                    reqwest::Method::PATCH,
+                    &format!("/api/v1/users/{id}"),
+                    Some(&admin),
+                    Some(json!({"is_active": false})),
+                )
+                .await
+            }
+        );
+        never_internal(&change);
+        assert_eq!(deactivate.status, 200, "{deactivate:?}");
+        let user = api.get(&format!("/api/v1/users/{id}"), Some(&admin)).await;
+        let stored = user.body["backend"]["api_base_url"].as_str().unwrap_or_default().to_owned();
+        let mut conn = s.app().db().get().await.unwrap();
+        let filter = audit::AuditFilter { user_id: Some(i32::try_from(id).unwrap()), ..Default::default() };
+        let (rows, _) = audit::query(&mut conn, &filter, 2, 0).await.unwrap();
+        let newest: Vec<&str> = rows.iter().map(|r| r.action.as_str()).collect();
+        match change.status {
+            // Committed first: the deactivation is the newest event, the backend is the new one.
+            200 => {
+                assert_eq!(stored, url, "round {round}");
+                assert_eq!(newest, ["user_update", "backend_update"], "round {round}");
+            }
+            401 => {
+                assert_ne!(stored, url, "round {round}: a refused change was applied");
+                assert_eq!(newest[0], "user_update", "round {round}");
+            }
+            _ => panic!("round {round}: {change:?}"),
+        }
+        let reactivate = api
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/api/v1/users/{id}"),
+                Some(&admin),
+                Some(json!({"is_active": true})),
+            )
+            .await;
+        assert_eq!(reactivate.status, 200);
+    }
+}
+
 /// The last two active admins demote or deactivate each other at the same moment: one of them
 /// wins, the other is refused (it is no longer an admin, or its session ended), and an active
 /// admin always remains.
@@ -274,6 +333,7 @@ async fn concurrent_refreshes_all_succeed(s: TestServer) {
 crate::on_both_backends!(
     a_password_change_never_undoes_a_reset,
     a_login_racing_a_reset_leaves_no_live_session,
+    a_backend_change_racing_deactivation_is_ordered,
     the_last_two_admins_cannot_remove_each_other,
     two_admins_deleting_each_other_get_clear_answers,
     concurrent_admin_updates_all_succeed,
