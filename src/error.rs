@@ -62,6 +62,15 @@ impl Error {
         Self::InvalidArgument { field, message: message.into() }
     }
 
+    /// The same refusal for overload, in the words of the operation that was refused (the
+    /// hashing pool does not know whether it was asked by a login or an account creation).
+    pub fn overload_as(self, message: &'static str) -> Self {
+        match self {
+            Self::Overloaded { retry_after, .. } => Self::Overloaded { message, retry_after },
+            other => other,
+        }
+    }
+
     pub fn internal(context: &'static str, cause: impl Into<anyhow::Error>) -> Self {
         Self::Internal(cause.into().context(context))
     }

@@ -202,7 +202,7 @@ impl PasswordHasher {
         let rounds = u32::try_from(in_system / self.inner.workers + 1).unwrap_or(u32::MAX);
         let expected = hash.saturating_mul(rounds);
         let overloaded = || Error::Overloaded {
-            message: "Too many sign-in attempts are in progress; retry shortly",
+            message: "The service is busy; retry shortly",
             // By then about half of today's queue has drained.
             retry_after: (expected / 2).max(Duration::from_secs(1)),
         };

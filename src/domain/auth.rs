@@ -48,7 +48,11 @@ impl App {
         self.refuse_if_throttled(known_id, &subject, client, now).await?;
 
         let stored_hash = found.as_ref().map(|(u, _)| u.password_hash.as_str());
-        let matched = self.hasher().verify(password, stored_hash).await?;
+        let matched = self
+            .hasher()
+            .verify(password, stored_hash)
+            .await
+            .map_err(|e| e.overload_as("Too many sign-in attempts are in progress; retry shortly"))?;
         let (user, backend) = match found {
             Some(found) if matched => found,
             _ => {

@@ -40,7 +40,11 @@ impl App {
     ) -> Result<UserView> {
         actor.require_admin()?;
         password::check_policy("password", new.password.expose_secret())?;
-        let hash = self.hasher().hash(&new.password).await?;
+        let hash = self
+            .hasher()
+            .hash(&new.password)
+            .await
+            .map_err(|e| e.overload_as("Too many accounts are being created at once; retry shortly"))?;
         let encrypted = new.backend.as_ref().map(|b| self.cipher().encrypt(b.bearer_token.expose_secret()));
         let target = Target { user_id: None, shrinks_admins: false };
         self.change_user(
@@ -167,14 +171,15 @@ impl App {
                 .ok_or(Error::Unauthenticated("Session has ended; sign in again"))?;
             user.password_hash
         };
-        if !self.hasher().verify(current, Some(&checked_hash)).await? {
+        let busy = "Too many password changes are in progress; retry shortly";
+        if !self.hasher().verify(current, Some(&checked_hash)).await.map_err(|e| e.overload_as(busy))? {
             self.sign_in_failed(Some(user_id), &user_subject(user_id), "bad_current_password", client, now).await;
             return Err(Error::invalid("current_password", "is incorrect"));
         }
         if current.expose_secret() == new.expose_secret() {
             return Err(Error::invalid("new_password", "must differ from the current password"));
         }
-        let hash = self.hasher().hash(new).await?;
+        let hash = self.hasher().hash(new).await.map_err(|e| e.overload_as(busy))?;
         let keep = principal.session.id.clone();
         self.change_user(
             Acting::owner(principal),
@@ -347,7 +352,11 @@ impl App {
     ) -> Result<()> {
         actor.require_admin()?;
         password::check_policy("new_password", new.expose_secret())?;
-        let hash = self.hasher().hash(new).await?;
+        let hash = self
+            .hasher()
+            .hash(new)
+            .await
+            .map_err(|e| e.overload_as("Too many password resets are in progress; retry shortly"))?;
         self.change_user(
             Acting::admin(actor),
             Target::user(id),

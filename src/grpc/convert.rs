@@ -160,15 +160,24 @@ fn json_value(v: serde_json::Value) -> prost_types::Value {
     prost_types::Value { kind: Some(kind) }
 }
 
+/// The range google.protobuf.Timestamp allows: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+
+/// A request's timestamp, refused outside the range protobuf defines (beyond it the two
+/// databases would compare it differently) or with nanos outside 0..1e9.
+fn timestamp_in_range(field: &'static str, t: prost_types::Timestamp) -> Result<chrono::NaiveDateTime> {
+    let out_of_range = || Error::invalid(field, "must be a time between 0001-01-01 and 9999-12-31 (UTC)");
+    if !TIMESTAMP_SECONDS.contains(&t.seconds) {
+        return Err(out_of_range());
+    }
+    let nanos = u32::try_from(t.nanos).ok().filter(|n| *n < 1_000_000_000).ok_or_else(out_of_range)?;
+    DateTime::from_timestamp(t.seconds, nanos).map(|d| d.naive_utc()).ok_or_else(out_of_range)
+}
+
 /// The audit filter from a request; zero/empty fields match anything.
 pub fn audit_filter(r: &pb::ListAuditLogsRequest) -> Result<AuditFilter> {
     let time = |field: &'static str, t: Option<prost_types::Timestamp>| -> Result<Option<chrono::NaiveDateTime>> {
-        t.map(|t| {
-            DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
-                .map(|d| d.naive_utc())
-                .ok_or_else(|| Error::invalid(field, "is not a valid time"))
-        })
-        .transpose()
+        t.map(|t| timestamp_in_range(field, t)).transpose()
     };
     if r.user_id < 0 {
         return Err(Error::invalid("user_id", "must not be negative"));

@@ -17,6 +17,7 @@ mod health;
 mod json;
 mod observability;
 mod races;
+mod refusals;
 mod replicas;
 mod security;
 mod tokens;
