@@ -64,7 +64,8 @@ pub async fn build_app(config: &Config) -> anyhow::Result<App> {
     // On PostgreSQL other replicas change sessions too: trust the cache only while listening.
     let ttl = Duration::from_millis(config.session_cache_ttl_ms);
     let cache = crate::domain::cache::PrincipalCache::new(ttl, matches!(target, crate::db::DbTarget::Postgres(_)));
-    Ok(App::new(pool, hasher, jwt, cipher, config.session_policy(), config.security_policy(), cache))
+    let names = crate::crypto::keyed::NameHasher::new(&keys.jwt_current);
+    Ok(App::new(pool, hasher, jwt, cipher, config.session_policy(), config.security_policy(), cache, names))
 }
 
 /// Creates the ADMIN_* admin on first start; idempotent.

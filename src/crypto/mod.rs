@@ -2,6 +2,7 @@
 //! Fernet encryption of backend bearer tokens. Nothing here touches the database.
 
 pub mod jwt;
+pub mod keyed;
 pub mod password;
 pub mod secrets;
 

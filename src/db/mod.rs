@@ -219,12 +219,34 @@ where
         .map_err(|e| anyhow::anyhow!("cannot build the database pool: {e}"))
 }
 
+/// Creates the SQLite file's directory (0700) and the file itself (0600) before SQLite does: it
+/// would create them world-readable, and its WAL and shared-memory files copy the database
+/// file's mode. An existing database readable by others is left as the operator made it, with a
+/// warning.
 fn ensure_parent_dir(path: &Path) -> anyhow::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| anyhow::anyhow!("cannot create database directory {}: {e}", dir.display()))?;
+        crate::config::create_private_dir(dir)
+            .map_err(|e| anyhow::anyhow!("cannot create database directory {}: {e:#}", dir.display()))?;
     }
-    Ok(())
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+                if mode & 0o077 != 0 {
+                    tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "the SQLite database is readable by other users; chmod 600 it (and its -wal and -shm files)");
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(anyhow::anyhow!("cannot create the database file {}: {e}", path.display())),
+    }
 }
 
 /// Per-connection SQLite settings: WAL lets readers run beside the writer, busy_timeout makes

@@ -44,7 +44,7 @@ impl App {
         // Release the connection while bcrypt runs: hashing is the slow part of a login.
         drop(conn);
         let known_id = found.as_ref().map(|(u, _)| u.id);
-        let subject = known_id.map_or_else(|| unknown_subject(login), user_subject);
+        let subject = known_id.map_or_else(|| self.inner.names.unknown_login(login), user_subject);
         self.refuse_if_throttled(known_id, &subject, client, now).await?;
 
         let stored_hash = found.as_ref().map(|(u, _)| u.password_hash.as_str());
@@ -333,15 +333,6 @@ impl App {
 /// Failed logins from one address within the window that raise the alert (seed 9.3).
 const SUSPICIOUS_FAILURES: i64 = 10;
 const SUSPICIOUS_WINDOW_MINUTES: i64 = 5;
-
-/// The throttling subject of a name that matches no account: a hash, so the table does not
-/// collect what people type (it may be a password typed into the wrong field).
-fn unknown_subject(login: &str) -> String {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(login.to_lowercase().as_bytes());
-    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-    format!("login:{hex}")
-}
 
 /// The address key of throttling state.
 fn client_key(client: &ClientInfo) -> String {

@@ -18,6 +18,7 @@ use chrono::Duration;
 
 pub use self::users::BootstrapOutcome;
 use crate::crypto::jwt::JwtKeys;
+use crate::crypto::keyed::NameHasher;
 use crate::crypto::password::PasswordHasher;
 use crate::crypto::secrets::TokenCipher;
 use crate::db::DbPool;
@@ -61,6 +62,7 @@ pub struct AppInner {
     pub security: SecurityPolicy,
     pub(crate) api_limiter: limits::ApiLimiter,
     pub cache: cache::PrincipalCache,
+    pub(crate) names: NameHasher,
 }
 
 impl App {
@@ -72,9 +74,10 @@ impl App {
         sessions: SessionPolicy,
         security: SecurityPolicy,
         cache: cache::PrincipalCache,
+        names: NameHasher,
     ) -> Self {
         let api_limiter = limits::ApiLimiter::new(security.api_per_minute);
-        Self { inner: Arc::new(AppInner { db, hasher, jwt, cipher, sessions, security, api_limiter, cache }) }
+        Self { inner: Arc::new(AppInner { db, hasher, jwt, cipher, sessions, security, api_limiter, cache, names }) }
     }
 
     pub fn cache(&self) -> &cache::PrincipalCache {

@@ -8,6 +8,7 @@ mod common;
 
 mod admin;
 mod api_docs;
+mod at_rest;
 mod auth;
 mod bench_smoke;
 mod browser;
