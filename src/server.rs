@@ -65,7 +65,8 @@ pub async fn build_app(config: &Config) -> anyhow::Result<App> {
     let ttl = Duration::from_millis(config.session_cache_ttl_ms);
     let cache = crate::domain::cache::PrincipalCache::new(ttl, matches!(target, crate::db::DbTarget::Postgres(_)));
     let names = crate::crypto::keyed::NameHasher::new(&keys.jwt_current);
-    Ok(App::new(pool, hasher, jwt, cipher, config.session_policy(), config.security_policy(), cache, names))
+    let crypto = crate::domain::Crypto { hasher, jwt, cipher, names };
+    Ok(App::new(pool, crypto, config.session_policy(), config.security_policy(), cache))
 }
 
 /// Creates the ADMIN_* admin on first start; idempotent.

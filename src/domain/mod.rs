@@ -47,6 +47,14 @@ pub struct SecurityPolicy {
     pub allow_registration: bool,
 }
 
+/// The keys and hashing the rules use.
+pub struct Crypto {
+    pub hasher: PasswordHasher,
+    pub jwt: JwtKeys,
+    pub cipher: TokenCipher,
+    pub names: NameHasher,
+}
+
 /// Everything a request needs; shared by all transports. Cheap to clone.
 #[derive(Clone)]
 pub struct App {
@@ -68,14 +76,12 @@ pub struct AppInner {
 impl App {
     pub fn new(
         db: DbPool,
-        hasher: PasswordHasher,
-        jwt: JwtKeys,
-        cipher: TokenCipher,
+        crypto: Crypto,
         sessions: SessionPolicy,
         security: SecurityPolicy,
         cache: cache::PrincipalCache,
-        names: NameHasher,
     ) -> Self {
+        let Crypto { hasher, jwt, cipher, names } = crypto;
         let api_limiter = limits::ApiLimiter::new(security.api_per_minute);
         Self { inner: Arc::new(AppInner { db, hasher, jwt, cipher, sessions, security, api_limiter, cache, names }) }
     }
