@@ -17,6 +17,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The vendored protoc keeps fresh machines free of system packages.
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    // `prost::Name` on every message: the transport finds a request's descriptor by its name.
+    config.enable_type_names();
 
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("instachatico_auth_descriptor.bin"))

@@ -7,7 +7,7 @@ use std::time::Duration;
 pub enum Error {
     /// A request field failed validation; `field` is the proto field name.
     #[error("{field}: {message}")]
-    InvalidArgument { field: &'static str, message: String },
+    InvalidArgument { field: std::borrow::Cow<'static, str>, message: String },
 
     /// Unknown user or wrong password: one message for both, so it does not tell which.
     #[error("Incorrect username or password")]
@@ -59,7 +59,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
-        Self::InvalidArgument { field, message: message.into() }
+        Self::InvalidArgument { field: field.into(), message: message.into() }
     }
 
     /// The same refusal for overload, in the words of the operation that was refused (the

@@ -40,7 +40,10 @@ impl App {
         self.check_login_rate(client.ip, now).await?;
 
         let mut conn = self.db().get().await?;
-        let found = if login.len() <= LOGIN_MAX { users::find_by_login(&mut conn, login).await? } else { None };
+        // No account name holds a control character (and PostgreSQL refuses NUL): such a name
+        // is simply unknown, and is not sent to the database.
+        let plausible = login.len() <= LOGIN_MAX && !login.chars().any(char::is_control);
+        let found = if plausible { users::find_by_login(&mut conn, login).await? } else { None };
         // Release the connection while bcrypt runs: hashing is the slow part of a login.
         drop(conn);
         let known_id = found.as_ref().map(|(u, _)| u.id);

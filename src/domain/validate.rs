@@ -39,7 +39,10 @@ pub fn email(value: &str) -> Result<String> {
     if local_ok && host_ok && tld_ok { Ok(v.to_owned()) } else { Err(bad()) }
 }
 
-/// An absolute http(s) URL with a host, no embedded credentials, at most 255 characters.
+/// An absolute http(s) URL with a host, no embedded credentials, at most 255 characters, written
+/// as the URL it is: it must itself begin with `http://` or `https://` (the URL parser would
+/// read `http:x` or `http:\\x` as `http://x/`, which the database's CHECK refuses) and hold no
+/// whitespace, control character or backslash (the parser drops or rewrites those silently).
 pub fn api_base_url(value: &str) -> Result<String> {
     let field = "api_base_url";
     let v = value.trim();
@@ -48,6 +51,13 @@ pub fn api_base_url(value: &str) -> Result<String> {
     }
     if v.len() > URL_MAX {
         return Err(Error::invalid(field, "must be at most 255 characters"));
+    }
+    let lower = v.get(..8).unwrap_or(v).to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+        return Err(Error::invalid(field, "must be an absolute http:// or https:// URL"));
+    }
+    if v.chars().any(|c| c.is_whitespace() || c.is_control() || c == '\\') {
+        return Err(Error::invalid(field, "must not contain whitespace, control characters or backslashes"));
     }
     let url = url::Url::parse(v).map_err(|_| Error::invalid(field, "must be an absolute http:// or https:// URL"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
@@ -113,7 +123,23 @@ mod tests {
     fn urls() {
         assert!(api_base_url("http://localhost:4291/api/v1").is_ok());
         assert!(api_base_url("https://backend.example.com").is_ok());
-        for bad in ["", "ftp://x.com", "localhost:4291", "http://", "http://user:pw@x.com", "javascript:alert(1)"] {
+        assert!(api_base_url("HTTPS://Backend.example.com/api?x=1").is_ok());
+        for bad in [
+            "",
+            "ftp://x.com",
+            "localhost:4291",
+            "http://",
+            "http://user:pw@x.com",
+            "javascript:alert(1)",
+            // Accepted by the URL parser, refused by the database's CHECK (issue 11, point 4).
+            "http:x",
+            "http:/x",
+            "https:x.example",
+            "http:\\\\x.example",
+            "http://x.example/\r\nSet-Cookie: a=b",
+            "http://x.example/a b",
+            "http://x.example/\0",
+        ] {
             assert!(api_base_url(bad).is_err(), "{bad}");
         }
     }

@@ -27,7 +27,7 @@ impl AuditService for AuditApi {
     ) -> Result<Response<pb::ListAuditLogsResponse>, Status> {
         let me = principal(&self.app, &request).await?;
         Actor::User(&me).require_admin()?;
-        let body = request.into_inner();
+        let body = super::text::body(request)?;
         let filter = audit_filter(&body)?;
         let (entries, total) =
             self.app.list_audit(&Actor::User(&me), &filter, i64::from(body.limit), i64::from(body.offset)).await?;

@@ -29,7 +29,7 @@ impl AuthApi {
 impl AuthService for AuthApi {
     async fn login(&self, request: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
         let client = self.ips.client_info(&request);
-        let body = request.into_inner();
+        let body = super::text::body(request)?;
         let password = SecretString::from(body.password);
         let outcome = self.app.login(&body.username, &password, &client, Utc::now()).await?;
         Ok(Response::new(pb::LoginResponse {
@@ -64,7 +64,7 @@ impl AuthService for AuthApi {
 
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::User>, Status> {
         let client = self.ips.client_info(&request);
-        let new = NewUser::try_from(request.into_inner())?;
+        let new = NewUser::try_from(super::text::body(request)?)?;
         let user = self.app.register(new, &client, Utc::now()).await?;
         let mut response = Response::new(pb::User::from(&user));
         hint_http_status(&mut response, 201);

@@ -7,6 +7,7 @@ pub mod convert;
 pub mod health;
 pub mod meta;
 pub mod status;
+pub mod text;
 pub mod user;
 
 use chrono::Utc;

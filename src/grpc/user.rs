@@ -35,7 +35,7 @@ impl UserService for UserApi {
         let me = principal(&self.app, &request).await?;
         Actor::User(&me).require_admin()?;
         let client = self.ips.client_info(&request);
-        let new = NewUser::try_from(request.into_inner())?;
+        let new = NewUser::try_from(super::text::body(request)?)?;
         let user = self.app.create_user(&Actor::User(&me), new, &client, Utc::now()).await?;
         let mut response = Response::new(pb::User::from(&user));
         hint_http_status(&mut response, 201);
@@ -53,7 +53,7 @@ impl UserService for UserApi {
     ) -> Result<Response<pb::UpdateMyBackendResponse>, Status> {
         let me = principal(&self.app, &request).await?;
         let client = self.ips.client_info(&request);
-        let input = BackendInput::try_from(request.into_inner())?;
+        let input = BackendInput::try_from(super::text::body(request)?)?;
         let backend = self.app.update_my_backend(&me, input, &client, Utc::now()).await?;
         Ok(Response::new(pb::UpdateMyBackendResponse {
             message: "Backend configuration updated successfully".to_owned(),
@@ -67,7 +67,7 @@ impl UserService for UserApi {
     ) -> Result<Response<pb::MessageResponse>, Status> {
         let me = principal(&self.app, &request).await?;
         let client = self.ips.client_info(&request);
-        let body = request.into_inner();
+        let body = super::text::body(request)?;
         let (current, new) = (SecretString::from(body.current_password), SecretString::from(body.new_password));
         self.app.change_my_password(&me, &current, &new, &client, Utc::now()).await?;
         Ok(message("Password updated successfully"))
@@ -78,7 +78,7 @@ impl UserService for UserApi {
         request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
         let me = principal(&self.app, &request).await?;
-        let body = request.into_inner();
+        let body = super::text::body(request)?;
         let (users, total) =
             self.app.list_users(&Actor::User(&me), i64::from(body.limit), i64::from(body.offset)).await?;
         Ok(Response::new(pb::ListUsersResponse {
@@ -90,7 +90,7 @@ impl UserService for UserApi {
     async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::User>, Status> {
         let me = principal(&self.app, &request).await?;
         Actor::User(&me).require_admin()?;
-        let id = user_id(request.get_ref().id)?;
+        let id = user_id(super::text::body(request)?.id)?;
         let user = self.app.get_user(&Actor::User(&me), id).await?;
         Ok(Response::new(pb::User::from(&user)))
     }
@@ -99,7 +99,7 @@ impl UserService for UserApi {
         let me = principal(&self.app, &request).await?;
         Actor::User(&me).require_admin()?;
         let client = self.ips.client_info(&request);
-        let body = request.into_inner();
+        let body = super::text::body(request)?;
         let id = user_id(body.id)?;
         let patch = UserPatch::try_from(body)?;
         let user = self.app.update_user(&Actor::User(&me), id, patch, &client, Utc::now()).await?;
@@ -113,7 +113,7 @@ impl UserService for UserApi {
         let me = principal(&self.app, &request).await?;
         Actor::User(&me).require_admin()?;
         let client = self.ips.client_info(&request);
-        let id = user_id(request.get_ref().id)?;
+        let id = user_id(super::text::body(request)?.id)?;
         self.app.delete_user(&Actor::User(&me), id, &client, Utc::now()).await?;
         Ok(message("User deleted successfully"))
     }
@@ -125,7 +125,7 @@ impl UserService for UserApi {
         let me = principal(&self.app, &request).await?;
         Actor::User(&me).require_admin()?;
         let client = self.ips.client_info(&request);
-        let body = request.into_inner();
+        let body = super::text::body(request)?;
         let id = user_id(body.id)?;
         let new = SecretString::from(body.new_password);
         self.app.reset_password(&Actor::User(&me), id, &new, &client, Utc::now()).await?;
@@ -147,7 +147,8 @@ impl UserService for UserApi {
     ) -> Result<Response<pb::MessageResponse>, Status> {
         let me = principal(&self.app, &request).await?;
         let client = self.ips.client_info(&request);
-        self.app.revoke_my_session(&me, &request.get_ref().session_id, &client, Utc::now()).await?;
+        let body = super::text::body(request)?;
+        self.app.revoke_my_session(&me, &body.session_id, &client, Utc::now()).await?;
         Ok(message("Session revoked"))
     }
 
@@ -158,7 +159,7 @@ impl UserService for UserApi {
         let me = principal(&self.app, &request).await?;
         Actor::User(&me).require_admin()?;
         let client = self.ips.client_info(&request);
-        let id = user_id(request.get_ref().id)?;
+        let id = user_id(super::text::body(request)?.id)?;
         let revoked = self.app.revoke_user_sessions(&Actor::User(&me), id, &client, Utc::now()).await?;
         Ok(Response::new(pb::RevokeSessionsResponse {
             message: "Sessions revoked".to_owned(),
@@ -173,7 +174,7 @@ impl UserService for UserApi {
         let me = principal(&self.app, &request).await?;
         Actor::User(&me).require_admin()?;
         let client = self.ips.client_info(&request);
-        let id = user_id(request.get_ref().id)?;
+        let id = user_id(super::text::body(request)?.id)?;
         self.app.unlock_user(&Actor::User(&me), id, &client, Utc::now()).await?;
         Ok(message("Login throttling cleared"))
     }

@@ -14,6 +14,7 @@ mod bench_smoke;
 mod browser;
 mod cli;
 mod compat;
+mod generated_input;
 mod health;
 mod json;
 mod observability;
