@@ -175,6 +175,14 @@ pub struct Keys {
     pub encryption_previous: Vec<SecretString>,
 }
 
+/// A dangerous setting found at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RiskySetting {
+    /// Refused in production (warned about in development).
+    pub refuse: bool,
+    pub message: String,
+}
+
 /// Name of the development key file inside DATA_DIR.
 pub const DEV_KEYS_FILE: &str = "dev-keys.env";
 
@@ -255,6 +263,45 @@ impl Config {
                 Ok(url.origin().ascii_serialization())
             })
             .collect()
+    }
+
+    /// Settings that are legal but dangerous. Each is a warning at start-up; those marked
+    /// `refuse` stop a production start (they are never what an operator meant).
+    pub fn risky_settings(&self, keys: &Keys) -> Vec<RiskySetting> {
+        let mut found = Vec::new();
+        let mut add = |refuse: bool, message: String| found.push(RiskySetting { refuse, message });
+        let jwt = keys.jwt_current.expose_secret();
+        if jwt.chars().all(|c| jwt.starts_with(c)) {
+            add(true, "JWT_SECRET_KEY is one character repeated: anyone can guess it; generate one with `instachatico-auth generate-keys`".into());
+        }
+        if jwt == keys.encryption_current.expose_secret() {
+            add(true, "JWT_SECRET_KEY equals ENCRYPTION_KEY: one leaked key would both forge tokens and decrypt backend tokens; use two keys".into());
+        }
+        for net in self.trusted_proxy_nets().unwrap_or_default().iter().filter(|n| n.prefix_len() == 0) {
+            add(
+                true,
+                format!(
+                    "TRUSTED_PROXIES contains {net}: every client could choose the address its rate limits and audit rows see; list only your proxies (Envoy)"
+                ),
+            );
+        }
+        if let Ok(Some(addr)) = self.metrics_listen_addr()
+            && !addr.ip().is_loopback()
+        {
+            add(
+                false,
+                format!(
+                    "METRICS_ADDR {addr} is not a loopback address: /metrics has no authentication; keep it on a private network"
+                ),
+            );
+        }
+        if self.rate_limit_login_per_minute == 0 {
+            add(false, "RATE_LIMIT_LOGIN_PER_MINUTE=0: login attempts per address are not limited".into());
+        }
+        if self.rate_limit_api_per_minute == 0 {
+            add(false, "RATE_LIMIT_API_PER_MINUTE=0: authenticated requests per user are not limited".into());
+        }
+        found
     }
 
     /// Resolves the keys: settings, then `*_FILE`, then (development only) the generated key

@@ -34,7 +34,7 @@ use crate::telemetry::{RpcTelemetryLayer, Transport};
 
 /// Largest request message accepted; ours are a few hundred bytes.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
-/// How often `grpc.health.v1` re-checks the database.
+/// How often `grpc.health.v1` re-checks the database (and the start-up key check's outcome).
 const HEALTH_PROBE_EVERY: Duration = Duration::from_secs(5);
 /// How often expired rate-limit, throttling and session rows are dropped.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
@@ -42,6 +42,12 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 /// Builds the application: keys, migrations, database pool and hashing pool.
 pub async fn build_app(config: &Config) -> anyhow::Result<App> {
     let keys = config.resolve_keys()?;
+    for risk in config.risky_settings(&keys) {
+        if risk.refuse && config.app_env == crate::config::AppEnv::Production {
+            anyhow::bail!("refusing to start with APP_ENV=production: {}", risk.message);
+        }
+        tracing::warn!("UNSAFE SETTING: {}", risk.message);
+    }
     let jwt = JwtKeys::new(&keys.jwt_current, &keys.jwt_previous)?;
     let cipher = TokenCipher::new(&keys.encryption_current, &keys.encryption_previous)?;
 
@@ -66,7 +72,34 @@ pub async fn build_app(config: &Config) -> anyhow::Result<App> {
     let cache = crate::domain::cache::PrincipalCache::new(ttl, matches!(target, crate::db::DbTarget::Postgres(_)));
     let names = crate::crypto::keyed::NameHasher::new(&keys.jwt_current);
     let crypto = crate::domain::Crypto { hasher, jwt, cipher, names };
-    Ok(App::new(pool, crypto, config.session_policy(), config.security_policy(), cache))
+    let app = App::new(pool, crypto, config.session_policy(), config.security_policy(), cache);
+    check_stored_tokens(&app, config).await?;
+    Ok(app)
+}
+
+/// How many stored backend tokens the start-up check tries to decrypt.
+const KEY_CHECK_SAMPLE: i64 = 20;
+
+/// A wrong ENCRYPTION_KEY would start fine and then fail every login of a user with a backend:
+/// try the configured keys on a sample of stored tokens first. Production refuses to start;
+/// development warns loudly and health reports it.
+async fn check_stored_tokens(app: &App, config: &Config) -> anyhow::Result<()> {
+    let check = app.check_stored_tokens(KEY_CHECK_SAMPLE).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    if check.unreadable.is_empty() {
+        return Ok(());
+    }
+    let message = format!(
+        "ENCRYPTION_KEY (with ENCRYPTION_PREVIOUS_KEYS) cannot decrypt {} of {} sampled backend tokens \
+         (users {:?}): the key is wrong, or an old key is missing from ENCRYPTION_PREVIOUS_KEYS",
+        check.unreadable.len(),
+        check.sampled,
+        check.unreadable
+    );
+    if config.app_env == crate::config::AppEnv::Production {
+        anyhow::bail!("refusing to start: {message}");
+    }
+    tracing::error!("!!! {message}; those users cannot sign in. Health reports it. !!!");
+    Ok(())
 }
 
 /// Creates the ADMIN_* admin on first start; idempotent.
@@ -264,10 +297,12 @@ async fn probe_database(app: App, reporter: tonic_health::server::HealthReporter
         if n % HEALTH_PROBE_EVERY.as_secs() != 1 && last.is_some() {
             continue;
         }
-        let status = if app.db().ping().await { ServingStatus::Serving } else { ServingStatus::NotServing };
+        let health = app.health().await;
+        let healthy = health.database_connected && health.encryption_keys_ok;
+        let status = if healthy { ServingStatus::Serving } else { ServingStatus::NotServing };
         if last != Some(status) {
             if status == ServingStatus::NotServing {
-                tracing::error!("database unreachable: health is NOT_SERVING");
+                tracing::error!(?health, "health is NOT_SERVING");
             }
             reporter.set_service_status("", status).await;
             last = Some(status);

@@ -14,7 +14,42 @@ use secrecy::ExposeSecret;
 /// Ended sessions are kept this long (the audit log keeps the history).
 const KEEP_ENDED_SESSIONS: i64 = 7;
 
+/// What the start-up key check found.
+#[derive(Debug, Clone, Default)]
+pub struct TokenCheck {
+    pub sampled: usize,
+    /// Users whose stored backend token no configured key decrypts.
+    pub unreadable: Vec<i32>,
+}
+
+/// What health checks report.
+#[derive(Debug, Clone, Copy)]
+pub struct Health {
+    pub database_connected: bool,
+    /// The configured keys decrypted every sampled backend token at start-up.
+    pub encryption_keys_ok: bool,
+}
+
 impl App {
+    /// Tries the configured encryption keys on up to `limit` stored backend tokens and
+    /// remembers the outcome for [`health`](Self::health).
+    pub async fn check_stored_tokens(&self, limit: i64) -> Result<TokenCheck> {
+        let mut conn = self.db().get().await?;
+        let sample = backends::sample_tokens(&mut conn, limit).await?;
+        let unreadable: Vec<i32> =
+            sample.iter().filter(|(_, token)| self.cipher().decrypt(token).is_err()).map(|(user, _)| *user).collect();
+        self.inner.keys_unreadable.store(!unreadable.is_empty(), std::sync::atomic::Ordering::Relaxed);
+        Ok(TokenCheck { sampled: sample.len(), unreadable })
+    }
+
+    /// The database answers, and the keys read the stored tokens.
+    pub async fn health(&self) -> Health {
+        Health {
+            database_connected: self.db().ping().await,
+            encryption_keys_ok: !self.inner.keys_unreadable.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
     /// One round of cleanup; safe to run on every replica at once.
     pub async fn housekeeping(&self, now: DateTime<Utc>) -> Result<()> {
         self.inner.api_limiter.shrink();

@@ -5,7 +5,7 @@ pub mod audit;
 mod auth;
 pub mod cache;
 mod limits;
-mod maintenance;
+pub mod maintenance;
 pub mod sessions;
 pub mod types;
 mod users;
@@ -71,6 +71,8 @@ pub struct AppInner {
     pub(crate) api_limiter: limits::ApiLimiter,
     pub cache: cache::PrincipalCache,
     pub(crate) names: NameHasher,
+    /// Set by the start-up key check when stored backend tokens do not decrypt.
+    pub(crate) keys_unreadable: std::sync::atomic::AtomicBool,
 }
 
 impl App {
@@ -83,7 +85,20 @@ impl App {
     ) -> Self {
         let Crypto { hasher, jwt, cipher, names } = crypto;
         let api_limiter = limits::ApiLimiter::new(security.api_per_minute);
-        Self { inner: Arc::new(AppInner { db, hasher, jwt, cipher, sessions, security, api_limiter, cache, names }) }
+        Self {
+            inner: Arc::new(AppInner {
+                db,
+                hasher,
+                jwt,
+                cipher,
+                sessions,
+                security,
+                api_limiter,
+                cache,
+                names,
+                keys_unreadable: std::sync::atomic::AtomicBool::new(false),
+            }),
+        }
     }
 
     pub fn cache(&self) -> &cache::PrincipalCache {

@@ -98,7 +98,103 @@ async fn cli_manages_users(s: TestServer) {
     s.stop().await;
 }
 
-crate::on_both_backends!(cli_manages_users);
+/// Runs `serve` expecting it to stop by itself (a refused start); killed after 30 s.
+fn serve_expecting_refusal(dir: &Path, env: &[(&str, &str)]) -> String {
+    let mut child = Command::new(BIN)
+        .current_dir(dir)
+        .env_clear()
+        .envs(env.iter().copied())
+        .envs([("PORT", "0"), ("METRICS_ADDR", "off"), ("BCRYPT_COST", "10")])
+        .arg("serve")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn binary");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the service started instead of refusing");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    text(&out)
+}
+
+/// A wrong ENCRYPTION_KEY is found at start-up, before any login fails on it: production
+/// refuses to start; development starts, says so loudly, and health reports it.
+async fn a_wrong_encryption_key_is_found_at_start_up(s: TestServer) {
+    let admin = s.admin_token().await;
+    s.create_user(&admin, "keyed", Some(("http://localhost:4291/api/v1", "backend-token-1"))).await;
+    let wrong = instachatico_auth::crypto::secrets::TokenCipher::generate_key();
+    let dir = tempfile::tempdir().unwrap();
+    let env =
+        [("DATABASE_URL", s.database_url.as_str()), ("JWT_SECRET_KEY", JWT_SECRET), ("ENCRYPTION_KEY", wrong.as_str())];
+    let mut production = env.to_vec();
+    production.push(("APP_ENV", "production"));
+    let t = serve_expecting_refusal(dir.path(), &production);
+    assert!(t.contains("cannot decrypt 1 of 1 sampled backend tokens"), "{t}");
+    assert!(!t.contains(&wrong) && !t.contains("backend-token-1"), "no secret in the message");
+
+    let service = crate::common::ServiceProcess::spawn(&env);
+    let log = service.log().join("\n");
+    assert!(log.contains("cannot decrypt 1 of 1 sampled backend tokens"), "{log}");
+    let mut health = instachatico_auth::pb::health_service_client::HealthServiceClient::new(service.channel().await);
+    let reply = health.check(instachatico_auth::pb::CheckRequest {}).await.unwrap().into_inner();
+    assert_eq!((reply.status.as_str(), reply.encryption_keys.as_str()), ("unhealthy", "unreadable"));
+    assert_eq!(reply.database, "connected");
+    drop(service);
+    s.stop().await;
+}
+
+crate::on_both_backends!(cli_manages_users, a_wrong_encryption_key_is_found_at_start_up);
+
+/// Settings that are never what an operator meant stop a production start; the merely risky
+/// ones are warned about.
+#[test]
+fn unsafe_settings_are_refused_in_production_and_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let fernet = "KSDEUmaWmBWPfjVWm8Pkru5oXPd2OaHkVt0xXkx-Qbg=";
+    let repeated = "a".repeat(40);
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (&[("JWT_SECRET_KEY", repeated.as_str())], "JWT_SECRET_KEY is one character repeated"),
+        (&[("JWT_SECRET_KEY", fernet)], "JWT_SECRET_KEY equals ENCRYPTION_KEY"),
+        (&[("TRUSTED_PROXIES", "127.0.0.1/32,0.0.0.0/0")], "TRUSTED_PROXIES contains 0.0.0.0/0"),
+        (&[("TRUSTED_PROXIES", "::/0")], "TRUSTED_PROXIES contains ::/0"),
+    ];
+    for (extra, expected) in cases {
+        let mut env = vec![("APP_ENV", "production"), ("JWT_SECRET_KEY", JWT_SECRET), ("ENCRYPTION_KEY", fernet)];
+        for (k, v) in extra {
+            env.retain(|(name, _)| name != k);
+            env.push((k, v));
+        }
+        let t = serve_expecting_refusal(dir.path(), &env);
+        assert!(t.contains("refusing to start with APP_ENV=production") && t.contains(expected), "{t}");
+        assert!(!t.contains(fernet) && !t.contains(&repeated), "no key in the message: {t}");
+    }
+    // Development starts, with a warning for each.
+    let service = crate::common::ServiceProcess::spawn(&[
+        ("DATA_DIR", dir.path().join("dev").to_str().unwrap()),
+        ("JWT_SECRET_KEY", fernet),
+        ("ENCRYPTION_KEY", fernet),
+        ("TRUSTED_PROXIES", "0.0.0.0/0"),
+        ("METRICS_ADDR", "0.0.0.0:0"),
+        ("RATE_LIMIT_LOGIN_PER_MINUTE", "0"),
+        ("RATE_LIMIT_API_PER_MINUTE", "0"),
+    ]);
+    let log = service.log().join("\n");
+    for expected in [
+        "JWT_SECRET_KEY equals ENCRYPTION_KEY",
+        "TRUSTED_PROXIES contains 0.0.0.0/0",
+        "METRICS_ADDR 0.0.0.0:0 is not a loopback address",
+        "RATE_LIMIT_LOGIN_PER_MINUTE=0",
+        "RATE_LIMIT_API_PER_MINUTE=0",
+    ] {
+        assert!(log.contains(&format!("UNSAFE SETTING: {expected}")), "{expected} in {log}");
+    }
+}
 
 #[test]
 fn bad_keys_stop_start_up_with_a_clear_message() {

@@ -89,6 +89,19 @@ pub async fn all_tokens(conn: &mut DbConn) -> Result<Vec<(i32, String)>> {
     })
 }
 
+/// The newest `limit` stored tokens, by user id (the start-up key check).
+pub async fn sample_tokens(conn: &mut DbConn, limit: i64) -> Result<Vec<(i32, String)>> {
+    db_run!(conn: {
+        user_backends::table
+            .select((user_backends::user_id, user_backends::bearer_token_encrypted))
+            .order(user_backends::updated_at.desc())
+            .limit(limit)
+            .load(conn)
+            .await
+            .map_err(map_err)
+    })
+}
+
 pub async fn set_token(conn: &mut DbConn, id: i32, encrypted: &str) -> Result<()> {
     db_run!(conn: {
         diesel::update(user_backends::table.find(id))
