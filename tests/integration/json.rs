@@ -317,8 +317,10 @@ async fn health_on_both_paths(s: TestServer) {
     for path in ["/health", "/api/v1/health"] {
         let r = api.get(path, None).await;
         clean_success(&r, 200);
-        assert_eq!(keys(&r.body), ["database", "status", "timestamp"]);
+        // The seed's three fields, plus the start-up key check's.
+        assert_eq!(keys(&r.body), ["database", "encryption_keys", "status", "timestamp"]);
         assert_eq!((r.body["status"].as_str(), r.body["database"].as_str()), (Some("healthy"), Some("connected")));
+        assert_eq!(r.body["encryption_keys"], "ok");
         assert!(is_rfc3339(&r.body["timestamp"]));
     }
     s.stop().await;
