@@ -14,6 +14,7 @@ mod browser;
 mod cli;
 mod compat;
 mod health;
+mod hostile;
 mod json;
 mod observability;
 mod replicas;

@@ -1,0 +1,225 @@
+//! Hostile input (issue 11): whatever a client sends, it gets a clear 4xx and changes nothing it
+//! did not ask for. Through the real server and a real Envoy, on both databases where storage
+//! matters.
+
+use instachatico_auth::db::models::audit;
+use instachatico_auth::openapi;
+use prost_reflect::Kind;
+use reqwest::Method;
+use serde_json::json;
+
+use crate::common::{ADMIN_PASSWORD, ADMIN_USERNAME, Envoy, Json, Reply, TestServer, USER_PASSWORD};
+
+async fn envoy(s: &TestServer) -> Option<(Envoy, Json)> {
+    let envoy = Envoy::start(&[s.running.as_ref().unwrap().addr]).await?;
+    let json = Json::new(&envoy.url);
+    Some((envoy, json))
+}
+
+/// The admin's (user 1) failed logins so far: each is a password check.
+async fn admin_login_failures(s: &TestServer) -> usize {
+    let mut conn = s.app().db().get().await.unwrap();
+    let rows = audit::list_for_user(&mut conn, Some(1), 1000).await.unwrap();
+    rows.iter().filter(|r| r.action.starts_with("login_fail")).count()
+}
+
+/// A JSON-face error with a non-empty detail.
+fn refused(reply: &Reply, status: u16, what: &str) {
+    assert_eq!(reply.status, status, "{what}: {reply:?}");
+    assert!(!reply.detail(status).is_empty(), "{what}: {reply:?}");
+}
+
+/// Issue 11.1: Every annotated route with a path variable: the path is the only source of that field.
+/// A conflicting value in the query (proto or JSON name) or in the body is a 400 that changes
+/// nothing; the routes come from the descriptor, so a new one is covered by itself.
+async fn path_is_the_only_source_of_its_field(s: TestServer) {
+    let Some((_envoy, api)) = envoy(&s).await else { return };
+    let admin = api.login(ADMIN_USERNAME, ADMIN_PASSWORD).await;
+    let other_session_token = api.login(ADMIN_USERNAME, ADMIN_PASSWORD).await;
+    let sessions = api.get("/api/v1/users/me/sessions", Some(&admin)).await;
+    assert_eq!(sessions.status, 200, "{sessions:?}");
+    // The newest session is the second login's.
+    let other_session = sessions.body["sessions"][0]["id"].as_str().unwrap().to_owned();
+    let create = |name: &str| {
+        json!({"username": name, "email": format!("{name}@example.com"), "password": USER_PASSWORD,
+               "api_base_url": "https://b.example", "bearer_token": "t"})
+    };
+    let target = api.post("/api/v1/users", Some(&admin), create("target")).await.body["id"].as_i64().unwrap();
+    let victim = api.post("/api/v1/users", Some(&admin), create("victim")).await.body["id"].as_i64().unwrap();
+    let victim_token = api.login("victim", USER_PASSWORD).await;
+
+    let mut checked = 0;
+    for (route, method) in openapi::routes().unwrap() {
+        let vars: Vec<String> =
+            route.path.split('{').skip(1).filter_map(|s| s.split('}').next()).map(str::to_owned).collect();
+        for var in vars {
+            let field = method.input().get_field_by_name(&var).unwrap_or_else(|| panic!("{var} in {}", route.rpc));
+            // The path names the harmless target; the conflicting value names the victim.
+            let (in_path, conflicting) = match field.kind() {
+                Kind::Int32 | Kind::Int64 | Kind::Uint32 | Kind::Uint64 => (target.to_string(), json!(victim)),
+                _ => ("no-such-session".to_owned(), json!(other_session)),
+            };
+            let path = route.path.replace(&format!("{{{var}}}"), &in_path);
+            let verb = Method::from_bytes(route.method.to_uppercase().as_bytes()).unwrap();
+            // What the call would do to the victim if the conflicting value won.
+            let mut effect = match route.rpc.as_str() {
+                "UserService.UpdateUser" => json!({"is_active": false}),
+                "UserService.ResetPassword" => json!({"new_password": "Reset_password789!"}),
+                _ => json!({}),
+            };
+            let body = (!route.body.is_empty()).then(|| effect.clone());
+            let plain = conflicting.as_str().map_or_else(|| conflicting.to_string(), str::to_owned);
+            let mut names = vec![field.name().to_owned()];
+            if field.json_name() != field.name() {
+                names.push(field.json_name().to_owned());
+            }
+            for name in names {
+                let what = format!("{} {path}?{name}=... ({})", route.method, route.rpc);
+                let r = api.call(verb.clone(), &format!("{path}?{name}={plain}"), Some(&admin), body.clone()).await;
+                refused(&r, 400, &what);
+                assert!(r.detail(400).contains(&name), "{what}: {r:?}");
+                checked += 1;
+            }
+            if !route.body.is_empty() {
+                effect[field.name()] = conflicting.clone();
+                let r = api.call(verb.clone(), &path, Some(&admin), Some(effect)).await;
+                refused(&r, 400, &format!("{} {path} with {var} in the body ({})", route.method, route.rpc));
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 10, "only {checked} conflicts tried");
+
+    // Nothing happened to the victim, nor to the session the queries named.
+    let got = api.get(&format!("/api/v1/users/{victim}"), Some(&admin)).await;
+    assert_eq!(got.status, 200, "the victim still exists: {got:?}");
+    assert_eq!(got.body["is_active"], true);
+    assert_eq!(got.body["backend"]["api_base_url"], "https://b.example");
+    assert_eq!(api.get("/api/v1/users/me", Some(&victim_token)).await.status, 200, "the victim's session lives");
+    api.login("victim", USER_PASSWORD).await;
+    assert_eq!(api.get("/api/v1/users/me", Some(&other_session_token)).await.status, 200, "that session lives");
+    // The same value in the body as in the path is no conflict.
+    let same = api
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/users/{target}"),
+            Some(&admin),
+            Some(json!({"id": target, "is_active": true})),
+        )
+        .await;
+    assert_eq!(same.status, 200, "{same:?}");
+    s.stop().await;
+}
+
+/// A body in the given content type (`None`: no content-type header at all).
+fn raw(api: &Json, method: Method, path: &str, content_type: Option<&str>, body: &str) -> reqwest::RequestBuilder {
+    let mut request = api.request(method, path).body(body.to_owned());
+    if let Some(content_type) = content_type {
+        request = request.header("content-type", content_type);
+    }
+    request
+}
+
+/// Issue 11.2: Bodies only as application/json: what a browser sends cross-site without a preflight
+/// (text/plain, form-urlencoded, multipart, or a Blob with no type) is a 415 before the service
+/// sees it: no password is checked. Body-less requests need no content-type; gRPC and grpc-web
+/// on the same listener are untouched.
+async fn bodies_only_as_application_json(s: TestServer) {
+    let Some((envoy, api)) = envoy(&s).await else { return };
+    let wrong = r#"{"username":"admin","password":"Wrong_password1!"}"#;
+    let before = admin_login_failures(&s).await;
+    for content_type in [
+        Some("text/plain"),
+        Some("text/plain;charset=UTF-8"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=xyz"),
+        Some("application/json; charset=latin1"),
+        Some("application/jsonp"),
+        None,
+    ] {
+        let r = api.send(raw(&api, Method::POST, "/api/v1/auth/login", content_type, wrong)).await;
+        refused(&r, 415, &format!("{content_type:?}"));
+    }
+    let form = api.send(raw(
+        &api,
+        Method::POST,
+        "/api/v1/auth/login",
+        Some("application/x-www-form-urlencoded"),
+        "username=admin&password=Wrong_password1%21",
+    ));
+    refused(&form.await, 415, "form fields");
+    assert_eq!(admin_login_failures(&s).await, before, "a refused body reached the password check");
+
+    // JSON with parameters is JSON.
+    for content_type in ["application/json", "application/json; charset=utf-8", "Application/JSON;charset=UTF-8"] {
+        let r = api.send(raw(&api, Method::POST, "/api/v1/auth/login", Some(content_type), wrong)).await;
+        assert_eq!(r.detail(401), "Incorrect username or password", "{content_type}");
+    }
+    assert_eq!(admin_login_failures(&s).await, before + 3);
+    // No body: no content-type needed (GET, and the UI's bare POST /auth/refresh); a body-less
+    // request that names a non-JSON type is still refused.
+    let token = api.login(ADMIN_USERNAME, ADMIN_PASSWORD).await;
+    assert_eq!(api.get("/api/v1/users/me", Some(&token)).await.status, 200);
+    let bare = api.send(api.request(Method::POST, "/api/v1/auth/refresh").bearer_auth(&token)).await;
+    assert_eq!(bare.status, 200, "{bare:?}");
+    let typed = raw(&api, Method::POST, "/api/v1/auth/logout", Some("text/plain"), "").bearer_auth(&token);
+    refused(&api.send(typed).await, 415, "text/plain without a body");
+
+    // grpc-web and gRPC share the listener and are untouched.
+    let r = crate::common::grpc_web_get_me(&envoy.url, &token).send().await.unwrap();
+    assert_eq!(
+        (r.status().as_u16(), r.headers().get("grpc-status").map(|v| v.to_str().unwrap().to_owned())),
+        (200, None)
+    );
+    let channel = tonic::transport::Channel::from_shared(envoy.url.clone()).unwrap().connect().await.unwrap();
+    let mut users = instachatico_auth::pb::user_service_client::UserServiceClient::new(channel);
+    users.get_me(crate::common::authed(&token, instachatico_auth::pb::GetMeRequest {})).await.unwrap();
+    s.stop().await;
+}
+
+/// Issue 11.3: A body that is not RFC 8259 JSON is a 400, with no password checked; valid JSON in any
+/// spelling still works.
+async fn bodies_must_be_strict_json(s: TestServer) {
+    let Some((_envoy, api)) = envoy(&s).await else { return };
+    let before = admin_login_failures(&s).await;
+    for body in [
+        r#"{"username": "admin", "password": "Wrong_password1!",}"#,
+        r#"{'username': 'admin', 'password': 'Wrong_password1!'}"#,
+        r#"{username: "admin", password: "Wrong_password1!"}"#,
+        r#"{"username": "admin", "password": "Wrong_password1!"} trailing"#,
+        r#"{"username": "admin", /* c */ "password": "Wrong_password1!"}"#,
+        "{\"username\": \"admin\", \"password\": \"Wrong\u{1}password1!\"}",
+        "{\"username\": \"admin\", \"password\": \"Wrong_password1!\"\n",
+        r#"{"username": "admin", "password": "Wrong_password1!", "x": 01}"#,
+        r#"{"username": "admin", "password": "Wrong_password1!", "x": NaN}"#,
+        r#"{"username": "admin", "password": "Wrong_password1!", "x": [1,]}"#,
+        r#"{"username": "admin", "password": "Wrong_password1!", "x": "\x41"}"#,
+    ] {
+        let r = api.send(raw(&api, Method::POST, "/api/v1/auth/login", Some("application/json"), body)).await;
+        assert_eq!(r.detail(400), "Request body is not valid JSON", "{body}");
+    }
+    // Not UTF-8.
+    let latin1 = b"{\"username\": \"admin\", \"password\": \"Wrong_passw\xf6rd1!\"}".to_vec();
+    let r = api
+        .send(api.request(Method::POST, "/api/v1/auth/login").header("content-type", "application/json").body(latin1))
+        .await;
+    r.detail(400);
+    assert_eq!(admin_login_failures(&s).await, before, "an invalid body reached the password check");
+
+    for body in [
+        " {\n\t\"username\" : \"admin\" ,\r\n \"password\":\"Wrong_password1!\" } ",
+        r#"{"username": "\u0061dmin", "password": "Wrong_password1!", "x": [1, -0.5e3, true, null, {}]}"#,
+        r#"{"username": "admin", "password": "Wrong_pässword1!"}"#,
+    ] {
+        let r = api.send(raw(&api, Method::POST, "/api/v1/auth/login", Some("application/json"), body)).await;
+        assert_eq!(r.detail(401), "Incorrect username or password", "{body}");
+    }
+    assert_eq!(admin_login_failures(&s).await, before + 3);
+    s.stop().await;
+}
+
+crate::on_both_backends!(
+    path_is_the_only_source_of_its_field,
+    bodies_only_as_application_json,
+    bodies_must_be_strict_json,
+);
