@@ -287,7 +287,7 @@ function envoy_on_request(handle)
   end
 end
 
-local function reshape_error(handle, headers)
+local function reshape_error(handle)
   local body = handle:body()
   if body == nil or body:length() == 0 then
     return
@@ -299,9 +299,7 @@ local function reshape_error(handle, headers)
   if message == nil then
     return
   end
-  local out = '{"detail":"' .. message .. '"}'
-  body:setBytes(out)
-  headers:replace("content-length", tostring(#out))
+  body:setBytes('{"detail":"' .. message .. '"}')
 end
 
 function envoy_on_response(handle)
@@ -321,11 +319,13 @@ function envoy_on_response(handle)
     headers:replace("strict-transport-security", "max-age=63072000; includeSubDomains")
   end
 
-  -- Headers first: they cannot change once the body is buffered.
+  -- Headers are final before the body is read (they cannot change afterwards): the new body's
+  -- length is unknown yet, so the old content-length goes and the reply is sent chunked.
   if status >= 400 then
     local content_type = headers:get("content-type") or ""
     if content_type:find("application/json", 1, true) then
-      reshape_error(handle, headers)
+      headers:remove("content-length")
+      reshape_error(handle)
     end
   end
 end

@@ -8,7 +8,9 @@ use prost_reflect::Kind;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::common::{ADMIN_PASSWORD, ADMIN_USERNAME, Envoy, Json, Reply, TestServer, USER_PASSWORD};
+use crate::common::{
+    ADMIN_PASSWORD, ADMIN_USERNAME, Envoy, JWT_SECRET, Json, Reply, ServiceProcess, TestServer, USER_PASSWORD,
+};
 
 async fn envoy(s: &TestServer) -> Option<(Envoy, Json)> {
     let envoy = Envoy::start(&[s.running.as_ref().unwrap().addr]).await?;
@@ -223,3 +225,77 @@ crate::on_both_backends!(
     bodies_only_as_application_json,
     bodies_must_be_strict_json,
 );
+
+/// The service as its own process on a fresh SQLite file (its text log captured) behind Envoy.
+fn service_process(dir: &tempfile::TempDir, log_level: &str) -> ServiceProcess {
+    let fixture = crate::common::python_fixture();
+    let db = dir.path().join("auth.db");
+    ServiceProcess::spawn(&[
+        ("DATABASE_URL", db.to_str().unwrap()),
+        ("DATA_DIR", dir.path().to_str().unwrap()),
+        ("JWT_SECRET_KEY", JWT_SECRET),
+        ("ENCRYPTION_KEY", fixture["fernet_key"].as_str().unwrap()),
+        ("ADMIN_USERNAME", ADMIN_USERNAME),
+        ("ADMIN_EMAIL", "admin@example.com"),
+        ("ADMIN_PASSWORD", ADMIN_PASSWORD),
+        ("RATE_LIMIT_LOGIN_PER_MINUTE", "30"),
+        ("RATE_LIMIT_API_PER_MINUTE", "10000"),
+        ("LOG_LEVEL", log_level),
+    ])
+}
+
+/// Issue 11.6: Requests handled as designed leave no error-level line in Envoy's log or the service's:
+/// successes and every kind of error reply of the JSON face.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn designed_replies_log_no_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = service_process(&dir, "info");
+    let Some(envoy) = Envoy::start(&[service.addr]).await else { return };
+    let api = Json::new(&envoy.url);
+    let admin = api.login(ADMIN_USERNAME, ADMIN_PASSWORD).await;
+    let create =
+        |name: &str| json!({"username": name, "email": format!("{name}@example.com"), "password": USER_PASSWORD});
+    let mut statuses = std::collections::BTreeSet::new();
+    let mut note = |r: Reply| {
+        statuses.insert(r.status);
+        r
+    };
+    let id = note(api.post("/api/v1/users", Some(&admin), create("uma")).await).body["id"].as_i64().unwrap();
+    note(api.get("/api/v1/users/me", Some(&admin)).await);
+    note(api.get("/api/v1/users?limit=5", Some(&admin)).await);
+    note(api.get("/api/v1/health", None).await);
+    note(api.post("/api/v1/auth/login", None, json!({"username": "uma", "password": "Wrong_password1!"})).await); // 401
+    note(api.get("/api/v1/users/me", None).await); // 401
+    let uma = api.login("uma", USER_PASSWORD).await;
+    note(api.get("/api/v1/users", Some(&uma)).await); // 403
+    note(api.post("/api/v1/users", Some(&admin), create("ab")).await); // 400
+    note(api.post("/api/v1/users", Some(&admin), create("uma")).await); // 409
+    note(api.get("/api/v1/users/99999", Some(&admin)).await); // 404
+    note(api.call(Method::DELETE, "/api/v1/users/1", Some(&admin), None).await); // 400 precondition
+    note(api.get("/api/v1/users/abc", Some(&admin)).await); // 400 (Envoy)
+    note(api.get("/api/v1/nothing", None).await); // 404 (Envoy)
+    note(api.get("/api/v1/auth/login", None).await); // 405
+    note(api.post("/api/v1/auth/login", None, json!({"username": "x", "password": "y".repeat(70_000)})).await); // 413
+    note(api.send(raw(&api, Method::POST, "/api/v1/auth/login", Some("text/plain"), "{}")).await); // 415
+    note(api.send(raw(&api, Method::POST, "/api/v1/auth/login", Some("application/json"), "{,}")).await); // 400
+    note(api.send(api.request(Method::GET, &format!("/api/v1/users/{id}?id=1")).bearer_auth(&admin)).await); // 400
+    note(api.call(Method::PATCH, &format!("/api/v1/users/{id}"), Some(&admin), Some(json!({"id": 1}))).await); // 400
+    note(api.call(Method::DELETE, &format!("/api/v1/users/{id}"), Some(&admin), None).await);
+    for _ in 0..40 {
+        let r = note(
+            api.post("/api/v1/auth/login", None, json!({"username": "nobody", "password": "Wrong_password1!"})).await,
+        );
+        if r.status == 429 {
+            break;
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let envoy_errors: Vec<String> =
+        envoy.log().lines().filter(|l| l.contains("[error]") || l.contains("[critical]")).map(str::to_owned).collect();
+    assert!(envoy_errors.is_empty(), "Envoy logged errors: {envoy_errors:#?}");
+    let service_errors: Vec<String> = service.log().into_iter().filter(|l| l.contains(" ERROR ")).collect();
+    assert!(service_errors.is_empty(), "the service logged errors: {service_errors:#?}");
+    for status in [200, 201, 400, 401, 403, 404, 405, 409, 413, 415, 429] {
+        assert!(statuses.contains(&status), "no {status} reply was exercised: {statuses:?}");
+    }
+}
