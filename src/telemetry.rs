@@ -245,7 +245,8 @@ where
         let future = self.inner.call(request).instrument(span);
         Box::pin(async move {
             match future.await {
-                Ok(response) => {
+                Ok(mut response) => {
+                    crate::grpc::status::refuse_malformed_requests(response.headers_mut());
                     // Trailers-only replies (errors) carry the status in the headers.
                     if let Some(code) = grpc_status(response.headers()) {
                         call.finish(code);

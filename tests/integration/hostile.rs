@@ -224,6 +224,7 @@ crate::on_both_backends!(
     path_is_the_only_source_of_its_field,
     bodies_only_as_application_json,
     bodies_must_be_strict_json,
+    malformed_messages_are_invalid_argument,
 );
 
 /// The service as its own process on a fresh SQLite file (its text log captured) behind Envoy.
@@ -298,4 +299,84 @@ async fn designed_replies_log_no_errors() {
     for status in [200, 201, 400, 401, 403, 404, 405, 409, 413, 415, 429] {
         assert!(statuses.contains(&status), "no {status} reply was exercised: {statuses:?}");
     }
+}
+
+/// gRPC frames of Login that tonic cannot decode, by what is wrong with them.
+fn malformed_frames() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("no frame at all", vec![]),
+        ("a truncated frame header", vec![0, 0, 0]),
+        ("a frame shorter than its length", vec![0, 0, 0, 0, 10, 0x0a, 0x01]),
+        ("not protobuf", vec![0, 0, 0, 0, 3, 0xff, 0xff, 0xff]),
+        ("a string field that is not UTF-8", vec![0, 0, 0, 0, 4, 0x0a, 0x02, 0xff, 0xfe]),
+        ("the compressed flag without grpc-encoding", vec![1, 0, 0, 0, 0]),
+    ]
+}
+
+/// Sends `frame` to Login as native gRPC (h2c) or grpc-web (HTTP/1.1); returns the status and
+/// message, which an error reply carries in its headers (trailers-only).
+async fn send_frame(base: &str, grpc_web: bool, frame: Vec<u8>) -> (String, String) {
+    let client = if grpc_web {
+        reqwest::Client::builder().http1_only().build().unwrap()
+    } else {
+        reqwest::Client::builder().http2_prior_knowledge().build().unwrap()
+    };
+    let content_type = if grpc_web { "application/grpc-web+proto" } else { "application/grpc" };
+    let mut request = client
+        .post(format!("{base}/instachatico.auth.v1.AuthService/Login"))
+        .header("content-type", content_type)
+        .body(frame);
+    if !grpc_web {
+        request = request.header("te", "trailers");
+    }
+    let response = request.send().await.unwrap();
+    let header = |name: &str| {
+        response.headers().get(name).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_else(|| format!("no {name}"))
+    };
+    let (code, message) = (header("grpc-status"), header("grpc-message"));
+    let message = percent_decode(&message);
+    let _ = response.bytes().await;
+    (code, message)
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex =
+            (bytes[i] == b'%').then(|| s.get(i + 1..i + 3)).flatten().and_then(|h| u8::from_str_radix(h, 16).ok());
+        if let Some(byte) = hex {
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Issue 11.4: Malformed gRPC and grpc-web frames: INVALID_ARGUMENT with a short generic message, not
+/// INTERNAL with the decoder's text; directly and through Envoy.
+async fn malformed_messages_are_invalid_argument(s: TestServer) {
+    let envoy = Envoy::start(&[s.running.as_ref().unwrap().addr]).await;
+    let mut bases = vec![("the service", s.url.clone())];
+    if let Some(envoy) = &envoy {
+        bases.push(("Envoy", envoy.url.clone()));
+    }
+    for (via, base) in &bases {
+        for grpc_web in [false, true] {
+            for (what, frame) in malformed_frames() {
+                let (code, message) = send_frame(base, grpc_web, frame).await;
+                let call = format!("{} to {via}: {what}", if grpc_web { "grpc-web" } else { "gRPC" });
+                assert_eq!((code.as_str(), message.as_str()), ("3", "Malformed request message"), "{call}");
+            }
+        }
+    }
+    // A well-formed call is still answered, and the service's own errors are untouched.
+    let r = send_frame(&s.url, false, vec![0, 0, 0, 0, 0]).await;
+    assert_eq!(r.0, "3", "empty username and password: {r:?}");
+    assert_ne!(r.1, "Malformed request message");
+    s.stop().await;
 }
