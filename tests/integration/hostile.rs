@@ -225,6 +225,7 @@ crate::on_both_backends!(
     bodies_only_as_application_json,
     bodies_must_be_strict_json,
     malformed_messages_are_invalid_argument,
+    request_ids_are_kept_only_when_safe,
 );
 
 /// The service as its own process on a fresh SQLite file (its text log captured) behind Envoy.
@@ -379,4 +380,89 @@ async fn malformed_messages_are_invalid_argument(s: TestServer) {
     assert_eq!(r.0, "3", "empty username and password: {r:?}");
     assert_ne!(r.1, "Malformed request message");
     s.stop().await;
+}
+
+/// Issue 11.5: A client's x-request-id is kept only when it is short and of safe characters; anything
+/// else is replaced by a fresh id, directly and through Envoy, on JSON, gRPC and grpc-web.
+async fn request_ids_are_kept_only_when_safe(s: TestServer) {
+    let forged = r#"fake}: instachatico_auth::grpc::status: internal error error="forged""#;
+    let long = "a".repeat(65);
+    let envoy = Envoy::start(&[s.running.as_ref().unwrap().addr]).await;
+    let token = s.admin_token().await;
+    let mut checks = 0;
+    let mut bases = vec![s.url.clone()];
+    if let Some(envoy) = &envoy {
+        bases.push(envoy.url.clone());
+        // The JSON face.
+        let api = Json::new(&envoy.url);
+        for (sent, kept) in [("trace-me_1.2", true), (forged, false), (long.as_str(), false), ("<b>x</b>", false)] {
+            let r = api
+                .send(api.request(Method::GET, "/api/v1/users/me").bearer_auth(&token).header("x-request-id", sent))
+                .await;
+            assert_eq!(r.status, 200);
+            assert_request_id(r.header("x-request-id"), sent, kept);
+            checks += 1;
+        }
+    }
+    for base in &bases {
+        for (sent, kept) in [("trace-me_1.2", true), (forged, false), (long.as_str(), false)] {
+            let r = crate::common::grpc_web_get_me(base, &token).header("x-request-id", sent).send().await.unwrap();
+            assert_request_id(r.headers().get("x-request-id").and_then(|v| v.to_str().ok()), sent, kept);
+            let channel = tonic::transport::Channel::from_shared(base.clone()).unwrap().connect().await.unwrap();
+            let mut users = instachatico_auth::pb::user_service_client::UserServiceClient::new(channel);
+            let mut request = crate::common::authed(&token, instachatico_auth::pb::GetMeRequest {});
+            request.metadata_mut().insert("x-request-id", sent.parse().unwrap());
+            let reply = users.get_me(request).await.unwrap();
+            assert_request_id(reply.metadata().get("x-request-id").and_then(|v| v.to_str().ok()), sent, kept);
+            checks += 2;
+        }
+    }
+    assert!(checks >= 6);
+    s.stop().await;
+}
+
+fn assert_request_id(returned: Option<&str>, sent: &str, kept: bool) {
+    let returned = returned.unwrap_or_else(|| panic!("no x-request-id returned for {sent:?}"));
+    if kept {
+        assert_eq!(returned, sent);
+    } else {
+        assert!(uuid::Uuid::parse_str(returned).is_ok(), "{sent:?} came back as {returned:?}");
+    }
+}
+
+/// Issue 11.5: The service's text log cannot be forged through x-request-id: an unsafe id never reaches
+/// it, and the ids it does print are quoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_cannot_forge_log_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = service_process(&dir, "debug,h2=info,hyper=info,tower=info");
+    let forged = "fake}: instachatico_auth::grpc::status: internal error error=\"forged\"";
+    let mut bases = vec![service.url()];
+    let envoy = Envoy::start(&[service.addr]).await;
+    if let Some(envoy) = &envoy {
+        bases.push(envoy.url.clone());
+        let api = Json::new(&envoy.url);
+        let r = api.send(api.request(Method::GET, "/api/v1/health").header("x-request-id", forged)).await;
+        assert_eq!(r.status, 200);
+    }
+    for base in &bases {
+        let r =
+            crate::common::grpc_web_get_me(base, "not-a-token").header("x-request-id", forged).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let r = crate::common::grpc_web_get_me(base, "not-a-token")
+            .header("x-request-id", "safe-id-42")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let log = service.log();
+    let leaked: Vec<&String> = log.iter().filter(|l| l.contains("forged") || l.contains("fake}")).collect();
+    assert!(leaked.is_empty(), "the forged id reached the log: {leaked:#?}");
+    assert!(
+        log.iter().any(|l| l.contains("request_id=\"safe-id-42\"")),
+        "safe ids are logged, quoted:\n{}",
+        log.join("\n")
+    );
 }
