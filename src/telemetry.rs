@@ -1,7 +1,10 @@
 //! Observability: the Prometheus recorder with its own HTTP endpoint, and the per-RPC tower
 //! layer: a tracing span per call (method, transport, request id, then status and latency) and
 //! the `auth_rpc_duration_seconds` histogram by method, gRPC code and transport. The code is read
-//! where gRPC puts it: response headers for trailers-only replies, trailers otherwise.
+//! where gRPC puts it: response headers for trailers-only replies, trailers otherwise. The same
+//! layer turns tonic's INTERNAL for an undecodable request into INVALID_ARGUMENT (see
+//! `grpc::status::refuse_malformed_requests`) before recording it. `keep_safe_request_id` decides
+//! which client request ids are believed.
 
 use std::collections::HashSet;
 use std::future::Future;
