@@ -226,6 +226,7 @@ pub async fn serve(
         .accept_http1(true)
         .timeout(Duration::from_secs(config.request_timeout_seconds))
         .layer(cors)
+        .layer(tower::util::MapRequestLayer::new(crate::telemetry::keep_safe_request_id))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(tower::util::MapRequestLayer::new(Transport::tag))

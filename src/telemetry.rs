@@ -1,7 +1,10 @@
 //! Observability: the Prometheus recorder with its own HTTP endpoint, and the per-RPC tower
 //! layer: a tracing span per call (method, transport, request id, then status and latency) and
 //! the `auth_rpc_duration_seconds` histogram by method, gRPC code and transport. The code is read
-//! where gRPC puts it: response headers for trailers-only replies, trailers otherwise.
+//! where gRPC puts it: response headers for trailers-only replies, trailers otherwise. The same
+//! layer turns tonic's INTERNAL for an undecodable request into INVALID_ARGUMENT (see
+//! `grpc::status::refuse_malformed_requests`) before recording it. `keep_safe_request_id` decides
+//! which client request ids are believed.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -105,6 +108,33 @@ impl Transport {
         request.extensions_mut().insert(transport);
         request
     }
+}
+
+/// Longest client-chosen request id kept.
+const MAX_REQUEST_ID_LEN: usize = 64;
+
+/// Keeps a client's `x-request-id` only if it is one short value of safe characters
+/// (`[A-Za-z0-9._-]`, at most 64); otherwise drops it, and `SetRequestIdLayer` (next) puts a
+/// fresh one in its place. The id is logged and returned to the client, so it must not be able
+/// to forge log lines or carry markup.
+pub fn keep_safe_request_id<B>(mut request: Request<B>) -> Request<B> {
+    let headers = request.headers();
+    let mut values = headers.get_all("x-request-id").iter();
+    let safe = match (values.next(), values.next()) {
+        (None, _) => return request,
+        (Some(value), None) => is_safe_request_id(value.as_bytes()),
+        (Some(_), Some(_)) => false,
+    };
+    if !safe {
+        request.headers_mut().remove("x-request-id");
+    }
+    request
+}
+
+fn is_safe_request_id(id: &[u8]) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_REQUEST_ID_LEN
+        && id.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// The RPC paths the service serves, so metric labels stay bounded whatever clients send.
@@ -232,12 +262,14 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let method = method_label(request.uri().path());
         let transport = request.extensions().get::<Transport>().copied().unwrap_or(Transport::Grpc);
+        // Already checked by `keep_safe_request_id`; still recorded as a string, which the text
+        // format prints quoted and escaped (a `%` field would print it raw).
         let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
         let span = tracing::info_span!(
             "rpc",
             method = %method,
             transport = transport.as_str(),
-            request_id = %request_id,
+            request_id = request_id.as_str(),
             code = tracing::field::Empty,
             latency_us = tracing::field::Empty,
         );
@@ -245,7 +277,8 @@ where
         let future = self.inner.call(request).instrument(span);
         Box::pin(async move {
             match future.await {
-                Ok(response) => {
+                Ok(mut response) => {
+                    crate::grpc::status::refuse_malformed_requests(response.headers_mut());
                     // Trailers-only replies (errors) carry the status in the headers.
                     if let Some(code) = grpc_status(response.headers()) {
                         call.finish(code);
@@ -297,5 +330,31 @@ impl<B: Body> Body for TelemetryBody<B> {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_ids(ids: &[&str]) -> Request<()> {
+        let mut request = Request::new(());
+        for id in ids {
+            request.headers_mut().append("x-request-id", id.parse().unwrap());
+        }
+        request
+    }
+
+    #[test]
+    fn only_short_safe_request_ids_are_kept() {
+        let kept = |ids: &[&str]| keep_safe_request_id(with_ids(ids)).headers().get("x-request-id").is_some();
+        assert!(kept(&["abc-123_X.y"]));
+        assert!(kept(&[&"a".repeat(64)]));
+        assert!(!kept(&[&"a".repeat(65)]));
+        assert!(!kept(&["fake}: instachatico_auth::grpc::status: internal error error=\"forged\""]));
+        assert!(!kept(&["a b"]));
+        assert!(!kept(&["<script>"]));
+        assert!(!kept(&["ok", "ok"]), "two ids: neither is believed");
+        assert!(!kept(&[]));
     }
 }

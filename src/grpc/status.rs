@@ -56,3 +56,34 @@ pub fn hint_http_status<T>(response: &mut tonic::Response<T>, code: u16) {
         response.metadata_mut().insert(HTTP_STATUS_HINT, value);
     }
 }
+
+/// What tonic says, as INTERNAL, when it cannot read a request message: an empty or truncated
+/// frame, bytes that are not the message's protobuf (or not UTF-8 in a string field), a
+/// compressed flag without `grpc-encoding`. The prefixes are tonic's and prost's own texts.
+const DECODER_ERRORS: [&str; 5] = [
+    "Missing request message",
+    "Unexpected EOF decoding stream",
+    "protocol error:",
+    "failed to decode Protobuf message",
+    "Error decompressing",
+];
+
+/// Turns tonic's INTERNAL for a request it could not decode into INVALID_ARGUMENT with a
+/// short generic message: the client sent it, and the decoder's text is no business of theirs.
+/// Such replies are trailers-only, so the status is in the response headers. The service's
+/// own INTERNAL ("Internal server error") is left alone.
+pub fn refuse_malformed_requests(headers: &mut http::HeaderMap) {
+    if headers.get("grpc-status").is_none_or(|code| code != "13") {
+        return;
+    }
+    let Some(status) = Status::from_header_map(headers) else { return };
+    if !DECODER_ERRORS.iter().any(|prefix| status.message().starts_with(prefix)) {
+        return;
+    }
+    tracing::debug!(decoder = status.message(), "malformed request message");
+    headers.remove("grpc-status-details-bin");
+    let _ = Status::invalid_argument(MALFORMED_REQUEST).add_header(headers);
+}
+
+/// The message of INVALID_ARGUMENT for a request message that cannot be decoded.
+pub const MALFORMED_REQUEST: &str = "Malformed request message";

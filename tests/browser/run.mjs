@@ -209,6 +209,56 @@ async function main() {
       };
     }, { envoyUrl, grpcWebUrl });
 
+    // Cross-site requests a browser sends without a preflight (a form post, and fetches with a
+    // text/plain, form or untyped body) must not reach the password check: the user's failed
+    // logins in the audit log do not move. (The page's own wrong-password login, above, is the
+    // positive control: it is counted.)
+    const failedLogins = async () => {
+      const r = await jsonCall("ENVOY_URL", "GET", `${envoyUrl}/api/v1/audit-logs?user_id=${created.body.id}&action=login_failed`, {
+        token: admin.body.access_token,
+      });
+      if (r.status !== 200) fail(`listing audit logs via ENVOY_URL: HTTP ${r.status} ${JSON.stringify(r.body)}`);
+      return r.body.total;
+    };
+    const failedBefore = await failedLogins();
+    const crossSite = await page2.evaluate(async ({ envoyUrl, username }) => {
+      const url = `${envoyUrl}/api/v1/auth/login`;
+      const json = JSON.stringify({ username, password: "Wrong_password1!" });
+      const outcomes = {};
+      const send = (name, init) =>
+        fetch(url, { method: "POST", mode: "no-cors", ...init }).then(
+          (r) => (outcomes[name] = r.type),
+          (e) => (outcomes[name] = `error: ${e.message}`),
+        );
+      await send("textPlain", { headers: { "content-type": "text/plain" }, body: json });
+      await send("untypedBlob", { body: new Blob([json]) });
+      await send("urlencoded", { body: new URLSearchParams({ username, password: "Wrong_password1!" }) });
+      const multipart = new FormData();
+      multipart.append("username", username);
+      multipart.append("password", "Wrong_password1!");
+      await send("multipart", { body: multipart });
+      // The classic JSON CSRF: a text/plain form whose one field spells a JSON body
+      // ({"username":...,"password":...,"x":"="} plus CRLF), posted into a hidden frame.
+      const frame = document.createElement("iframe");
+      frame.name = "sink";
+      document.body.append(frame);
+      const loaded = new Promise((resolve) => {
+        frame.addEventListener("load", resolve, { once: true });
+        setTimeout(resolve, 5000);
+      });
+      const form = document.createElement("form");
+      Object.assign(form, { method: "POST", action: url, enctype: "text/plain", target: "sink" });
+      const input = document.createElement("input");
+      Object.assign(input, { type: "hidden", name: `${json.slice(0, -1)},"x":"`, value: '"}' });
+      form.append(input);
+      document.body.append(form);
+      form.submit();
+      await loaded;
+      outcomes.formPost = "submitted";
+      return outcomes;
+    }, { envoyUrl, username: USER.username });
+    const failedAfter = await failedLogins();
+
     // ---- Assertions, from Node, against what the test itself knows ----
     const problems = [];
     const expect = (cond, msg) => cond || problems.push(msg);
@@ -248,6 +298,11 @@ async function main() {
     expect(refused.envoy.error === "TypeError", `fetch of ENVOY_URL/api/v1/health from ${OTHER_ORIGIN} was not refused: ${JSON.stringify(refused.envoy)}`);
     expect(refused.grpcWeb.error === "TypeError", `grpc-web request to GRPC_WEB_URL from ${OTHER_ORIGIN} was not refused: ${JSON.stringify(refused.grpcWeb)}`);
 
+    expect(failedBefore >= 1, `the page's own wrong-password login is not in the audit log (${failedBefore})`);
+    expect(Object.keys(crossSite).length === 5, `cross-site attempts: ${JSON.stringify(crossSite)}`);
+    expect(failedAfter === failedBefore,
+      `cross-site requests without a preflight reached the password check: failed logins ${failedBefore} -> ${failedAfter} after ${JSON.stringify(crossSite)}`);
+
     if (problems.length) {
       fail(`${problems.length} problem(s):\n  - ${problems.join("\n  - ")}\n  screenshot: ${screenshot}`);
     }
@@ -255,8 +310,9 @@ async function main() {
     console.log(`browser e2e: Chromium at ${UI_ORIGIN}, test user ${USER.username} (#${u.id})`);
     for (const c of results.checks) console.log(`  ✓ ${c.name} — ${c.detail}`);
     console.log(`  ✓ cors: ${OTHER_ORIGIN} refused by Envoy (/api/v1/health) and by the service (grpc-web): TypeError`);
+    console.log(`  ✓ csrf: from ${OTHER_ORIGIN}, a text/plain form post and no-preflight fetches (text/plain, form, multipart, untyped) checked no password`);
     console.log(`  ✓ node: user fields, backend_config, localStorage set/cleared, JSON and grpc-web ids agree`);
-    console.log(`browser e2e OK: ${results.checks.length + 2} checks; screenshot ${screenshot}`);
+    console.log(`browser e2e OK: ${results.checks.length + 3} checks; screenshot ${screenshot}`);
   } finally {
     for (const cleanup of cleanups) await cleanup().catch(() => {});
   }

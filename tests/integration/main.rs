@@ -16,6 +16,7 @@ mod cli;
 mod compat;
 mod generated_input;
 mod health;
+mod hostile;
 mod json;
 mod observability;
 mod races;
