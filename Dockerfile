@@ -6,9 +6,11 @@ COPY . .
 RUN cargo build --release --locked --bin instachatico-auth \
  && strip target/release/instachatico-auth
 
-# Run: non-root, production mode (keys must be provided), gRPC + grpc-web on 50051.
+# Run: non-root, production mode (keys must be provided), gRPC + grpc-web on 50051, and the
+# Envoy sidecar's socket in /run/instachatico (share it as a volume; see compose.yaml).
 FROM debian:bookworm-slim
-RUN useradd --system --uid 10001 --create-home --home-dir /var/lib/instachatico-auth auth
+RUN useradd --system --uid 10001 --create-home --home-dir /var/lib/instachatico-auth auth \
+ && install -d -o auth -m 0700 /run/instachatico
 COPY --from=build /src/target/release/instachatico-auth /usr/local/bin/instachatico-auth
 USER auth
 WORKDIR /var/lib/instachatico-auth
@@ -16,6 +18,7 @@ ENV HOST=0.0.0.0 \
     PORT=50051 \
     APP_ENV=production \
     DATA_DIR=/var/lib/instachatico-auth/data \
+    PROXY_SOCKET=/run/instachatico/proxy.sock \
     LOG_FORMAT=json
 EXPOSE 50051
 STOPSIGNAL SIGTERM

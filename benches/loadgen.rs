@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use harness::{Report, RssSampler, Target, WrkCall};
-use process::{Envoy, ServiceProcess};
+use process::{Envoy, ServiceProcess, Upstream};
 use secrecy::SecretString;
 
 const JWT_SECRET: &str = "loadgen-jwt-secret-0123456789-abcdefghijklmnop";
@@ -60,6 +60,10 @@ struct Args {
     /// Where results.json and results.md go.
     #[arg(long, default_value = "bench/results/latest")]
     out: PathBuf,
+    /// How Envoy reaches the service in the JSON scenario: `unix` (its proxy socket, as
+    /// deployed) or `tcp` (its port), to compare the two.
+    #[arg(long, default_value = "unix")]
+    envoy_upstream: String,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -135,7 +139,12 @@ async fn run_scenario(
     for c in runs {
         // A fresh service per run: one run's leftovers never colour the next.
         let service = ServiceProcess::spawn(&database.service_env());
-        let envoy = if scenario == "json" { Envoy::start(&[service.addr]).await } else { None };
+        let upstream = if args.envoy_upstream == "tcp" {
+            Upstream::Tcp(service.addr)
+        } else {
+            Upstream::Unix(service.socket.clone())
+        };
+        let envoy = if scenario == "json" { Envoy::start(&[upstream]).await } else { None };
         if scenario == "json" && envoy.is_none() {
             println!("(no envoy binary: skipping the JSON scenario)");
             return reports;

@@ -140,7 +140,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(addr) => Some(crate::telemetry::bind_metrics(addr).await?),
                 None => None,
             };
-            server::serve(app, &config, listener, metrics, shutdown).await
+            let proxy = server::ProxySocket::bind(&config)?;
+            server::serve(app, &config, listener, proxy, metrics, shutdown).await
         }
         Command::Migrate => {
             let target = config.db_target()?;

@@ -93,10 +93,17 @@ pub struct Config {
     #[arg(long, env = "FRONTEND_URL", default_value = "http://localhost:5173", value_delimiter = ',', global = true)]
     pub frontend_url: Vec<String>,
 
-    /// Comma-separated proxies (IPs or CIDRs) whose X-Forwarded-For is believed. Default:
-    /// loopback, where the Envoy sidecar runs.
-    #[arg(long, env = "TRUSTED_PROXIES", default_value = "127.0.0.1/32,::1/128", value_delimiter = ',', global = true)]
+    /// Comma-separated TCP peers (IPs or CIDRs) whose X-Forwarded-For is believed, for a proxy
+    /// that cannot use PROXY_SOCKET. Default: none: any local process can connect to the TCP
+    /// port, so none of them may choose the client address that rate limits and audit rows see.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "", value_delimiter = ',', global = true)]
     pub trusted_proxies: Vec<String>,
+
+    /// Unix socket for the Envoy sidecar (mode 0600): only the proxy connects there, so the
+    /// last X-Forwarded-For entry of its requests is believed. Default: DATA_DIR/proxy.sock;
+    /// `off` disables it.
+    #[arg(long, env = "PROXY_SOCKET", global = true)]
+    pub proxy_socket: Option<String>,
 
     /// First admin, created at start-up if the username does not exist yet.
     #[arg(long, env = "ADMIN_USERNAME", global = true)]
@@ -212,6 +219,15 @@ impl Config {
             .parse()
             .map(Some)
             .with_context(|| format!("METRICS_ADDR must be host:port (e.g. 127.0.0.1:9464) or off, got {value:?}"))
+    }
+
+    /// Where the sidecar's Unix socket goes, or `None` when it is off.
+    pub fn proxy_socket_path(&self) -> Option<PathBuf> {
+        match self.proxy_socket.as_deref().map(str::trim) {
+            Some(v) if v.eq_ignore_ascii_case("off") => None,
+            Some(v) if !v.is_empty() => Some(PathBuf::from(v)),
+            _ => Some(self.data_dir.join("proxy.sock")),
+        }
     }
 
     pub fn pool_options(&self) -> PoolOptions {

@@ -125,6 +125,8 @@ pub async fn bootstrap_admin(app: &App, config: &Config) -> anyhow::Result<()> {
 /// A server running in the background (tests, embedding).
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// The sidecar's Unix socket, when on.
+    pub proxy_socket: Option<std::path::PathBuf>,
     /// Where `/metrics` is served, when enabled.
     pub metrics_addr: Option<SocketAddr>,
     pub app: App,
@@ -148,6 +150,7 @@ pub async fn spawn(config: &Config) -> anyhow::Result<RunningServer> {
     bootstrap_admin(&app, config).await?;
     let listener = TcpListener::bind(config.listen_addr()?).await.context("cannot bind the listen address")?;
     let addr = listener.local_addr()?;
+    let proxy = ProxySocket::bind(config)?;
     let metrics = match config.metrics_listen_addr()? {
         Some(addr) => Some(crate::telemetry::bind_metrics(addr).await?),
         None => None,
@@ -157,13 +160,14 @@ pub async fn spawn(config: &Config) -> anyhow::Result<RunningServer> {
     let task = tokio::spawn({
         let (app, config) = (app.clone(), config.clone());
         async move {
-            serve(app, &config, listener, metrics, async {
+            serve(app, &config, listener, proxy, metrics, async {
                 let _ = rx.await;
             })
             .await
         }
     });
-    Ok(RunningServer { addr, metrics_addr, app, shutdown: Some(tx), task })
+    let proxy_socket = config.proxy_socket_path();
+    Ok(RunningServer { addr, proxy_socket, metrics_addr, app, shutdown: Some(tx), task })
 }
 
 /// Serves on `listener` until `shutdown` completes, then drains in-flight requests.
@@ -171,6 +175,7 @@ pub async fn serve(
     app: App,
     config: &Config,
     listener: TcpListener,
+    proxy: Option<ProxySocket>,
     metrics: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
@@ -222,7 +227,7 @@ pub async fn serve(
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving gRPC and grpc-web");
-    let result = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .accept_http1(true)
         .timeout(Duration::from_secs(config.request_timeout_seconds))
         .layer(cors)
@@ -238,9 +243,29 @@ pub async fn serve(
         .add_service(health)
         .add_service(grpc_health)
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
-        .await;
+        .add_service(reflection_v1alpha);
+    // One shutdown for both listeners.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let tcp = router.clone().serve_with_incoming_shutdown(incoming(listener), until_stopped(stopped.clone()));
+    let uds = {
+        let stopped = stopped.clone();
+        async move {
+            let Some(ProxySocket { listener, path }) = proxy else { return Ok(()) };
+            tracing::info!(path = %path.display(), "serving the proxy socket (X-Forwarded-For believed)");
+            let result = router.serve_with_incoming_shutdown(uds_incoming(listener), until_stopped(stopped)).await;
+            let _ = std::fs::remove_file(&path);
+            result
+        }
+    };
+    let signal = async {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
+    let (result, uds_result, ()) = tokio::join!(tcp, uds, signal);
+    let result = result.and(uds_result);
     probe.abort();
     janitor.abort();
     if let Some(task) = listener_task {
@@ -362,6 +387,54 @@ pub fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'st
 /// with Nagle a write behind an unacknowledged one waits for the peer's ACK. Through Envoy (a
 /// few streams sharing one connection) that cost ~20 % of JSON and grpc-web throughput.
 /// Keepalive probes find peers that vanished without a FIN.
+/// The sidecar's Unix socket (PROXY_SOCKET), bound before serving so that the proxy can connect
+/// from the first moment.
+pub struct ProxySocket {
+    listener: tokio::net::UnixListener,
+    pub path: std::path::PathBuf,
+}
+
+impl ProxySocket {
+    pub fn bind(config: &Config) -> anyhow::Result<Option<Self>> {
+        let Some(path) = config.proxy_socket_path() else { return Ok(None) };
+        Ok(Some(Self { listener: bind_proxy_socket(&path)?, path }))
+    }
+}
+
+/// Binds the sidecar's Unix socket, private to this user (0600, in a 0700 directory if it
+/// creates one). A socket left by an earlier run is replaced; one that still answers belongs to
+/// a running instance, and starting a second one on it is refused.
+fn bind_proxy_socket(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::config::create_private_dir(dir)?;
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        anyhow::ensure!(meta.file_type().is_socket(), "PROXY_SOCKET {} exists and is not a socket", path.display());
+        anyhow::ensure!(
+            std::os::unix::net::UnixStream::connect(path).is_err(),
+            "PROXY_SOCKET {} is served by another running instance",
+            path.display()
+        );
+        std::fs::remove_file(path).with_context(|| format!("cannot replace {}", path.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path).with_context(|| {
+        format!("cannot bind PROXY_SOCKET {} (a Unix socket path is at most 107 bytes)", path.display())
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// The connections of the sidecar's socket, as tonic takes them.
+fn uds_incoming(
+    listener: tokio::net::UnixListener,
+) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::UnixStream>> {
+    futures_util::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(stream, _)| stream);
+        Some((accepted, listener))
+    })
+}
+
 fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))

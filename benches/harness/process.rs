@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// The real binary as its own process (replicas, log checks), configured by environment only.
 pub struct ServiceProcess {
     pub addr: std::net::SocketAddr,
+    /// Its proxy socket (Envoy's way in), in a directory of its own.
+    pub socket: std::path::PathBuf,
     child: std::process::Child,
+    _socket_dir: tempfile::TempDir,
     log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
@@ -18,9 +21,12 @@ impl ServiceProcess {
     pub fn spawn<K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(env: &[(K, V)]) -> Self {
         use std::io::BufRead;
         let dir = std::env::temp_dir();
+        let socket_dir = tempfile::tempdir().unwrap();
+        let socket = socket_dir.path().join("proxy.sock");
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_instachatico-auth"))
             .current_dir(dir)
             .env_clear()
+            .env("PROXY_SOCKET", &socket)
             .envs([
                 ("PORT", "0"),
                 ("METRICS_ADDR", "127.0.0.1:0"),
@@ -48,7 +54,7 @@ impl ServiceProcess {
             let _ = tx.send(None);
         });
         match rx.recv_timeout(std::time::Duration::from_secs(30)) {
-            Ok(Some(addr)) => Self { addr, child, log },
+            Ok(Some(addr)) => Self { addr, socket, child, _socket_dir: socket_dir, log },
             _ => {
                 let _ = child.kill();
                 panic!("service did not start: {:?}", log.lock().unwrap());
@@ -85,6 +91,26 @@ impl Drop for ServiceProcess {
 
 /// Where a stopped process's log lines go (the test suite's secret scan).
 pub static LOG_SINK: std::sync::OnceLock<fn(&[String])> = std::sync::OnceLock::new();
+
+/// Where Envoy sends requests: a service's proxy socket (as deployed) or its TCP port (a proxy
+/// the service does not trust unless TRUSTED_PROXIES says so).
+#[derive(Clone, Debug)]
+pub enum Upstream {
+    Tcp(std::net::SocketAddr),
+    Unix(std::path::PathBuf),
+}
+
+impl From<std::net::SocketAddr> for Upstream {
+    fn from(addr: std::net::SocketAddr) -> Self {
+        Self::Tcp(addr)
+    }
+}
+
+impl From<std::path::PathBuf> for Upstream {
+    fn from(path: std::path::PathBuf) -> Self {
+        Self::Unix(path)
+    }
+}
 
 /// A real Envoy running `envoy/envoy.yaml` (only its ports rewritten) in front of `upstreams`.
 pub struct Envoy {
@@ -123,24 +149,29 @@ impl Envoy {
         found
     }
 
-    pub async fn start(upstreams: &[std::net::SocketAddr]) -> Option<Self> {
+    pub async fn start<U: Clone + Into<Upstream>>(upstreams: &[U]) -> Option<Self> {
         Self::start_edited(upstreams, str::to_owned).await
     }
 
     /// `envoy/envoy.yaml` changed by `edit` (after its upstreams are set, before its port is).
-    pub async fn start_edited(upstreams: &[std::net::SocketAddr], edit: impl Fn(&str) -> String) -> Option<Self> {
+    pub async fn start_edited<U: Clone + Into<Upstream>>(
+        upstreams: &[U],
+        edit: impl Fn(&str) -> String,
+    ) -> Option<Self> {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let template = std::fs::read_to_string(root.join("envoy/envoy.yaml")).expect("envoy.yaml");
-        let endpoint_line =
-            "        - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: 50051 } } }";
+        let endpoint_line = "        - endpoint: { address: { pipe: { path: data/proxy.sock } } }";
         assert!(template.contains(endpoint_line), "envoy.yaml upstream endpoint line changed; update the fixture");
         let endpoints: Vec<String> = upstreams
             .iter()
-            .map(|a| {
-                format!(
+            .map(|u| match u.clone().into() {
+                Upstream::Tcp(a) => format!(
                     "        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }}",
                     a.port()
-                )
+                ),
+                Upstream::Unix(path) => {
+                    format!("        - endpoint: {{ address: {{ pipe: {{ path: {} }} }} }}", path.display())
+                }
             })
             .collect();
         let config = template.replace(endpoint_line, &endpoints.join("\n"));

@@ -42,20 +42,36 @@ impl ClientIpPolicy {
         if !self.trusted_proxies.iter().any(|net| net.contains(&peer_ip)) {
             return Some(peer_ip);
         }
-        let forwarded = metadata
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|s| s.trim().parse::<IpAddr>().ok())
-            .next_back();
-        Some(forwarded.map_or(peer_ip, canonical))
+        Some(last_forwarded(metadata).unwrap_or(peer_ip))
     }
 
     pub fn client_info<T>(&self, request: &tonic::Request<T>) -> ClientInfo {
         let user_agent = request.metadata().get("user-agent").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        ClientInfo { ip: self.client_ip(request.remote_addr(), request.metadata()), user_agent }
+        let ip = if via_proxy_socket(request) {
+            last_forwarded(request.metadata())
+        } else {
+            self.client_ip(request.remote_addr(), request.metadata())
+        };
+        ClientInfo { ip, user_agent }
     }
+}
+
+/// The request came over the sidecar's Unix socket (PROXY_SOCKET), which only the proxy can
+/// open: the proxy is the peer, and the address it appended is the client's.
+fn via_proxy_socket<T>(request: &tonic::Request<T>) -> bool {
+    request.extensions().get::<tonic::transport::server::UdsConnectInfo>().is_some()
+}
+
+/// The last address in `x-forwarded-for`: the one the nearest proxy appended.
+fn last_forwarded(metadata: &MetadataMap) -> Option<IpAddr> {
+    metadata
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+        .next_back()
+        .map(canonical)
 }
 
 /// IPv4-mapped IPv6 addresses (dual-stack sockets) as plain IPv4.

@@ -7,7 +7,7 @@
 
 #[path = "../../benches/harness/process.rs"]
 mod process;
-pub use process::{Envoy, ServiceProcess};
+pub use process::{Envoy, ServiceProcess, Upstream};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -160,6 +160,11 @@ impl TestServer {
         self.running = Some(running);
         self.args = args;
         self
+    }
+
+    /// How the Envoy sidecar reaches this server, as deployed: its proxy socket.
+    pub fn upstream(&self) -> Upstream {
+        Upstream::Unix(self.running.as_ref().expect("running").proxy_socket.clone().expect("proxy socket on"))
     }
 
     pub fn app(&self) -> &instachatico_auth::domain::App {

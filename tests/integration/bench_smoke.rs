@@ -13,7 +13,7 @@ use harness::WrkCall;
 async fn target(s: &TestServer, json: bool) -> (harness::Target, Option<Envoy>) {
     let hash = bcrypt::hash(harness::PASSWORD, 10).unwrap();
     let (users, tokens) = harness::seed(s.app().db(), s.app().jwt(), 20, &hash).await;
-    let envoy = if json { Envoy::start(&[s.running.as_ref().unwrap().addr]).await } else { None };
+    let envoy = if json { Envoy::start(&[s.upstream()]).await } else { None };
     let target = harness::Target {
         grpc_url: s.url.clone(),
         json_url: envoy.as_ref().map(|e| e.url.clone()),

@@ -34,7 +34,7 @@ async fn seed_auth_flow_and_grpc_web_in_chromium() {
         return;
     }
     let Some(s) = TestServer::start(Backend::Sqlite).await else { return };
-    let Some(envoy) = Envoy::start(&[s.running.as_ref().unwrap().addr]).await else { return };
+    let Some(envoy) = Envoy::start(&[s.upstream()]).await else { return };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let output = root.join("tests/output/browser");
     let run = tokio::task::spawn_blocking({

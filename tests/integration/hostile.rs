@@ -13,7 +13,7 @@ use crate::common::{
 };
 
 async fn envoy(s: &TestServer) -> Option<(Envoy, Json)> {
-    let envoy = Envoy::start(&[s.running.as_ref().unwrap().addr]).await?;
+    let envoy = Envoy::start(&[s.upstream()]).await?;
     let json = Json::new(&envoy.url);
     Some((envoy, json))
 }
@@ -252,7 +252,7 @@ fn service_process(dir: &tempfile::TempDir, log_level: &str) -> ServiceProcess {
 async fn designed_replies_log_no_errors() {
     let dir = tempfile::tempdir().unwrap();
     let service = service_process(&dir, "info");
-    let Some(envoy) = Envoy::start(&[service.addr]).await else { return };
+    let Some(envoy) = Envoy::start(std::slice::from_ref(&service.socket)).await else { return };
     let api = Json::new(&envoy.url);
     let admin = api.login(ADMIN_USERNAME, ADMIN_PASSWORD).await;
     let create =
@@ -361,7 +361,7 @@ fn percent_decode(s: &str) -> String {
 /// Issue 11.4: Malformed gRPC and grpc-web frames: INVALID_ARGUMENT with a short generic message, not
 /// INTERNAL with the decoder's text; directly and through Envoy.
 async fn malformed_messages_are_invalid_argument(s: TestServer) {
-    let envoy = Envoy::start(&[s.running.as_ref().unwrap().addr]).await;
+    let envoy = Envoy::start(&[s.upstream()]).await;
     let mut bases = vec![("the service", s.url.clone())];
     if let Some(envoy) = &envoy {
         bases.push(("Envoy", envoy.url.clone()));
@@ -387,7 +387,7 @@ async fn malformed_messages_are_invalid_argument(s: TestServer) {
 async fn request_ids_are_kept_only_when_safe(s: TestServer) {
     let forged = r#"fake}: instachatico_auth::grpc::status: internal error error="forged""#;
     let long = "a".repeat(65);
-    let envoy = Envoy::start(&[s.running.as_ref().unwrap().addr]).await;
+    let envoy = Envoy::start(&[s.upstream()]).await;
     let token = s.admin_token().await;
     let mut checks = 0;
     let mut bases = vec![s.url.clone()];
@@ -438,7 +438,7 @@ async fn request_ids_cannot_forge_log_lines() {
     let service = service_process(&dir, "debug,h2=info,hyper=info,tower=info");
     let forged = "fake}: instachatico_auth::grpc::status: internal error error=\"forged\"";
     let mut bases = vec![service.url()];
-    let envoy = Envoy::start(&[service.addr]).await;
+    let envoy = Envoy::start(std::slice::from_ref(&service.socket)).await;
     if let Some(envoy) = &envoy {
         bases.push(envoy.url.clone());
         let api = Json::new(&envoy.url);

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::common::{ADMIN_PASSWORD, ADMIN_USERNAME, Envoy, FRONTEND, Json, Reply, TestServer, USER_PASSWORD};
 
 async fn envoy(s: &TestServer) -> Option<(Envoy, Json)> {
-    let envoy = Envoy::start(&[s.running.as_ref().unwrap().addr]).await?;
+    let envoy = Envoy::start(&[s.upstream()]).await?;
     let json = Json::new(&envoy.url);
     Some((envoy, json))
 }
@@ -485,7 +485,7 @@ async fn hsts_over_tls() {
         assert!(config.contains("\n  clusters:"), "envoy.yaml layout changed; update this test");
         config.replacen("\n  clusters:", &format!("\n{listener}  clusters:"), 1)
     };
-    let Some(envoy) = Envoy::start_edited(&[s.running.as_ref().unwrap().addr], add_tls).await else {
+    let Some(envoy) = Envoy::start_edited(&[s.upstream()], add_tls).await else {
         return;
     };
     let https_get = |path: &str| {

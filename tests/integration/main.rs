@@ -19,6 +19,7 @@ mod health;
 mod hostile;
 mod json;
 mod observability;
+mod proxy_socket;
 mod races;
 mod refusals;
 mod replicas;

@@ -41,7 +41,7 @@ async fn metrics_cover_every_transport(s: TestServer) {
     let _ = r.bytes().await.unwrap();
 
     // JSON through Envoy.
-    if let Some(envoy) = Envoy::start(&[s.running.as_ref().unwrap().addr]).await {
+    if let Some(envoy) = Envoy::start(&[s.upstream()]).await {
         let api = Json::new(&envoy.url);
         assert_eq!(api.get("/api/v1/users/me", Some(&token)).await.status, 200);
         let after = scrape(&s).await;

@@ -12,7 +12,7 @@ use crate::common::{ADMIN_PASSWORD, ADMIN_USERNAME, Envoy, Json, Reply, TestServ
 const ROUNDS: usize = 12;
 
 async fn envoy(s: &TestServer) -> Option<(Envoy, Json)> {
-    let envoy = Envoy::start(&[s.running.as_ref().unwrap().addr]).await?;
+    let envoy = Envoy::start(&[s.upstream()]).await?;
     let json = Json::new(&envoy.url);
     Some((envoy, json))
 }

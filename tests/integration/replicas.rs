@@ -44,7 +44,7 @@ async fn revocation_reaches_every_replica() {
         ("LOG_LEVEL", "warn,instachatico_auth::server=info"),
     ];
     let (a, b) = (ServiceProcess::spawn(&env), ServiceProcess::spawn(&env));
-    let Some(envoy) = Envoy::start(&[a.addr, b.addr]).await else { return };
+    let Some(envoy) = Envoy::start(&[a.socket.clone(), b.socket.clone()]).await else { return };
     let api = Json::new(&envoy.url);
     let limit = Duration::from_secs(1);
 

@@ -14,7 +14,7 @@ use crate::common::{
     ADMIN_PASSWORD, ADMIN_USERNAME, Backend, Envoy, Json, Options, TestServer, USER_PASSWORD, authed, expect_code,
 };
 
-/// A login as if from `ip` (the test server trusts loopback as a proxy, like Envoy).
+/// A login as if from `ip`, for a server told to trust loopback as a proxy (TRUSTED_PROXIES).
 fn login_from(ip: &str, username: &str, password: &str) -> Request<pb::LoginRequest> {
     let mut r = Request::new(pb::LoginRequest { username: username.into(), password: password.into() });
     r.metadata_mut().insert("x-forwarded-for", ip.parse().unwrap());
@@ -96,7 +96,8 @@ async fn session_lifetime_bounds_tokens_and_refresh(s: TestServer) {
 }
 
 async fn login_rate_limit_per_address(s: TestServer) {
-    let s = s.restart(&[("rate-limit-login-per-minute", "5")]).await;
+    // This test is its own proxy: it names the client address in X-Forwarded-For over TCP.
+    let s = s.restart(&[("rate-limit-login-per-minute", "5"), ("trusted-proxies", "127.0.0.1/32")]).await;
     let mut auth = s.auth().await;
     for i in 0..5 {
         let password = if i % 2 == 0 { ADMIN_PASSWORD } else { "Wrong_password1!" };
@@ -130,7 +131,13 @@ async fn api_rate_limit_per_user(s: TestServer) {
 }
 
 async fn failed_logins_throttle_the_account_from_that_address_only(s: TestServer) {
-    let s = s.restart(&[("login-throttle-threshold", "3"), ("login-throttle-cooldown-seconds", "2")]).await;
+    let s = s
+        .restart(&[
+            ("login-throttle-threshold", "3"),
+            ("login-throttle-cooldown-seconds", "2"),
+            ("trusted-proxies", "127.0.0.1/32"),
+        ])
+        .await;
     let admin = s.admin_token().await;
     let uma = s.create_user(&admin, "uma", None).await;
     let mut auth = s.auth().await;
@@ -418,7 +425,7 @@ crate::on_both_backends!(
 async fn login_limit_through_envoy_ignores_spoofed_addresses() {
     let options = Options::default().arg("rate-limit-login-per-minute", "5");
     let Some(s) = TestServer::start_with(Backend::Postgres, options).await else { return };
-    let Some(envoy) = Envoy::start(&[s.running.as_ref().unwrap().addr]).await else { return };
+    let Some(envoy) = Envoy::start(&[s.upstream()]).await else { return };
     let api = Json::new(&envoy.url);
     let body = json!({"username": ADMIN_USERNAME, "password": "Wrong_password1!"});
     for i in 0..5 {
