@@ -76,7 +76,9 @@ async fn a_password_change_never_undoes_a_reset(s: TestServer) {
                 .await
             },
             async {
-                jitter(30).await;
+                // The change hashes twice (check, new hash), the reset once: a wider jitter here
+                // lets either one commit first.
+                jitter(200).await;
                 api.post(&format!("/api/v1/users/{id}/reset-password"), Some(&admin), json!({"new_password": reset}))
                     .await
             }
