@@ -26,23 +26,24 @@ use tower::{Layer, Service};
 /// Longest wait for the rest of a body before the response goes out anyway (with
 /// `Connection: close`); well under the request timeout.
 const DRAIN_WAIT: Duration = Duration::from_secs(5);
-/// After a `Connection: close` reply, how long and how much more is read so the client can
-/// finish writing; then the connection is cut.
+/// After a `Connection: close` reply, how long more is read so the client can finish
+/// writing; then the connection is cut.
 const LINGER_WAIT: Duration = Duration::from_secs(10);
-const LINGER_FACTOR: usize = 16;
 
 /// See the module documentation.
 #[derive(Debug, Clone, Copy)]
 pub struct Http1DrainLayer {
     budget: usize,
+    linger: usize,
 }
 
 impl Http1DrainLayer {
     /// `max_message` is the largest request message accepted. Up to twice that is drained
     /// before a reply (room for framing and grpc-web-text's base64), so any refused request
-    /// within the limit, and a modestly oversized one, leaves the connection reusable.
+    /// within the limit, and a modestly oversized one, leaves the connection reusable. After
+    /// a `Connection: close` reply up to sixteen times the limit more is read and dropped.
     pub fn new(max_message: usize) -> Self {
-        Self { budget: max_message.saturating_mul(2) }
+        Self { budget: max_message.saturating_mul(2), linger: max_message.saturating_mul(16) }
     }
 }
 
@@ -50,7 +51,7 @@ impl<S> Layer<S> for Http1DrainLayer {
     type Service = Http1Drain<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Http1Drain { inner, budget: self.budget }
+        Http1Drain { inner, budget: self.budget, linger: self.linger }
     }
 }
 
@@ -58,6 +59,7 @@ impl<S> Layer<S> for Http1DrainLayer {
 pub struct Http1Drain<S> {
     inner: S,
     budget: usize,
+    linger: usize,
 }
 
 impl<S, RB> Service<Request<Body>> for Http1Drain<S>
@@ -85,7 +87,7 @@ where
         let (home, mut left_over) = oneshot::channel();
         let request = request.map(|body| Body::new(Tracked { body: Some(body), home: Some(home), polled: false }));
         let future = self.inner.call(request);
-        let budget = self.budget;
+        let (budget, linger) = (self.budget, self.linger);
         Either::Right(Box::pin(async move {
             let mut response = future.await?;
             // Nothing came back: the body was read to its end, or is still held (a streaming
@@ -104,7 +106,7 @@ where
                     close(&mut response);
                     tracing::debug!("request body beyond what is drained: replying with Connection: close");
                     tokio::spawn(async move {
-                        let _ = tokio::time::timeout(LINGER_WAIT, discard(&mut body, budget * LINGER_FACTOR)).await;
+                        let _ = tokio::time::timeout(LINGER_WAIT, discard(&mut body, linger)).await;
                     });
                 }
             }
