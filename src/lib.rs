@@ -10,6 +10,7 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod http1_drain;
 pub mod metrics;
 pub mod openapi;
 pub mod pb;

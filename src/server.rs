@@ -230,6 +230,7 @@ pub async fn serve(
     let router = tonic::transport::Server::builder()
         .accept_http1(true)
         .timeout(Duration::from_secs(config.request_timeout_seconds))
+        .layer(crate::http1_drain::Http1DrainLayer::new(MAX_REQUEST_BYTES))
         .layer(cors)
         .layer(tower::util::MapRequestLayer::new(crate::telemetry::keep_safe_request_id))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))

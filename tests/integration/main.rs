@@ -17,6 +17,7 @@ mod compat;
 mod generated_input;
 mod health;
 mod hostile;
+mod http1;
 mod json;
 mod observability;
 mod proxy_socket;
