@@ -244,15 +244,17 @@ impl Envoy {
         self.child.id()
     }
 
-    /// Ready when the listener answers (any HTTP status).
+    /// Ready when the listener answers as Envoy (any HTTP status, with Envoy's `server` header)
+    /// and Envoy still runs. The port was free when chosen, but another process may bind it
+    /// before Envoy does: then Envoy exits, and the answer, if any, is not Envoy's.
     async fn wait_ready(&mut self) -> bool {
         let client = reqwest::Client::new();
         for _ in 0..100 {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return false;
             }
-            if client.get(format!("{}/no-such-path", self.url)).send().await.is_ok() {
-                return true;
+            if let Ok(reply) = client.get(format!("{}/no-such-path", self.url)).send().await {
+                return reply.headers().contains_key("server") && matches!(self.child.try_wait(), Ok(None));
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
