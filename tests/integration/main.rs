@@ -13,6 +13,7 @@ mod auth;
 mod bench_smoke;
 mod browser;
 mod cli;
+mod closed_by_default;
 mod compat;
 mod generated_input;
 mod health;

@@ -1,0 +1,37 @@
+//! Every RPC needs a live session unless it is listed here as public: the test walks every
+//! method of the descriptor set, so a new RPC that forgets authentication fails it.
+
+use crate::common::TestServer;
+use crate::generated_input::call;
+
+/// The methods anyone may call.
+const PUBLIC: [&str; 3] = [
+    "instachatico.auth.v1.AuthService/Login",
+    "instachatico.auth.v1.AuthService/Register",
+    "instachatico.auth.v1.HealthService/Check",
+];
+
+async fn every_method_but_the_public_ones_needs_a_session(s: TestServer) {
+    let client = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let pool = instachatico_auth::openapi::pool().unwrap();
+    let mut checked = 0;
+    for service in pool.services().filter(|s| s.package_name() == "instachatico.auth.v1") {
+        for method in service.methods() {
+            let name = format!("{}/{}", service.full_name(), method.name());
+            if PUBLIC.contains(&name.as_str()) {
+                continue;
+            }
+            // No token, a malformed one, and a well-formed token of no live session.
+            let forged = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl";
+            for token in [None, Some("not-a-jwt"), Some(forged)] {
+                let (code, message) = call(&client, &s.url, &name, token, &[]).await;
+                assert_eq!(code, 16, "{name} with {token:?} answered {code} {message:?}: not UNAUTHENTICATED");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 15, "every protected method was tried ({checked})");
+    s.stop().await;
+}
+
+crate::on_both_backends!(every_method_but_the_public_ones_needs_a_session);
