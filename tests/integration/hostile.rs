@@ -456,8 +456,15 @@ async fn request_ids_cannot_forge_log_lines() {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let log = service.log();
+    // The service's stderr is read on another thread: wait (bounded) for the last line to arrive.
+    let mut log = service.log();
+    for _ in 0..50 {
+        if log.iter().any(|l| l.contains("request_id=\"safe-id-42\"")) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        log = service.log();
+    }
     let leaked: Vec<&String> = log.iter().filter(|l| l.contains("forged") || l.contains("fake}")).collect();
     assert!(leaked.is_empty(), "the forged id reached the log: {leaked:#?}");
     assert!(
