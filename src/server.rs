@@ -9,7 +9,6 @@ use anyhow::Context;
 use chrono::Utc;
 use http::{HeaderName, HeaderValue, Method};
 use tokio::net::TcpListener;
-use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -24,7 +23,7 @@ use crate::grpc::audit::AuditApi;
 use crate::grpc::auth::AuthApi;
 use crate::grpc::health::HealthApi;
 use crate::grpc::user::UserApi;
-use crate::grpc::{AuthInterceptor, ClientIpPolicy};
+use crate::grpc::{AccessLayer, ClientIpPolicy};
 use crate::pb;
 use crate::pb::audit_service_server::AuditServiceServer;
 use crate::pb::auth_service_server::AuthServiceServer;
@@ -215,14 +214,8 @@ pub async fn serve(
 
     let auth =
         AuthServiceServer::new(AuthApi::new(app.clone(), ips.clone())).max_decoding_message_size(MAX_REQUEST_BYTES);
-    let users = InterceptedService::new(
-        UserServiceServer::new(UserApi::new(app.clone(), ips)).max_decoding_message_size(MAX_REQUEST_BYTES),
-        AuthInterceptor,
-    );
-    let audit = InterceptedService::new(
-        AuditServiceServer::new(AuditApi::new(app.clone())).max_decoding_message_size(MAX_REQUEST_BYTES),
-        AuthInterceptor,
-    );
+    let users = UserServiceServer::new(UserApi::new(app.clone(), ips)).max_decoding_message_size(MAX_REQUEST_BYTES);
+    let audit = AuditServiceServer::new(AuditApi::new(app.clone())).max_decoding_message_size(MAX_REQUEST_BYTES);
     let health = HealthServiceServer::new(HealthApi::new(app.clone()));
 
     let addr = listener.local_addr()?;
@@ -238,6 +231,8 @@ pub async fn serve(
         .layer(tower::util::MapRequestLayer::new(Transport::tag))
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(RpcTelemetryLayer)
+        // Innermost: every call is authenticated and authorized here (grpc::access).
+        .layer(AccessLayer::new(app.clone()))
         .add_service(auth)
         .add_service(users)
         .add_service(audit)

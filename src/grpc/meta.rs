@@ -11,8 +11,13 @@ use crate::error::{Error, Result};
 
 /// The token from `authorization: Bearer <jwt>`.
 pub fn bearer_token(metadata: &MetadataMap) -> Result<&str> {
-    let value = metadata
-        .get("authorization")
+    bearer_from_headers(metadata.as_ref())
+}
+
+/// The same, from the HTTP headers (the access layer runs before tonic has metadata).
+pub fn bearer_from_headers(headers: &http::HeaderMap) -> Result<&str> {
+    let value = headers
+        .get(http::header::AUTHORIZATION)
         .ok_or(Error::Unauthenticated("Not authenticated"))?
         .to_str()
         .map_err(|_| Error::Unauthenticated("Invalid authorization header"))?;

@@ -1,5 +1,5 @@
 //! `UserService`: the caller's own account and admin user management. Served behind
-//! [`super::AuthInterceptor`]; each handler resolves the live principal first.
+//! [`super::AccessLayer`], which authenticates the caller (and checks admin RPCs) first.
 
 use chrono::Utc;
 use secrecy::SecretString;
@@ -32,8 +32,7 @@ fn message(text: &str) -> Response<pb::MessageResponse> {
 #[tonic::async_trait]
 impl UserService for UserApi {
     async fn create_user(&self, request: Request<pb::CreateUserRequest>) -> Result<Response<pb::User>, Status> {
-        let me = principal(&self.app, &request).await?;
-        Actor::User(&me).require_admin()?;
+        let me = principal(&request)?;
         let client = self.ips.client_info(&request);
         let new = NewUser::try_from(super::text::body(request)?)?;
         let user = self.app.create_user(&Actor::User(&me), new, &client, Utc::now()).await?;
@@ -43,7 +42,7 @@ impl UserService for UserApi {
     }
 
     async fn get_me(&self, request: Request<pb::GetMeRequest>) -> Result<Response<pb::User>, Status> {
-        let me = principal(&self.app, &request).await?;
+        let me = principal(&request)?;
         Ok(Response::new(pb::User::from(&self.app.me(&me))))
     }
 
@@ -51,7 +50,7 @@ impl UserService for UserApi {
         &self,
         request: Request<pb::UpdateMyBackendRequest>,
     ) -> Result<Response<pb::UpdateMyBackendResponse>, Status> {
-        let me = principal(&self.app, &request).await?;
+        let me = principal(&request)?;
         let client = self.ips.client_info(&request);
         let input = BackendInput::try_from(super::text::body(request)?)?;
         let backend = self.app.update_my_backend(&me, input, &client, Utc::now()).await?;
@@ -65,7 +64,7 @@ impl UserService for UserApi {
         &self,
         request: Request<pb::ChangeMyPasswordRequest>,
     ) -> Result<Response<pb::MessageResponse>, Status> {
-        let me = principal(&self.app, &request).await?;
+        let me = principal(&request)?;
         let client = self.ips.client_info(&request);
         let body = super::text::body(request)?;
         let (current, new) = (SecretString::from(body.current_password), SecretString::from(body.new_password));
@@ -77,7 +76,7 @@ impl UserService for UserApi {
         &self,
         request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
-        let me = principal(&self.app, &request).await?;
+        let me = principal(&request)?;
         let body = super::text::body(request)?;
         let (users, total) =
             self.app.list_users(&Actor::User(&me), i64::from(body.limit), i64::from(body.offset)).await?;
@@ -88,16 +87,14 @@ impl UserService for UserApi {
     }
 
     async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::User>, Status> {
-        let me = principal(&self.app, &request).await?;
-        Actor::User(&me).require_admin()?;
+        let me = principal(&request)?;
         let id = user_id(super::text::body(request)?.id)?;
         let user = self.app.get_user(&Actor::User(&me), id).await?;
         Ok(Response::new(pb::User::from(&user)))
     }
 
     async fn update_user(&self, request: Request<pb::UpdateUserRequest>) -> Result<Response<pb::User>, Status> {
-        let me = principal(&self.app, &request).await?;
-        Actor::User(&me).require_admin()?;
+        let me = principal(&request)?;
         let client = self.ips.client_info(&request);
         let body = super::text::body(request)?;
         let id = user_id(body.id)?;
@@ -110,8 +107,7 @@ impl UserService for UserApi {
         &self,
         request: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<pb::MessageResponse>, Status> {
-        let me = principal(&self.app, &request).await?;
-        Actor::User(&me).require_admin()?;
+        let me = principal(&request)?;
         let client = self.ips.client_info(&request);
         let id = user_id(super::text::body(request)?.id)?;
         self.app.delete_user(&Actor::User(&me), id, &client, Utc::now()).await?;
@@ -122,8 +118,7 @@ impl UserService for UserApi {
         &self,
         request: Request<pb::ResetPasswordRequest>,
     ) -> Result<Response<pb::MessageResponse>, Status> {
-        let me = principal(&self.app, &request).await?;
-        Actor::User(&me).require_admin()?;
+        let me = principal(&request)?;
         let client = self.ips.client_info(&request);
         let body = super::text::body(request)?;
         let id = user_id(body.id)?;
@@ -136,7 +131,7 @@ impl UserService for UserApi {
         &self,
         request: Request<pb::ListMySessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
-        let me = principal(&self.app, &request).await?;
+        let me = principal(&request)?;
         let sessions = self.app.list_my_sessions(&me, Utc::now()).await?;
         Ok(Response::new(pb::ListSessionsResponse { sessions: sessions.iter().map(pb::Session::from).collect() }))
     }
@@ -145,7 +140,7 @@ impl UserService for UserApi {
         &self,
         request: Request<pb::RevokeMySessionRequest>,
     ) -> Result<Response<pb::MessageResponse>, Status> {
-        let me = principal(&self.app, &request).await?;
+        let me = principal(&request)?;
         let client = self.ips.client_info(&request);
         let body = super::text::body(request)?;
         self.app.revoke_my_session(&me, &body.session_id, &client, Utc::now()).await?;
@@ -156,8 +151,7 @@ impl UserService for UserApi {
         &self,
         request: Request<pb::RevokeUserSessionsRequest>,
     ) -> Result<Response<pb::RevokeSessionsResponse>, Status> {
-        let me = principal(&self.app, &request).await?;
-        Actor::User(&me).require_admin()?;
+        let me = principal(&request)?;
         let client = self.ips.client_info(&request);
         let id = user_id(super::text::body(request)?.id)?;
         let revoked = self.app.revoke_user_sessions(&Actor::User(&me), id, &client, Utc::now()).await?;
@@ -171,8 +165,7 @@ impl UserService for UserApi {
         &self,
         request: Request<pb::UnlockUserRequest>,
     ) -> Result<Response<pb::MessageResponse>, Status> {
-        let me = principal(&self.app, &request).await?;
-        Actor::User(&me).require_admin()?;
+        let me = principal(&request)?;
         let client = self.ips.client_info(&request);
         let id = user_id(super::text::body(request)?.id)?;
         self.app.unlock_user(&Actor::User(&me), id, &client, Utc::now()).await?;

@@ -34,4 +34,36 @@ async fn every_method_but_the_public_ones_needs_a_session(s: TestServer) {
     s.stop().await;
 }
 
-crate::on_both_backends!(every_method_but_the_public_ones_needs_a_session);
+/// The access table decides for every method: a signed-in user without the admin role gets
+/// PERMISSION_DENIED from every admin RPC (before any handler runs), and is let through to the
+/// others.
+async fn admin_rpcs_refuse_users_in_one_place(s: TestServer) {
+    use instachatico_auth::grpc::access::{Access, access};
+    let admin = s.admin_token().await;
+    s.create_user(&admin, "plain", None).await;
+    let user = s.login("plain", crate::common::USER_PASSWORD).await;
+    let client = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let pool = instachatico_auth::openapi::pool().unwrap();
+    let mut admins = 0;
+    for service in pool.services().filter(|s| s.package_name() == "instachatico.auth.v1") {
+        for method in service.methods() {
+            let name = format!("{}/{}", service.full_name(), method.name());
+            // Logout would end the session the loop uses.
+            if name.ends_with("AuthService/Logout") {
+                continue;
+            }
+            let (code, message) = call(&client, &s.url, &name, Some(&user), &[]).await;
+            match access(&format!("/{name}")) {
+                Access::Admin => {
+                    admins += 1;
+                    assert_eq!((code, message.as_str()), (7, "Admin privileges required"), "{name}");
+                }
+                _ => assert!(!matches!(code, 7 | 16), "{name} refused a signed-in user: {code} {message:?}"),
+            }
+        }
+    }
+    assert!(admins >= 9, "{admins} admin RPCs");
+    s.stop().await;
+}
+
+crate::on_both_backends!(every_method_but_the_public_ones_needs_a_session, admin_rpcs_refuse_users_in_one_place);
