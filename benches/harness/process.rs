@@ -70,6 +70,19 @@ impl ServiceProcess {
         self.log.lock().unwrap().clone()
     }
 
+    /// The log once a line contains `needle`, or as it is after 5 s: stderr is read on another
+    /// thread, so a line the service just wrote may not be here yet.
+    pub async fn log_once_it_has(&self, needle: &str) -> Vec<String> {
+        for _ in 0..50 {
+            let log = self.log();
+            if log.iter().any(|l| l.contains(needle)) {
+                return log;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        self.log()
+    }
+
     pub async fn channel(&self) -> tonic::transport::Channel {
         tonic::transport::Channel::from_shared(self.url()).unwrap().connect().await.expect("connect")
     }

@@ -30,8 +30,7 @@ impl NameHasher {
     /// The throttling subject of a name that matches no account: case-insensitive, as logins are.
     pub fn unknown_login(&self, login: &str) -> String {
         let digest = mac(&self.key, login.to_lowercase().as_bytes());
-        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-        format!("login:{hex}")
+        format!("login:{}", super::hex(&digest[..16]))
     }
 }
 
@@ -54,7 +53,7 @@ mod tests {
         assert_ne!(a.unknown_login("typo_password1!"), b.unknown_login("typo_password1!"));
         // Not the plain SHA-256 that an attacker could look up or crack without the key.
         use sha2::Digest;
-        let plain: String = sha2::Sha256::digest(b"typo_password1!")[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let plain = crate::crypto::hex(&sha2::Sha256::digest(b"typo_password1!")[..16]);
         assert!(!a.unknown_login("typo_password1!").contains(&plain[..24]));
         assert!(a.unknown_login("x").len() <= 80, "fits login_throttles.subject");
     }

@@ -22,5 +22,10 @@ pub fn random_token(bytes: usize) -> String {
 pub fn key_id(secret: &SecretString) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(secret.expose_secret().as_bytes());
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    hex(&digest[..8])
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

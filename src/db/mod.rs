@@ -153,7 +153,7 @@ impl DbPool {
                 Self::Postgres(build_pool(manager, opts)?)
             }
             DbTarget::Sqlite(path) => {
-                ensure_parent_dir(path)?;
+                prepare_sqlite_file(path)?;
                 let mut config = ManagerConfig::<SqliteConn>::default();
                 config.recycling_method = RecyclingMethod::Fast;
                 config.custom_setup = Box::new(|url| setup_sqlite(url.to_owned()).boxed());
@@ -223,7 +223,7 @@ where
 /// would create them world-readable, and its WAL and shared-memory files copy the database
 /// file's mode. An existing database readable by others is left as the operator made it, with a
 /// warning.
-fn ensure_parent_dir(path: &Path) -> anyhow::Result<()> {
+fn prepare_sqlite_file(path: &Path) -> anyhow::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         crate::config::create_private_dir(dir)
             .map_err(|e| anyhow::anyhow!("cannot create database directory {}: {e:#}", dir.display()))?;
@@ -287,7 +287,7 @@ pub async fn migrate(target: &DbTarget) -> anyhow::Result<Vec<String>> {
             .await??
         }
         DbTarget::Sqlite(path) => {
-            ensure_parent_dir(path)?;
+            prepare_sqlite_file(path)?;
             let path = path.clone();
             tokio::task::spawn_blocking(move || {
                 use diesel::Connection;

@@ -14,7 +14,7 @@ static POOL: LazyLock<Option<DescriptorPool>> =
     LazyLock::new(|| DescriptorPool::decode(crate::pb::FILE_DESCRIPTOR_SET).ok());
 
 /// The request's message, once every string in it is free of control characters.
-pub fn body<T: prost::Message + prost::Name + Default>(request: Request<T>) -> Result<T, Status> {
+pub fn body<T: prost::Message + prost::Name>(request: Request<T>) -> Result<T, Status> {
     let message = request.into_inner();
     refuse_control_characters(&message)?;
     Ok(message)

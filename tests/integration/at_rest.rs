@@ -23,7 +23,7 @@ async fn unknown_names_are_stored_as_keyed_hashes(s: TestServer) {
     let unknown: Vec<&String> = subjects.iter().filter(|s| s.starts_with("login:")).collect();
     assert_eq!(unknown.len(), 1, "{subjects:?}");
     use sha2::Digest;
-    let plain: String = sha2::Sha256::digest(typed.to_lowercase()).iter().map(|b| format!("{b:02x}")).collect();
+    let plain = instachatico_auth::crypto::hex(&sha2::Sha256::digest(typed.to_lowercase()));
     let hex = unknown[0].trim_start_matches("login:");
     assert_eq!(hex.len(), 32, "{hex}");
     assert!(!plain.contains(hex) && !hex.contains(&plain[..16]), "an unkeyed SHA-256 of what was typed is stored");

@@ -456,15 +456,7 @@ async fn request_ids_cannot_forge_log_lines() {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
-    // The service's stderr is read on another thread: wait (bounded) for the last line to arrive.
-    let mut log = service.log();
-    for _ in 0..50 {
-        if log.iter().any(|l| l.contains("request_id=\"safe-id-42\"")) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        log = service.log();
-    }
+    let log = service.log_once_it_has("request_id=\"safe-id-42\"").await;
     let leaked: Vec<&String> = log.iter().filter(|l| l.contains("forged") || l.contains("fake}")).collect();
     assert!(leaked.is_empty(), "the forged id reached the log: {leaked:#?}");
     assert!(

@@ -475,15 +475,7 @@ async fn many_failures_from_one_address_raise_an_alert() {
             Code::Unauthenticated,
         );
     }
-    // The service's stderr is read on another thread: give the line a moment to arrive.
-    let mut log = service.log();
-    for _ in 0..50 {
-        if log.iter().any(|l| l.contains("ALERT")) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        log = service.log();
-    }
+    let log = service.log_once_it_has("ALERT").await;
     let alerts: Vec<&String> =
         log.iter().filter(|l| l.contains("ALERT: many failed logins from one address")).collect();
     assert_eq!(alerts.len(), 1, "{log:?}");
