@@ -205,6 +205,76 @@ async fn a_backend_change_racing_deactivation_is_ordered(s: TestServer) {
     }
 }
 
+/// One session ended three ways at once (its own logout, the owner's other session revoking it,
+/// an admin ending all of the user's sessions) while the admin also clears the user's
+/// throttling: every answer is a clear one, the admin's always succeed, and no session survives.
+async fn session_revocations_racing_each_other(s: TestServer) {
+    let Some((_envoy, api)) = envoy(&s).await else { return };
+    let admin = api.login(ADMIN_USERNAME, ADMIN_PASSWORD).await;
+    let id = create(&api, &admin, "sami", "user").await;
+    for round in 0..ROUNDS {
+        let (a, b) = (api.login("sami", USER_PASSWORD).await, api.login("sami", USER_PASSWORD).await);
+        let listed = api.get("/api/v1/users/me/sessions", Some(&b)).await;
+        let a_sid = listed.body["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["current"] == false)
+            .map(|x| x["id"].as_str().unwrap().to_owned())
+            .unwrap();
+        let (logout, revoke, revoke_all, unlock) = tokio::join!(
+            async {
+                jitter(5).await;
+                api.post("/api/v1/auth/logout", Some(&a), json!({})).await
+            },
+            async {
+                jitter(5).await;
+                api.call(reqwest::Method::DELETE, &format!("/api/v1/users/me/sessions/{a_sid}"), Some(&b), None).await
+            },
+            async {
+                jitter(5).await;
+                api.call(reqwest::Method::DELETE, &format!("/api/v1/users/{id}/sessions"), Some(&admin), None).await
+            },
+            async {
+                jitter(5).await;
+                api.post(&format!("/api/v1/users/{id}/unlock"), Some(&admin), json!({})).await
+            }
+        );
+        for reply in [&logout, &revoke, &revoke_all, &unlock] {
+            never_internal(reply);
+        }
+        assert_eq!((revoke_all.status, unlock.status), (200, 200), "round {round}: {revoke_all:?} / {unlock:?}");
+        assert!(matches!(logout.status, 200 | 401), "round {round}: {logout:?}");
+        assert!(matches!(revoke.status, 200 | 401 | 404), "round {round}: {revoke:?}");
+        for token in [&a, &b] {
+            assert_eq!(api.get("/api/v1/users/me", Some(token)).await.status, 401, "round {round}: a session survived");
+        }
+    }
+}
+
+/// Admins creating the same account at once: one 201, the others 409, never a 500.
+async fn concurrent_creates_of_one_name(s: TestServer) {
+    let Some((_envoy, api)) = envoy(&s).await else { return };
+    let admin = api.login(ADMIN_USERNAME, ADMIN_PASSWORD).await;
+    for round in 0..ROUNDS / 2 {
+        let calls = (0..4).map(|i| {
+            let (api, admin) = (api.clone(), admin.clone());
+            // Same username in two cases, same email: each collides with the others.
+            let name = if i % 2 == 0 { format!("twin{round}") } else { format!("TWIN{round}") };
+            let body =
+                json!({"username": name, "email": format!("twin{round}@example.com"), "password": USER_PASSWORD});
+            async move { api.post("/api/v1/users", Some(&admin), body).await }
+        });
+        let replies = futures_util::future::join_all(calls).await;
+        for reply in &replies {
+            never_internal(reply);
+        }
+        let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
+        assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "round {round}: {statuses:?}");
+        assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 3, "round {round}: {statuses:?}");
+    }
+}
+
 /// The last two active admins demote or deactivate each other at the same moment: one of them
 /// wins, the other is refused (it is no longer an admin, or its session ended), and an active
 /// admin always remains.
@@ -340,4 +410,6 @@ crate::on_both_backends!(
     two_admins_deleting_each_other_get_clear_answers,
     concurrent_admin_updates_all_succeed,
     concurrent_refreshes_all_succeed,
+    session_revocations_racing_each_other,
+    concurrent_creates_of_one_name,
 );
