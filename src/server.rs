@@ -92,7 +92,7 @@ async fn check_stored_tokens(app: &App, config: &Config) -> anyhow::Result<()> {
          (users {:?}): the key is wrong, or an old key is missing from ENCRYPTION_PREVIOUS_KEYS",
         check.unreadable.len(),
         check.sampled,
-        check.unreadable
+        check.unreadable.iter().map(|id| id.get()).collect::<Vec<_>>()
     );
     if config.app_env == crate::config::AppEnv::Production {
         anyhow::bail!("refusing to start: {message}");
@@ -111,7 +111,7 @@ pub async fn bootstrap_admin(app: &App, config: &Config) -> anyhow::Result<()> {
     };
     match app.bootstrap_admin(username, email, password, Utc::now()).await {
         Ok(BootstrapOutcome::Created(id)) => {
-            tracing::info!(user_id = id, username, "created the first admin from ADMIN_*")
+            tracing::info!(user_id = id.get(), username, "created the first admin from ADMIN_*")
         }
         Ok(BootstrapOutcome::AlreadyExists) => {
             tracing::debug!(username, "ADMIN_USERNAME exists; bootstrap skipped")

@@ -604,8 +604,9 @@ pub async fn seed(
     n: usize,
     password_hash: &str,
 ) -> (Vec<(String, String)>, Vec<String>) {
-    use instachatico_auth::db::models::users::{self, NewUserRow};
-    use instachatico_auth::db::models::{SessionRow, sessions};
+    use instachatico_auth::crypto::jwt::Subject;
+    use instachatico_auth::db::models::{sessions, users};
+    use instachatico_auth::model::{NewUserRecord, Role, Session, SessionId};
     let now = chrono::Utc::now();
     let mut conn = db.get().await.expect("db");
     let (mut credentials, mut tokens) = (Vec::with_capacity(n), Vec::with_capacity(n));
@@ -614,31 +615,29 @@ pub async fn seed(
         let email = format!("{username}@example.com");
         let user = users::insert(
             &mut conn,
-            &NewUserRow {
-                username: &username,
-                email: &email,
-                password_hash,
-                role: "user",
-                is_active: true,
-                created_at: now.naive_utc(),
-                updated_at: now.naive_utc(),
+            &NewUserRecord {
+                username: username.clone(),
+                email,
+                password_hash: password_hash.to_owned(),
+                role: Role::User,
+                created_at: now,
             },
         )
         .await
         .expect("seed user");
-        let session = SessionRow {
-            id: uuid::Uuid::new_v4().to_string(),
+        let session = Session {
+            id: SessionId::random(),
             user_id: user.id,
-            created_at: now.naive_utc(),
-            refreshed_at: now.naive_utc(),
-            expires_at: (now + chrono::Duration::hours(24)).naive_utc(),
+            created_at: now,
+            refreshed_at: now,
+            expires_at: now + chrono::Duration::hours(24),
             revoked_at: None,
             ip_address: None,
             user_agent: Some("loadgen".into()),
         };
         sessions::insert(&mut conn, &session).await.expect("seed session");
-        let token =
-            jwt.issue(user.id, &username, "user", &session.id, now, now + chrono::Duration::hours(24)).expect("token");
+        let subject = Subject { user_id: user.id, username: &username, role: Role::User, session: &session.id };
+        let token = jwt.issue(&subject, now, now + chrono::Duration::hours(24)).expect("token");
         credentials.push((username, PASSWORD.to_owned()));
         tokens.push(token);
     }

@@ -10,6 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::model::{Role, SessionId, UserId};
 
 pub const ISSUER: &str = "instachatico-auth";
 /// Shortest secret accepted: HS256 wants at least 256 bits.
@@ -35,9 +36,22 @@ pub struct Claims {
 }
 
 impl Claims {
-    pub fn user_id(&self) -> Result<i32> {
-        self.sub.parse().map_err(|_| Error::Unauthenticated("Invalid token"))
+    pub fn user_id(&self) -> Result<UserId> {
+        self.sub.parse().map(UserId).map_err(|_| Error::Unauthenticated("Invalid token"))
     }
+
+    pub fn session_id(&self) -> SessionId {
+        SessionId::from(self.sid.clone())
+    }
+}
+
+/// Whom a token is issued to, in which session.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub user_id: UserId,
+    pub username: &'a str,
+    pub role: Role,
+    pub session: &'a SessionId,
 }
 
 struct SigningKey {
@@ -93,20 +107,12 @@ impl JwtKeys {
     }
 
     /// Signs a token for the session. `expires_at` is already capped by the caller.
-    pub fn issue(
-        &self,
-        user_id: i32,
-        username: &str,
-        role: &str,
-        session_id: &str,
-        now: DateTime<Utc>,
-        expires_at: DateTime<Utc>,
-    ) -> Result<String> {
+    pub fn issue(&self, subject: &Subject<'_>, now: DateTime<Utc>, expires_at: DateTime<Utc>) -> Result<String> {
         let claims = Claims {
-            sub: user_id.to_string(),
-            username: username.to_owned(),
-            role: role.to_owned(),
-            sid: session_id.to_owned(),
+            sub: subject.user_id.to_string(),
+            username: subject.username.to_owned(),
+            role: subject.role.as_str().to_owned(),
+            sid: subject.session.as_str().to_owned(),
             jti: uuid::Uuid::new_v4().to_string(),
             iat: now.timestamp(),
             exp: expires_at.timestamp(),
@@ -177,7 +183,9 @@ mod tests {
     const B: &str = "another-very-long-secret-key-for-tests-987654";
 
     fn token(k: &JwtKeys, now: DateTime<Utc>) -> String {
-        k.issue(7, "alice", "user", "sid-1", now, now + Duration::minutes(60)).unwrap()
+        let session = SessionId::from("sid-1".to_owned());
+        let subject = Subject { user_id: UserId(7), username: "alice", role: Role::User, session: &session };
+        k.issue(&subject, now, now + Duration::minutes(60)).unwrap()
     }
 
     #[test]

@@ -10,6 +10,7 @@ use futures_util::StreamExt;
 
 use super::{DbConn, map_err};
 use crate::error::Result;
+use crate::model::UserId;
 
 pub const CHANNEL: &str = "instachatico_auth_invalidate";
 
@@ -17,7 +18,7 @@ diesel::define_sql_function!(fn pg_notify(channel: Text, payload: Text));
 
 /// Tells every replica that `user_id`'s sessions or account changed (PostgreSQL only; a
 /// SQLite deployment is one process, which invalidates its own cache).
-pub async fn user_changed(conn: &mut DbConn, user_id: i32) -> Result<()> {
+pub async fn user_changed(conn: &mut DbConn, user_id: UserId) -> Result<()> {
     let started = std::time::Instant::now();
     if let DbConn::Postgres(conn) = conn {
         let conn: &mut AsyncPgConnection = &mut *conn;
@@ -33,7 +34,7 @@ pub enum Event {
     Connected,
     /// The connection dropped: changes may go unnoticed until `Connected`.
     Disconnected,
-    UserChanged(i32),
+    UserChanged(UserId),
 }
 
 /// Listens forever, reconnecting after failures, and reports to `on_event`.
@@ -49,7 +50,7 @@ pub async fn listen(url: String, on_event: impl Fn(Event) + Send + 'static) {
                     while let Some(item) = stream.next().await {
                         match item {
                             Ok(n) => match n.payload.parse() {
-                                Ok(user_id) => on_event(Event::UserChanged(user_id)),
+                                Ok(user_id) => on_event(Event::UserChanged(UserId(user_id))),
                                 Err(_) => tracing::warn!(payload = %n.payload, "ignoring a malformed invalidation"),
                             },
                             Err(e) => {

@@ -4,10 +4,11 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::types::ClientInfo;
+use super::types::{ClientInfo, UserId};
 use crate::db::DbConn;
-use crate::db::models::{NewAuditRow, audit};
+use crate::db::models::audit;
 use crate::error::Result;
+pub use crate::model::{AuditEntry, AuditQuery};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -68,15 +69,25 @@ impl Action {
 pub struct Event {
     pub action: Action,
     /// The account the event is about.
-    pub user_id: Option<i32>,
+    pub user_id: Option<UserId>,
     /// Who acted, when not the user themself.
-    pub actor_id: Option<i32>,
+    pub actor_id: Option<UserId>,
     pub metadata: Value,
+    /// The user whose cached sessions the event makes stale, if any.
+    invalidates: Option<UserId>,
 }
 
 impl Event {
-    pub fn new(action: Action, user_id: Option<i32>) -> Self {
-        Self { action, user_id, actor_id: user_id, metadata: json!({}) }
+    pub fn new(action: Action, user_id: Option<UserId>) -> Self {
+        let invalidates = user_id.filter(|_| action.changes_sessions());
+        Self { action, user_id, actor_id: user_id, metadata: json!({}), invalidates }
+    }
+
+    /// An event about a user who is gone (`user_id` cannot point at them) whose cached sessions
+    /// must still go.
+    pub fn invalidating(mut self, user_id: UserId) -> Self {
+        self.invalidates = Some(user_id);
+        self
     }
 
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
@@ -90,74 +101,74 @@ impl Event {
 /// Longest user agent kept.
 const USER_AGENT_MAX: usize = 512;
 
-pub async fn record(conn: &mut DbConn, event: Event, client: &ClientInfo, now: DateTime<Utc>) -> Result<()> {
+/// What a recorded event asks of the caches once its transaction commits: hand it to
+/// [`App::committed`](super::App::committed).
+#[must_use = "a committed change must reach this replica's cache (App::committed)"]
+#[derive(Debug, Clone, Copy)]
+pub struct Recorded {
+    invalidates: Option<UserId>,
+}
+
+impl Recorded {
+    /// For a caller whose event cannot make a cached session stale.
+    pub fn nothing_cached(self) {
+        debug_assert!(self.invalidates.is_none(), "a session-changing event must reach the cache");
+    }
+}
+
+/// Writes `event` in the caller's transaction. Every state change is audited, so this is the one
+/// place that decides which cached sessions it makes stale: it tells the other replicas (NOTIFY,
+/// delivered on commit) and returns what this replica must drop after the commit.
+pub async fn record(conn: &mut DbConn, event: Event, client: &ClientInfo, now: DateTime<Utc>) -> Result<Recorded> {
     let user_agent = client.user_agent.as_deref().map(|ua| ua.chars().take(USER_AGENT_MAX).collect::<String>());
-    // Every state change is audited, so this is the one place that tells the other replicas.
-    if let (true, Some(user_id)) = (event.action.changes_sessions(), event.user_id) {
+    let recorded = Recorded { invalidates: event.invalidates };
+    if let Some(user_id) = recorded.invalidates {
         crate::db::notify::user_changed(conn, user_id).await?;
     }
-    let row = NewAuditRow {
+    let entry = AuditEntry {
+        id: 0,
         user_id: event.user_id,
         actor_id: event.actor_id,
         action: event.action.as_str().to_owned(),
         ip_address: client.ip.map(|ip| ip.to_string()),
         user_agent,
-        metadata: event.metadata.to_string(),
-        created_at: now.naive_utc(),
+        metadata: event.metadata,
+        created_at: now,
     };
-    audit::insert(conn, &row).await
+    audit::insert(conn, &entry).await?;
+    Ok(recorded)
 }
 
 /// Records an event outside any transaction; a failure is logged, not returned, because the
 /// request it describes has already been decided.
 pub async fn record_best_effort(conn: &mut DbConn, event: Event, client: &ClientInfo, now: DateTime<Utc>) {
     let action = event.action.as_str();
-    if let Err(e) = record(conn, event, client, now).await {
-        tracing::error!(action, error = ?e, "failed to write audit row");
-    }
-}
-
-/// An audit row as admins read it.
-#[derive(Debug, Clone)]
-pub struct AuditEntry {
-    pub id: i64,
-    pub user_id: Option<i32>,
-    pub actor_id: Option<i32>,
-    pub action: String,
-    pub ip_address: Option<String>,
-    pub user_agent: Option<String>,
-    pub metadata: Value,
-    pub created_at: DateTime<Utc>,
-}
-
-impl From<crate::db::models::AuditRow> for AuditEntry {
-    fn from(r: crate::db::models::AuditRow) -> Self {
-        Self {
-            id: r.id,
-            user_id: r.user_id,
-            actor_id: r.actor_id,
-            action: r.action,
-            ip_address: r.ip_address,
-            user_agent: r.user_agent,
-            metadata: serde_json::from_str(&r.metadata).unwrap_or_else(|_| json!({})),
-            created_at: r.created_at.and_utc(),
-        }
+    match record(conn, event, client, now).await {
+        Ok(recorded) => recorded.nothing_cached(),
+        Err(e) => tracing::error!(action, error = ?e, "failed to write audit row"),
     }
 }
 
 impl super::App {
+    /// After the transaction that recorded an event committed: drops this replica's cached
+    /// sessions that the event made stale.
+    pub(super) fn committed(&self, recorded: Recorded) {
+        if let Some(user_id) = recorded.invalidates {
+            self.cache().bump(user_id);
+        }
+    }
+
     /// Admin: a page of audit rows, newest first, and the number of matches.
     pub async fn list_audit(
         &self,
         actor: &super::types::Actor<'_>,
-        filter: &audit::AuditFilter,
+        filter: &AuditQuery,
         limit: i64,
         offset: i64,
     ) -> crate::error::Result<(Vec<AuditEntry>, i64)> {
         actor.require_admin()?;
         let (limit, offset) = super::page(limit, offset)?;
         let mut conn = self.db().get().await?;
-        let (rows, total) = audit::query(&mut conn, filter, limit, offset).await?;
-        Ok((rows.into_iter().map(AuditEntry::from).collect(), total))
+        audit::query(&mut conn, filter, limit, offset).await
     }
 }

@@ -9,10 +9,10 @@ use secrecy::{ExposeSecret, SecretString};
 use super::App;
 use super::audit::{self, Action, Event};
 use super::sessions::user_subject;
-use super::types::{ClientInfo, IssuedToken, LoginOutcome, Principal, UserView};
-use crate::crypto::jwt::Claims;
+use super::types::{ClientInfo, IssuedToken, LoginOutcome, Principal, Session, SessionId, User, UserId, UserView};
+use crate::crypto::jwt::{Claims, Subject};
 use crate::db::models::audit as audit_rows;
-use crate::db::models::{SessionRow, UserRow, sessions, throttles, users};
+use crate::db::models::{sessions, throttles, users};
 
 use crate::error::{Error, Result};
 
@@ -71,16 +71,16 @@ impl App {
 
         // Decrypt before committing the session, so a key problem fails the login cleanly.
         let backend_config = match &backend {
-            Some(b) => Some((b.api_base_url.clone(), self.cipher().decrypt(&b.bearer_token_encrypted)?)),
+            Some(b) => Some((b.api_base_url.clone(), self.cipher().decrypt(&b.encrypted_token)?)),
             None => None,
         };
 
-        let session = SessionRow {
-            id: uuid::Uuid::new_v4().to_string(),
+        let session = Session {
+            id: SessionId::random(),
             user_id: user.id,
-            created_at: now.naive_utc(),
-            refreshed_at: now.naive_utc(),
-            expires_at: (now + self.session_policy().session_lifetime).naive_utc(),
+            created_at: now,
+            refreshed_at: now,
+            expires_at: now + self.session_policy().session_lifetime,
             revoked_at: None,
             ip_address: client.ip.map(|ip| ip.to_string()),
             user_agent: client.user_agent.clone(),
@@ -89,7 +89,8 @@ impl App {
 
         let (user_id, checked_hash, client_for_task) = (user.id, user.password_hash.clone(), client.clone());
         let new_session = session.clone();
-        self.db()
+        let recorded = self
+            .db()
             .write(Box::new(move |c| {
                 let (session, checked_hash, client) =
                     (new_session.clone(), checked_hash.clone(), client_for_task.clone());
@@ -106,19 +107,19 @@ impl App {
                         return Err(Error::AccountInactive);
                     }
                     sessions::insert(c, &session).await?;
-                    users::set_last_login(c, user_id, now.naive_utc()).await?;
+                    users::set_last_login(c, user_id, now).await?;
                     throttles::clear(c, &user_subject(user_id), &client_key(&client)).await?;
                     let event = Event::new(Action::LoginSuccess, Some(user_id)).with("session_id", session.id.as_str());
                     audit::record(c, event, &client, now).await
                 })
             }))
             .await?;
+        self.committed(recorded);
         crate::metrics::login_attempt("success");
-        self.forget(user.id);
         self.rehash_if_weak(&user, password);
 
         let mut user = user;
-        user.last_login = Some(now.naive_utc());
+        user.last_login = Some(now);
         Ok(LoginOutcome { token, user: UserView::from((&user, backend.as_ref())), backend: backend_config })
     }
 
@@ -126,7 +127,7 @@ impl App {
     pub async fn authenticate(&self, claims: &Claims, now: DateTime<Utc>) -> Result<Arc<Principal>> {
         let user_id = claims.user_id()?;
         let mut conn = self.db().get().await?;
-        let (session, user, backend) = sessions::find_live(&mut conn, &claims.sid, now.naive_utc())
+        let (session, user, backend) = sessions::find_live(&mut conn, &claims.session_id(), now)
             .await?
             .ok_or(Error::Unauthenticated("Session has ended; sign in again"))?;
         drop(conn);
@@ -152,7 +153,7 @@ impl App {
     }
 
     /// The checks every authenticated request passes, cached or not.
-    fn admit(&self, principal: &Principal, token_user: i32) -> Result<()> {
+    fn admit(&self, principal: &Principal, token_user: UserId) -> Result<()> {
         if principal.session.user_id != token_user {
             return Err(Error::Unauthenticated("Invalid token"));
         }
@@ -169,7 +170,7 @@ impl App {
         let claims = self.jwt().verify_allowing_expired(token, now, window)?;
         let user_id = claims.user_id()?;
         self.inner.api_limiter.check(user_id)?;
-        let (app, sid, client) = (self.clone(), claims.sid, client.clone());
+        let (app, sid, client) = (self.clone(), claims.session_id(), client.clone());
         // The old token stays valid until it expires: a client whose reply was lost retries with
         // it, and concurrent refreshes of one token all succeed.
         self.db()
@@ -177,13 +178,13 @@ impl App {
                 let (app, sid, client) = (app.clone(), sid.clone(), client.clone());
                 Box::pin(async move {
                     users::lock(c, user_id).await?;
-                    let (session, user, _) = sessions::find_live(c, &sid, now.naive_utc())
+                    let (session, user, _) = sessions::find_live(c, &sid, now)
                         .await?
                         .filter(|(s, u, _)| s.user_id == user_id && u.is_active)
                         .ok_or(Error::Unauthenticated("Session has ended; sign in again"))?;
-                    sessions::mark_refreshed(c, &sid, now.naive_utc()).await?;
+                    sessions::mark_refreshed(c, &sid, now).await?;
                     let event = Event::new(Action::TokenRefresh, Some(user_id)).with("session_id", sid.as_str());
-                    audit::record(c, event, &client, now).await?;
+                    audit::record(c, event, &client, now).await?.nothing_cached();
                     app.issue_token(&user, &session, now)
                 })
             }))
@@ -196,28 +197,30 @@ impl App {
         let window = self.session_policy().refresh_window.num_seconds();
         let claims = self.jwt().verify_allowing_expired(token, now, window)?;
         let user_id = claims.user_id()?;
-        let (sid, client) = (claims.sid, client.clone());
-        let result = self
+        let (sid, client) = (claims.session_id(), client.clone());
+        let recorded = self
             .db()
             .write(Box::new(move |c| {
                 let (sid, client) = (sid.clone(), client.clone());
                 Box::pin(async move {
                     users::lock(c, user_id).await?;
-                    if !sessions::revoke(c, &sid, now.naive_utc()).await? {
+                    if !sessions::revoke(c, &sid, now).await? {
                         return Err(Error::Unauthenticated("Session has already ended"));
                     }
                     let event = Event::new(Action::Logout, Some(user_id)).with("session_id", sid.as_str());
                     audit::record(c, event, &client, now).await
                 })
             }))
-            .await;
-        self.after_write(user_id, result)
+            .await?;
+        self.committed(recorded);
+        Ok(())
     }
 
     /// Signs a token for `session`, never outliving it.
-    fn issue_token(&self, user: &UserRow, session: &SessionRow, now: DateTime<Utc>) -> Result<IssuedToken> {
-        let expires_at = (now + self.session_policy().token_lifetime).min(session.expires_at.and_utc());
-        let token = self.jwt().issue(user.id, &user.username, &user.role, &session.id, now, expires_at)?;
+    fn issue_token(&self, user: &User, session: &Session, now: DateTime<Utc>) -> Result<IssuedToken> {
+        let expires_at = (now + self.session_policy().token_lifetime).min(session.expires_at);
+        let subject = Subject { user_id: user.id, username: &user.username, role: user.role, session: &session.id };
+        let token = self.jwt().issue(&subject, now, expires_at)?;
         let expires_in = i32::try_from((expires_at - now).num_seconds().max(0)).unwrap_or(i32::MAX);
         Ok(IssuedToken { access_token: SecretString::from(token), expires_in })
     }
@@ -226,19 +229,19 @@ impl App {
     /// (audited as a throttled sign-in).
     pub(super) async fn refuse_if_throttled(
         &self,
-        user_id: Option<i32>,
+        user_id: Option<UserId>,
         subject: &str,
         client: &ClientInfo,
         now: DateTime<Utc>,
     ) -> Result<()> {
         let mut conn = self.db().get().await?;
-        let until = throttles::locked_until(&mut conn, subject, &client_key(client), now.naive_utc()).await?;
+        let until = throttles::locked_until(&mut conn, subject, &client_key(client), now).await?;
         drop(conn);
         let Some(until) = until else { return Ok(()) };
         self.record_login_failure(user_id, "throttled", client, now).await;
         Err(Error::TooManyRequests {
             message: "Too many failed sign-in attempts; try again later",
-            retry_after: (until.and_utc() - now).to_std().unwrap_or_default(),
+            retry_after: (until - now).to_std().unwrap_or_default(),
         })
     }
 
@@ -246,7 +249,7 @@ impl App {
     /// counted toward the address alert and toward the account's throttling from this address.
     pub(super) async fn sign_in_failed(
         &self,
-        user_id: Option<i32>,
+        user_id: Option<UserId>,
         subject: &str,
         reason: &'static str,
         client: &ClientInfo,
@@ -258,7 +261,7 @@ impl App {
 
     async fn record_login_failure(
         &self,
-        user_id: Option<i32>,
+        user_id: Option<UserId>,
         reason: &'static str,
         client: &ClientInfo,
         now: DateTime<Utc>,
@@ -272,7 +275,7 @@ impl App {
         // Seed 9.3: more than 10 failed logins from one address in 5 minutes is an alert (once,
         // when the count crosses the threshold).
         if let Some(ip) = client.ip {
-            let since = (now - chrono::Duration::minutes(SUSPICIOUS_WINDOW_MINUTES)).naive_utc();
+            let since = now - chrono::Duration::minutes(SUSPICIOUS_WINDOW_MINUTES);
             let count = audit_rows::count_failed_logins_from(&mut conn, &ip.to_string(), since).await;
             if matches!(count, Ok(n) if n == SUSPICIOUS_FAILURES + 1) {
                 crate::metrics::suspicious_address();
@@ -282,20 +285,20 @@ impl App {
     }
 
     /// Counts a failure of `subject` from this address; at the threshold, starts a cool-down.
-    async fn count_failure(&self, subject: &str, user_id: Option<i32>, client: &ClientInfo, now: DateTime<Utc>) {
+    async fn count_failure(&self, subject: &str, user_id: Option<UserId>, client: &ClientInfo, now: DateTime<Utc>) {
         let policy = self.security();
         let address = client_key(client);
         let result: Result<()> = async {
             let mut conn = self.db().get().await?;
-            let failures = throttles::record_failure(&mut conn, subject, &address, now.naive_utc()).await?;
+            let failures = throttles::record_failure(&mut conn, subject, &address, now).await?;
             if u32::try_from(failures).unwrap_or(0) >= policy.throttle_threshold {
                 let until = now + policy.throttle_cooldown;
-                throttles::lock(&mut conn, subject, &address, until.naive_utc(), now.naive_utc()).await?;
-                tracing::warn!(user_id, ip = %address, failures, cooldown_seconds = policy.throttle_cooldown.num_seconds(), "login throttled after repeated failures");
+                throttles::lock(&mut conn, subject, &address, until, now).await?;
+                tracing::warn!(user_id = ?user_id.map(UserId::get), ip = %address, failures, cooldown_seconds = policy.throttle_cooldown.num_seconds(), "login throttled after repeated failures");
                 let event = Event::new(Action::LoginThrottled, user_id)
                     .with("failures", failures)
                     .with("until", until.to_rfc3339());
-                audit::record(&mut conn, event, client, now).await?;
+                audit::record(&mut conn, event, client, now).await?.nothing_cached();
             }
             Ok(())
         }
@@ -307,7 +310,7 @@ impl App {
 
     /// Re-hashes at the configured cost when the stored hash is weaker, after the reply (the
     /// user already waited for one hash).
-    fn rehash_if_weak(&self, user: &UserRow, password: &SecretString) {
+    fn rehash_if_weak(&self, user: &User, password: &SecretString) {
         let weak =
             crate::crypto::password::hash_cost(&user.password_hash).is_none_or(|cost| cost < self.hasher().cost());
         if !weak {
@@ -324,10 +327,14 @@ impl App {
             .await;
             match result {
                 Ok(true) => {
-                    tracing::info!(user_id, cost = app.hasher().cost(), "password re-hashed at the configured cost")
+                    tracing::info!(
+                        user_id = user_id.get(),
+                        cost = app.hasher().cost(),
+                        "password re-hashed at the configured cost"
+                    )
                 }
                 Ok(false) => {}
-                Err(e) => tracing::warn!(user_id, error = ?e, "password re-hash failed"),
+                Err(e) => tracing::warn!(user_id = user_id.get(), error = ?e, "password re-hash failed"),
             }
         });
     }

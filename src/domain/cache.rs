@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::types::Principal;
+use super::types::{Principal, UserId};
 
 #[derive(Clone)]
 struct Entry {
@@ -29,7 +29,7 @@ struct Entry {
 /// forgotten generation can only cause misses, never make a stale entry look fresh.
 pub struct PrincipalCache {
     entries: Option<moka::sync::Cache<String, Entry>>,
-    generations: moka::sync::Cache<i32, u64>,
+    generations: moka::sync::Cache<UserId, u64>,
     counter: Arc<AtomicU64>,
     floor: Arc<AtomicU64>,
     /// False while changes made by other replicas could go unnoticed.
@@ -66,7 +66,7 @@ impl PrincipalCache {
         Self { entries, generations, counter, floor, trustworthy: AtomicBool::new(!needs_listener) }
     }
 
-    fn generation(&self, user_id: i32) -> u64 {
+    fn generation(&self, user_id: UserId) -> u64 {
         let floor = self.floor.load(Ordering::Acquire);
         self.generations.get(&user_id).map_or(floor, |g| g.max(floor))
     }
@@ -80,7 +80,7 @@ impl PrincipalCache {
         }
         let entry = entries.get(token)?;
         let fresh = entry.expires > now.timestamp()
-            && entry.principal.session.expires_at > now.naive_utc()
+            && entry.principal.session.expires_at > now
             && entry.generation == self.generation(entry.principal.user.id);
         crate::metrics::cache_lookup(fresh);
         fresh.then_some(entry.principal)
@@ -96,12 +96,12 @@ impl PrincipalCache {
     }
 
     /// The generation to pass to [`put`](Self::put) for a read about to start.
-    pub fn generation_before_read(&self, user_id: i32) -> u64 {
+    pub fn generation_before_read(&self, user_id: UserId) -> u64 {
         self.generation(user_id)
     }
 
     /// Invalidates every cached session of `user_id`.
-    pub fn bump(&self, user_id: i32) {
+    pub fn bump(&self, user_id: UserId) {
         self.generations.insert(user_id, self.counter.fetch_add(1, Ordering::AcqRel) + 1);
     }
 
@@ -123,26 +123,27 @@ impl PrincipalCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::models::{SessionRow, UserRow};
+    use crate::model::{Role, Session, SessionId, User};
 
     fn principal(user_id: i32, sid: &str) -> Principal {
-        let t = chrono::Utc::now().naive_utc();
+        let t = chrono::Utc::now();
         let far = t + chrono::Duration::hours(1);
+        let user_id = UserId(user_id);
         Principal {
-            user: UserRow {
+            user: User {
                 id: user_id,
                 username: "u".into(),
                 email: "u@example.com".into(),
                 password_hash: String::new(),
-                role: "user".into(),
+                role: Role::User,
                 is_active: true,
                 created_at: t,
                 updated_at: t,
                 last_login: None,
             },
             backend: None,
-            session: SessionRow {
-                id: sid.into(),
+            session: Session {
+                id: SessionId::from(sid.to_owned()),
                 user_id,
                 created_at: t,
                 refreshed_at: t,
@@ -159,13 +160,13 @@ mod tests {
         let cache = PrincipalCache::new(Duration::from_secs(60), false);
         let now = chrono::Utc::now();
         let exp = now.timestamp() + 3600;
-        cache.put("ta", exp, Arc::new(principal(1, "a")), cache.generation_before_read(1));
-        cache.put("tb", exp, Arc::new(principal(2, "b")), cache.generation_before_read(2));
+        cache.put("ta", exp, Arc::new(principal(1, "a")), cache.generation_before_read(UserId(1)));
+        cache.put("tb", exp, Arc::new(principal(2, "b")), cache.generation_before_read(UserId(2)));
         assert!(cache.get("ta", now).is_some());
         assert!(cache.get("tx", now).is_none(), "only the exact token hits");
         // A read that began before a change must not fill a fresh-looking entry.
-        let before = cache.generation_before_read(1);
-        cache.bump(1);
+        let before = cache.generation_before_read(UserId(1));
+        cache.bump(UserId(1));
         cache.put("ta", exp, Arc::new(principal(1, "a")), before);
         assert!(cache.get("ta", now).is_none());
         assert!(cache.get("tb", now).is_some(), "other users keep their entries");
@@ -178,13 +179,13 @@ mod tests {
         let cache = PrincipalCache::new(Duration::from_secs(60), true);
         let now = chrono::Utc::now();
         let exp = now.timestamp() + 60;
-        cache.put("ta", exp, Arc::new(principal(1, "a")), cache.generation_before_read(1));
+        cache.put("ta", exp, Arc::new(principal(1, "a")), cache.generation_before_read(UserId(1)));
         assert!(cache.get("ta", now).is_none());
         cache.set_trustworthy(true);
-        cache.put("ta", exp, Arc::new(principal(1, "a")), cache.generation_before_read(1));
+        cache.put("ta", exp, Arc::new(principal(1, "a")), cache.generation_before_read(UserId(1)));
         assert!(cache.get("ta", now).is_some());
         assert!(cache.get("ta", now + chrono::Duration::seconds(61)).is_none(), "past the token's exp");
-        cache.put("tb", now.timestamp() + 7200, Arc::new(principal(1, "b")), cache.generation_before_read(1));
+        cache.put("tb", now.timestamp() + 7200, Arc::new(principal(1, "b")), cache.generation_before_read(UserId(1)));
         assert!(
             cache.get("tb", now + chrono::Duration::hours(1) + chrono::Duration::seconds(1)).is_none(),
             "past the session's end"

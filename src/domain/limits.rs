@@ -13,6 +13,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use super::App;
+use super::types::UserId;
 use crate::db::models::rate_limits;
 use crate::error::{Error, Result};
 
@@ -20,7 +21,7 @@ const MINUTE_US: i64 = 60_000_000;
 
 /// The in-memory per-user limiter (None when disabled).
 pub struct ApiLimiter {
-    limiter: Option<DefaultKeyedRateLimiter<i32>>,
+    limiter: Option<DefaultKeyedRateLimiter<UserId>>,
 }
 
 impl ApiLimiter {
@@ -29,7 +30,7 @@ impl ApiLimiter {
     }
 
     /// Admits one request of `user_id` or says how long to wait.
-    pub fn check(&self, user_id: i32) -> Result<()> {
+    pub fn check(&self, user_id: UserId) -> Result<()> {
         let Some(limiter) = &self.limiter else { return Ok(()) };
         limiter.check_key(&user_id).map_err(|not_until| Error::TooManyRequests {
             message: "Too many requests; slow down",

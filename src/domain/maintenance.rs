@@ -5,7 +5,7 @@ use chrono::{DateTime, Duration, Utc};
 
 use super::App;
 use super::audit::{self, Action, Event};
-use super::types::ClientInfo;
+use super::types::{ClientInfo, UserId};
 use crate::crypto::secrets::KeyUsed;
 use crate::db::models::{backends, rate_limits, sessions, throttles};
 use crate::error::Result;
@@ -19,7 +19,7 @@ const KEEP_ENDED_SESSIONS: i64 = 7;
 pub struct TokenCheck {
     pub sampled: usize,
     /// Users whose stored backend token no configured key decrypts.
-    pub unreadable: Vec<i32>,
+    pub unreadable: Vec<UserId>,
 }
 
 /// What health checks report.
@@ -36,7 +36,7 @@ impl App {
     pub async fn check_stored_tokens(&self, limit: i64) -> Result<TokenCheck> {
         let mut conn = self.db().get().await?;
         let sample = backends::sample_tokens(&mut conn, limit).await?;
-        let unreadable: Vec<i32> =
+        let unreadable: Vec<UserId> =
             sample.iter().filter(|(_, token)| self.cipher().decrypt(token).is_err()).map(|(user, _)| *user).collect();
         self.inner.keys_unreadable.store(!unreadable.is_empty(), std::sync::atomic::Ordering::Relaxed);
         Ok(TokenCheck { sampled: sample.len(), unreadable })
@@ -55,9 +55,9 @@ impl App {
         self.inner.api_limiter.shrink();
         let mut conn = self.db().get().await?;
         rate_limits::purge(&mut conn, now.timestamp_micros()).await?;
-        throttles::purge(&mut conn, (now - Duration::days(1)).naive_utc(), now.naive_utc()).await?;
-        sessions::purge_ended(&mut conn, (now - Duration::days(KEEP_ENDED_SESSIONS)).naive_utc()).await?;
-        let live = sessions::count_live(&mut conn, now.naive_utc()).await?;
+        throttles::purge(&mut conn, now - Duration::days(1), now).await?;
+        sessions::purge_ended(&mut conn, now - Duration::days(KEEP_ENDED_SESSIONS)).await?;
+        let live = sessions::count_live(&mut conn, now).await?;
         crate::metrics::active_sessions(live);
         Ok(())
     }
@@ -84,7 +84,7 @@ impl App {
                         .with("tokens", tokens.len())
                         .with("reencrypted", changed)
                         .with("via", "cli");
-                    audit::record(c, event, &client, now).await?;
+                    audit::record(c, event, &client, now).await?.nothing_cached();
                     Ok((tokens.len(), changed))
                 })
             }))

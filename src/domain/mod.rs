@@ -1,5 +1,7 @@
 //! The rules of the service: sign-in, sessions, users, audit. No transport and no SQL here:
-//! transports call [`App`], and [`App`] calls the repositories in `db::models`.
+//! transports call [`App`], and [`App`] calls the repositories in `db::models`, speaking the
+//! vocabulary of `crate::model` (rows never leave `db`). As in kanidm, time is a parameter: every
+//! rule takes `now`, so tests can move the clock.
 
 pub mod audit;
 mod auth;
@@ -103,20 +105,6 @@ impl App {
 
     pub fn cache(&self) -> &cache::PrincipalCache {
         &self.inner.cache
-    }
-
-    /// Drops this process's cached sessions of `user_id` (after a committed change; other
-    /// replicas hear of it through the database).
-    pub(crate) fn forget(&self, user_id: i32) {
-        self.inner.cache.bump(user_id);
-    }
-
-    /// [`forget`](Self::forget)s `user_id` once a write committed, passing its result on.
-    pub(crate) fn after_write<T>(&self, user_id: i32, result: crate::error::Result<T>) -> crate::error::Result<T> {
-        if result.is_ok() {
-            self.forget(user_id);
-        }
-        result
     }
 
     pub fn security(&self) -> SecurityPolicy {

@@ -5,15 +5,15 @@ use chrono::{DateTime, Utc};
 
 use super::App;
 use super::audit::{Action, Event};
-use super::types::{Actor, ClientInfo, Principal, utc};
+use super::types::{Actor, ClientInfo, Principal, Session, SessionId, UserId};
 use super::writes::{Acting, Target};
-use crate::db::models::{SessionRow, sessions, throttles};
+use crate::db::models::{sessions, throttles};
 use crate::error::{Error, Result};
 
 /// A session as its owner sees it.
 #[derive(Debug, Clone)]
 pub struct SessionView {
-    pub id: String,
+    pub id: SessionId,
     pub created_at: DateTime<Utc>,
     pub refreshed_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
@@ -24,28 +24,28 @@ pub struct SessionView {
 }
 
 impl SessionView {
-    fn new(row: SessionRow, current_id: &str) -> Self {
+    fn new(session: Session, current_id: &SessionId) -> Self {
         Self {
-            current: row.id == current_id,
-            id: row.id,
-            created_at: utc(row.created_at),
-            refreshed_at: utc(row.refreshed_at),
-            expires_at: utc(row.expires_at),
-            ip_address: row.ip_address,
-            user_agent: row.user_agent,
+            current: session.id == *current_id,
+            id: session.id,
+            created_at: session.created_at,
+            refreshed_at: session.refreshed_at,
+            expires_at: session.expires_at,
+            ip_address: session.ip_address,
+            user_agent: session.user_agent,
         }
     }
 }
 
 /// The throttling subject of an account.
-pub(super) fn user_subject(user_id: i32) -> String {
+pub(super) fn user_subject(user_id: UserId) -> String {
     format!("user:{user_id}")
 }
 
 impl App {
     pub async fn list_my_sessions(&self, principal: &Principal, now: DateTime<Utc>) -> Result<Vec<SessionView>> {
         let mut conn = self.db().get().await?;
-        let rows = sessions::list_live_for_user(&mut conn, principal.user.id, now.naive_utc()).await?;
+        let rows = sessions::list_live_for_user(&mut conn, principal.user.id, now).await?;
         Ok(rows.into_iter().map(|row| SessionView::new(row, &principal.session.id)).collect())
     }
 
@@ -61,7 +61,7 @@ impl App {
         if session_id.is_empty() {
             return Err(Error::invalid("session_id", "is required"));
         }
-        let (user_id, sid) = (principal.user.id, session_id.to_owned());
+        let (user_id, sid) = (principal.user.id, SessionId::from(session_id.to_owned()));
         self.change_user(
             Acting::owner(principal),
             Target::user(user_id),
@@ -70,7 +70,7 @@ impl App {
             Box::new(move |c, _| {
                 let sid = sid.clone();
                 Box::pin(async move {
-                    if !sessions::revoke_owned(c, &sid, user_id, now.naive_utc()).await? {
+                    if !sessions::revoke_owned(c, &sid, user_id, now).await? {
                         return Err(Error::NotFound("session"));
                     }
                     Ok(((), Event::new(Action::SessionRevoke, Some(user_id)).with("session_id", sid.as_str())))
@@ -84,7 +84,7 @@ impl App {
     pub async fn revoke_user_sessions(
         &self,
         actor: &Actor<'_>,
-        user_id: i32,
+        user_id: UserId,
         client: &ClientInfo,
         now: DateTime<Utc>,
     ) -> Result<usize> {
@@ -96,7 +96,7 @@ impl App {
             now,
             Box::new(move |c, _| {
                 Box::pin(async move {
-                    let ended = sessions::revoke_all_for_user(c, user_id, None, now.naive_utc()).await?;
+                    let ended = sessions::revoke_all_for_user(c, user_id, None, now).await?;
                     let event = Event::new(Action::SessionRevoke, Some(user_id))
                         .with("sessions_ended", ended)
                         .with("all", true);
@@ -111,7 +111,7 @@ impl App {
     pub async fn unlock_user(
         &self,
         actor: &Actor<'_>,
-        user_id: i32,
+        user_id: UserId,
         client: &ClientInfo,
         now: DateTime<Utc>,
     ) -> Result<usize> {

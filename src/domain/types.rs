@@ -2,39 +2,11 @@
 
 use std::net::IpAddr;
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 
-use crate::db::models::{BackendRow, SessionRow, UserRow};
 use crate::error::{Error, Result};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Admin,
-    User,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Admin => "admin",
-            Self::User => "user",
-        }
-    }
-
-    /// Parses a role; `field` names the request field in the error.
-    pub fn parse(field: &'static str, value: &str) -> Result<Self> {
-        match value.trim().to_ascii_lowercase().as_str() {
-            "admin" => Ok(Self::Admin),
-            "user" => Ok(Self::User),
-            _ => Err(Error::invalid(field, "must be \"admin\" or \"user\"")),
-        }
-    }
-
-    pub fn from_db(value: &str) -> Self {
-        if value == "admin" { Self::Admin } else { Self::User }
-    }
-}
+pub use crate::model::{AuditQuery, Backend, Role, Session, SessionId, User, UserId};
 
 /// Where a request came from, for audit rows (and rate limits).
 #[derive(Debug, Clone, Default)]
@@ -46,14 +18,14 @@ pub struct ClientInfo {
 /// An authenticated caller: a live session of an active user.
 #[derive(Debug, Clone)]
 pub struct Principal {
-    pub user: UserRow,
-    pub backend: Option<BackendRow>,
-    pub session: SessionRow,
+    pub user: User,
+    pub backend: Option<Backend>,
+    pub session: Session,
 }
 
 impl Principal {
     pub fn role(&self) -> Role {
-        Role::from_db(&self.user.role)
+        self.user.role
     }
 }
 
@@ -74,7 +46,7 @@ impl Actor<'_> {
         }
     }
 
-    pub fn user_id(&self) -> Option<i32> {
+    pub fn user_id(&self) -> Option<UserId> {
         match self {
             Self::User(p) => Some(p.user.id),
             Self::System(_) => None,
@@ -129,7 +101,7 @@ pub struct UserPatch {
 /// A user as the API shows it: no password hash, no backend token.
 #[derive(Debug, Clone)]
 pub struct UserView {
-    pub id: i32,
+    pub id: UserId,
     pub username: String,
     pub email: String,
     pub role: Role,
@@ -153,35 +125,30 @@ impl UserView {
     }
 }
 
-impl From<&BackendRow> for BackendView {
-    fn from(b: &BackendRow) -> Self {
+impl From<&Backend> for BackendView {
+    fn from(b: &Backend) -> Self {
         Self {
             api_base_url: b.api_base_url.clone(),
             instagram_username: b.instagram_username.clone(),
-            updated_at: utc(b.updated_at),
+            updated_at: b.updated_at,
         }
     }
 }
 
-impl From<(&UserRow, Option<&BackendRow>)> for UserView {
-    fn from((u, b): (&UserRow, Option<&BackendRow>)) -> Self {
+impl From<(&User, Option<&Backend>)> for UserView {
+    fn from((u, b): (&User, Option<&Backend>)) -> Self {
         Self {
             id: u.id,
             username: u.username.clone(),
             email: u.email.clone(),
-            role: Role::from_db(&u.role),
+            role: u.role,
             is_active: u.is_active,
-            created_at: utc(u.created_at),
-            updated_at: utc(u.updated_at),
-            last_login: u.last_login.map(utc),
+            created_at: u.created_at,
+            updated_at: u.updated_at,
+            last_login: u.last_login,
             backend: b.map(BackendView::from),
         }
     }
-}
-
-/// The database stores UTC without a zone.
-pub fn utc(t: NaiveDateTime) -> DateTime<Utc> {
-    t.and_utc()
 }
 
 /// What a successful login hands back.

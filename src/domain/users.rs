@@ -8,20 +8,20 @@ use super::App;
 use super::audit::{Action, Event};
 use super::sessions::user_subject;
 use super::types::{
-    Actor, BackendChange, BackendInput, BackendView, ClientInfo, NewUser, Principal, Role, UserPatch, UserView,
+    Actor, Backend, BackendChange, BackendInput, BackendView, ClientInfo, NewUser, Principal, Role, UserId, UserPatch,
+    UserView,
 };
 use super::writes::{Acting, Target};
 use crate::crypto::password;
 use crate::db::DbConn;
-use crate::db::models::backends::{self, NewBackendRow};
-use crate::db::models::users::{self, NewUserRow, UserChanges};
-use crate::db::models::{UserWithBackend, sessions};
+use crate::db::models::{backends, sessions, users};
 use crate::error::{Error, Result};
+use crate::model::{BackendRecord, NewUserRecord, UserEdit, UserWithBackend};
 
 /// What start-up admin bootstrap did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum BootstrapOutcome {
-    Created(i32),
+    Created(UserId),
     AlreadyExists,
 }
 
@@ -55,19 +55,14 @@ impl App {
             Box::new(move |c, _| {
                 let (new, hash, encrypted) = (new.clone(), hash.clone(), encrypted.clone());
                 Box::pin(async move {
-                    let user = users::insert(
-                        c,
-                        &NewUserRow {
-                            username: &new.username,
-                            email: &new.email,
-                            password_hash: &hash,
-                            role: new.role.as_str(),
-                            is_active: true,
-                            created_at: now.naive_utc(),
-                            updated_at: now.naive_utc(),
-                        },
-                    )
-                    .await?;
+                    let record = NewUserRecord {
+                        username: new.username.clone(),
+                        email: new.email.clone(),
+                        password_hash: hash,
+                        role: new.role,
+                        created_at: now,
+                    };
+                    let user = users::insert(c, &record).await?;
                     let backend = match (&new.backend, &encrypted) {
                         (Some(b), Some(enc)) => Some(upsert_backend(c, user.id, b, enc, "", now).await?),
                         _ => None,
@@ -195,13 +190,9 @@ impl App {
                     if current.is_none_or(|(u, _)| u.password_hash != checked_hash) {
                         return Err(Error::Unavailable("The password changed meanwhile; try again"));
                     }
-                    let changes = UserChanges {
-                        password_hash: Some(hash),
-                        updated_at: Some(now.naive_utc()),
-                        ..Default::default()
-                    };
-                    users::update(c, user_id, &changes).await?;
-                    let ended = sessions::revoke_all_for_user(c, user_id, Some(&keep), now.naive_utc()).await?;
+                    let edit = UserEdit { password_hash: Some(hash), ..UserEdit::at(now) };
+                    users::update(c, user_id, &edit).await?;
+                    let ended = sessions::revoke_all_for_user(c, user_id, Some(&keep), now).await?;
                     Ok(((), Event::new(Action::PasswordChange, Some(user_id)).with("sessions_ended", ended)))
                 })
             }),
@@ -220,7 +211,7 @@ impl App {
     }
 
     /// Admin: one user.
-    pub async fn get_user(&self, actor: &Actor<'_>, id: i32) -> Result<UserView> {
+    pub async fn get_user(&self, actor: &Actor<'_>, id: UserId) -> Result<UserView> {
         actor.require_admin()?;
         let mut conn = self.db().get().await?;
         users::find(&mut conn, id).await?.as_ref().map(view).ok_or(Error::NotFound("user"))
@@ -236,7 +227,7 @@ impl App {
     pub async fn update_user(
         &self,
         actor: &Actor<'_>,
-        id: i32,
+        id: UserId,
         patch: UserPatch,
         client: &ClientInfo,
         now: DateTime<Utc>,
@@ -262,17 +253,16 @@ impl App {
                     let Some((before, backend)) = current else { return Err(Error::NotFound("user")) };
                     // Under the admin-set lock (taken because `demotes`): no concurrent change
                     // can remove another admin between this count and the commit.
-                    if demotes && is_active_admin(&before) && users::count_active_admins(c).await? <= 1 {
+                    if demotes && before.is_active_admin() && users::count_active_admins(c).await? <= 1 {
                         return Err(Error::FailedPrecondition(
                             "The last active admin cannot be deactivated or demoted",
                         ));
                     }
-                    let changes = UserChanges {
+                    let changes = UserEdit {
                         email: patch.email.clone().filter(|e| *e != before.email),
-                        role: patch.role.map(|r| r.as_str().to_owned()).filter(|r| *r != before.role),
+                        role: patch.role.filter(|r| *r != before.role),
                         is_active: patch.is_active.filter(|a| *a != before.is_active),
-                        password_hash: None,
-                        updated_at: Some(now.naive_utc()),
+                        ..UserEdit::at(now)
                     };
                     let mut changed: Vec<&str> = [
                         ("email", changes.email.is_some()),
@@ -296,7 +286,7 @@ impl App {
                     users::update(c, id, &changes).await?;
                     let mut ended = 0;
                     if changes.is_active == Some(false) {
-                        ended = sessions::revoke_all_for_user(c, id, None, now.naive_utc()).await?;
+                        ended = sessions::revoke_all_for_user(c, id, None, now).await?;
                     }
                     let view = users::find(c, id).await?.as_ref().map(view).ok_or(Error::NotFound("user"))?;
                     let event =
@@ -309,7 +299,13 @@ impl App {
     }
 
     /// Admin: deletes a user; backend and sessions go with it, audit rows stay.
-    pub async fn delete_user(&self, actor: &Actor<'_>, id: i32, client: &ClientInfo, now: DateTime<Utc>) -> Result<()> {
+    pub async fn delete_user(
+        &self,
+        actor: &Actor<'_>,
+        id: UserId,
+        client: &ClientInfo,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         actor.require_admin()?;
         if actor.user_id() == Some(id) {
             return Err(Error::FailedPrecondition("You cannot delete your own account"));
@@ -323,16 +319,15 @@ impl App {
             Box::new(move |c, current| {
                 Box::pin(async move {
                     let Some((user, _)) = current else { return Err(Error::NotFound("user")) };
-                    if is_active_admin(&user) && users::count_active_admins(c).await? <= 1 {
+                    if user.is_active_admin() && users::count_active_admins(c).await? <= 1 {
                         return Err(Error::FailedPrecondition("The last active admin cannot be deleted"));
                     }
                     users::delete(c, id).await?;
                     // The row is gone, so the event cannot point at it (as every earlier row about
-                    // this user now does not): it names the user in its metadata, and tells the
-                    // replicas itself.
-                    crate::db::notify::user_changed(c, id).await?;
+                    // this user now does not): it names the user in its metadata.
                     let event = Event::new(Action::UserDelete, None)
-                        .with("deleted_user_id", id)
+                        .invalidating(id)
+                        .with("deleted_user_id", id.get())
                         .with("username", user.username.as_str());
                     Ok(((), event))
                 })
@@ -345,7 +340,7 @@ impl App {
     pub async fn reset_password(
         &self,
         actor: &Actor<'_>,
-        id: i32,
+        id: UserId,
         new: &SecretString,
         client: &ClientInfo,
         now: DateTime<Utc>,
@@ -365,13 +360,9 @@ impl App {
             Box::new(move |c, _| {
                 let hash = hash.clone();
                 Box::pin(async move {
-                    let changes = UserChanges {
-                        password_hash: Some(hash),
-                        updated_at: Some(now.naive_utc()),
-                        ..Default::default()
-                    };
-                    users::update(c, id, &changes).await?;
-                    let ended = sessions::revoke_all_for_user(c, id, None, now.naive_utc()).await?;
+                    let edit = UserEdit { password_hash: Some(hash), ..UserEdit::at(now) };
+                    users::update(c, id, &edit).await?;
+                    let ended = sessions::revoke_all_for_user(c, id, None, now).await?;
                     Ok(((), Event::new(Action::PasswordReset, Some(id)).with("sessions_ended", ended)))
                 })
             }),
@@ -380,34 +371,24 @@ impl App {
     }
 }
 
-fn is_active_admin(user: &crate::db::models::UserRow) -> bool {
-    user.is_active && Role::from_db(&user.role) == Role::Admin
-}
-
 fn view(row: &UserWithBackend) -> UserView {
     UserView::from((&row.0, row.1.as_ref()))
 }
 
 async fn upsert_backend(
     c: &mut DbConn,
-    user_id: i32,
+    user_id: UserId,
     input: &BackendInput,
     encrypted: &str,
     keep_instagram: &str,
     now: DateTime<Utc>,
-) -> Result<crate::db::models::BackendRow> {
-    let instagram = input.instagram_username.as_deref().unwrap_or(keep_instagram);
-    backends::upsert(
-        c,
-        &NewBackendRow {
-            user_id,
-            instagram_username: instagram,
-            api_base_url: &input.api_base_url,
-            bearer_token_encrypted: encrypted,
-            is_active: true,
-            created_at: now.naive_utc(),
-            updated_at: now.naive_utc(),
-        },
-    )
-    .await
+) -> Result<Backend> {
+    let record = BackendRecord {
+        user_id,
+        instagram_username: input.instagram_username.as_deref().unwrap_or(keep_instagram).to_owned(),
+        api_base_url: input.api_base_url.clone(),
+        encrypted_token: encrypted.to_owned(),
+        updated_at: now,
+    };
+    backends::upsert(c, &record).await
 }

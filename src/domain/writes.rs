@@ -19,16 +19,17 @@ use futures_util::future::BoxFuture;
 
 use super::App;
 use super::audit::{self, Event};
-use super::types::{Actor, ClientInfo, Role};
+use super::types::{Actor, ClientInfo, Role, SessionId, UserId};
 use crate::db::DbConn;
-use crate::db::models::{UserWithBackend, sessions, users};
+use crate::db::models::{sessions, users};
 use crate::error::{Error, Result};
+use crate::model::UserWithBackend;
 
 /// Who makes a change, in a form a transaction can re-check (and own across retries).
 #[derive(Debug, Clone)]
 pub(super) enum Acting {
     /// A signed-in user through one session; `admin` when the change needs an admin.
-    Session { user_id: i32, session_id: String, admin: bool },
+    Session { user_id: UserId, session_id: SessionId, admin: bool },
     /// The operator at the CLI, start-up bootstrap, or self-registration.
     System(&'static str),
 }
@@ -47,7 +48,7 @@ impl Acting {
         Self::Session { user_id: principal.user.id, session_id: principal.session.id.clone(), admin: false }
     }
 
-    fn user_id(&self) -> Option<i32> {
+    fn user_id(&self) -> Option<UserId> {
         match self {
             Self::Session { user_id, .. } => Some(*user_id),
             Self::System(_) => None,
@@ -59,11 +60,11 @@ impl Acting {
     async fn recheck(&self, c: &mut DbConn, now: DateTime<Utc>) -> Result<()> {
         let Self::Session { user_id, session_id, admin } = self else { return Ok(()) };
         let ended = Error::Unauthenticated("Session has ended; sign in again");
-        let (session, user, _) = sessions::find_live(c, session_id, now.naive_utc()).await?.ok_or(ended)?;
+        let (session, user, _) = sessions::find_live(c, session_id, now).await?.ok_or(ended)?;
         if session.user_id != *user_id || !user.is_active {
             return Err(Error::Unauthenticated("Session has ended; sign in again"));
         }
-        if *admin && Role::from_db(&user.role) != Role::Admin {
+        if *admin && user.role != Role::Admin {
             return Err(Error::PermissionDenied("Admin privileges required"));
         }
         Ok(())
@@ -74,13 +75,13 @@ impl Acting {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Target {
     /// The user changed (must exist); `None` for a change that creates one.
-    pub user_id: Option<i32>,
+    pub user_id: Option<UserId>,
     /// The change may reduce the set of active admins.
     pub shrinks_admins: bool,
 }
 
 impl Target {
-    pub(super) fn user(user_id: i32) -> Self {
+    pub(super) fn user(user_id: UserId) -> Self {
         Self { user_id: Some(user_id), shrinks_admins: false }
     }
 }
@@ -91,9 +92,8 @@ pub(super) type ChangeFn<T> =
     Box<dyn for<'c> Fn(&'c mut DbConn, Option<UserWithBackend>) -> BoxFuture<'c, Result<(T, Event)>> + Send + Sync>;
 
 impl App {
-    /// Runs one change to a user as described in the module docs, records its audit event (with
-    /// the acting user), and afterwards drops this replica's cached sessions of the target (the
-    /// other replicas hear of it through the audit row's NOTIFY).
+    /// Runs one change to a user as described in the module docs and records its audit event (with
+    /// the acting user), which decides the cached sessions the change makes stale.
     pub(super) async fn change_user<T: Send + 'static>(
         &self,
         acting: Acting,
@@ -103,7 +103,7 @@ impl App {
         change: ChangeFn<T>,
     ) -> Result<T> {
         let (client, change) = (client.clone(), std::sync::Arc::new(change));
-        let result = self
+        let (value, recorded) = self
             .db()
             .write(Box::new(move |c| {
                 let (acting, client, change) = (acting.clone(), client.clone(), std::sync::Arc::clone(&change));
@@ -111,7 +111,7 @@ impl App {
                     if target.shrinks_admins {
                         users::lock_admin_set(c).await?;
                     }
-                    let mut ids: Vec<i32> = acting.user_id().into_iter().chain(target.user_id).collect();
+                    let mut ids: Vec<UserId> = acting.user_id().into_iter().chain(target.user_id).collect();
                     ids.sort_unstable();
                     ids.dedup();
                     for id in ids {
@@ -129,14 +129,12 @@ impl App {
                     if let Acting::System(via) = acting {
                         event = event.with("via", via);
                     }
-                    audit::record(c, event, &client, now).await?;
-                    Ok(value)
+                    let recorded = audit::record(c, event, &client, now).await?;
+                    Ok((value, recorded))
                 })
             }))
-            .await;
-        match target.user_id {
-            Some(id) => self.after_write(id, result),
-            None => result,
-        }
+            .await?;
+        self.committed(recorded);
+        Ok(value)
     }
 }

@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::convert::audit_filter;
+use super::convert::audit_query;
 use super::principal;
 use crate::domain::App;
 use crate::domain::types::Actor;
@@ -27,9 +27,9 @@ impl AuditService for AuditApi {
     ) -> Result<Response<pb::ListAuditLogsResponse>, Status> {
         let me = principal(&request)?;
         let body = super::text::body(request)?;
-        let filter = audit_filter(&body)?;
+        let query = audit_query(&body)?;
         let (entries, total) =
-            self.app.list_audit(&Actor::User(&me), &filter, i64::from(body.limit), i64::from(body.offset)).await?;
+            self.app.list_audit(&Actor::User(&me), &query, i64::from(body.limit), i64::from(body.offset)).await?;
         Ok(Response::new(pb::ListAuditLogsResponse {
             entries: entries.into_iter().map(pb::AuditLog::from).collect(),
             total: i32::try_from(total).unwrap_or(i32::MAX),

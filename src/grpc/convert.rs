@@ -4,10 +4,9 @@
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 
-use crate::db::models::audit::AuditFilter;
-use crate::domain::audit::AuditEntry;
+use crate::domain::audit::{AuditEntry, AuditQuery};
 use crate::domain::sessions::SessionView;
-use crate::domain::types::{BackendChange, BackendInput, BackendView, NewUser, Role, UserPatch, UserView};
+use crate::domain::types::{BackendChange, BackendInput, BackendView, NewUser, Role, UserId, UserPatch, UserView};
 use crate::domain::validate;
 use crate::error::{Error, Result};
 use crate::pb;
@@ -19,7 +18,7 @@ pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
 impl From<&UserView> for pb::User {
     fn from(u: &UserView) -> Self {
         Self {
-            id: u.id,
+            id: u.id.get(),
             username: u.username.clone(),
             email: u.email.clone(),
             instagram_username: u.instagram_username().to_owned(),
@@ -36,7 +35,7 @@ impl From<&UserView> for pb::User {
 impl From<&UserView> for pb::UserInfo {
     fn from(u: &UserView) -> Self {
         Self {
-            id: u.id,
+            id: u.id.get(),
             username: u.username.clone(),
             email: u.email.clone(),
             instagram_username: u.instagram_username().to_owned(),
@@ -113,7 +112,7 @@ impl TryFrom<pb::RegisterRequest> for NewUser {
 impl From<&SessionView> for pb::Session {
     fn from(s: &SessionView) -> Self {
         Self {
-            id: s.id.clone(),
+            id: s.id.as_str().to_owned(),
             created_at: Some(timestamp(s.created_at)),
             refreshed_at: Some(timestamp(s.refreshed_at)),
             expires_at: Some(timestamp(s.expires_at)),
@@ -128,8 +127,8 @@ impl From<AuditEntry> for pb::AuditLog {
     fn from(e: AuditEntry) -> Self {
         Self {
             id: e.id,
-            user_id: e.user_id.unwrap_or(0),
-            actor_id: e.actor_id.unwrap_or(0),
+            user_id: e.user_id.map_or(0, UserId::get),
+            actor_id: e.actor_id.map_or(0, UserId::get),
             action: e.action,
             ip_address: e.ip_address.unwrap_or_default(),
             user_agent: e.user_agent.unwrap_or_default(),
@@ -165,18 +164,18 @@ const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_4
 
 /// A request's timestamp, refused outside the range protobuf defines (beyond it the two
 /// databases would compare it differently) or with nanos outside 0..1e9.
-fn timestamp_in_range(field: &'static str, t: prost_types::Timestamp) -> Result<chrono::NaiveDateTime> {
+fn timestamp_in_range(field: &'static str, t: prost_types::Timestamp) -> Result<DateTime<Utc>> {
     let out_of_range = || Error::invalid(field, "must be a time between 0001-01-01 and 9999-12-31 (UTC)");
     if !TIMESTAMP_SECONDS.contains(&t.seconds) {
         return Err(out_of_range());
     }
     let nanos = u32::try_from(t.nanos).ok().filter(|n| *n < 1_000_000_000).ok_or_else(out_of_range)?;
-    DateTime::from_timestamp(t.seconds, nanos).map(|d| d.naive_utc()).ok_or_else(out_of_range)
+    DateTime::from_timestamp(t.seconds, nanos).ok_or_else(out_of_range)
 }
 
-/// The audit filter from a request; zero/empty fields match anything.
-pub fn audit_filter(r: &pb::ListAuditLogsRequest) -> Result<AuditFilter> {
-    let time = |field: &'static str, t: Option<prost_types::Timestamp>| -> Result<Option<chrono::NaiveDateTime>> {
+/// The audit query of a request; zero/empty fields match anything.
+pub fn audit_query(r: &pb::ListAuditLogsRequest) -> Result<AuditQuery> {
+    let time = |field: &'static str, t: Option<prost_types::Timestamp>| -> Result<Option<DateTime<Utc>>> {
         t.map(|t| timestamp_in_range(field, t)).transpose()
     };
     if r.user_id < 0 {
@@ -186,8 +185,8 @@ pub fn audit_filter(r: &pb::ListAuditLogsRequest) -> Result<AuditFilter> {
     if action.len() > 50 {
         return Err(Error::invalid("action", "must be at most 50 characters"));
     }
-    Ok(AuditFilter {
-        user_id: (r.user_id > 0).then_some(r.user_id),
+    Ok(AuditQuery {
+        user_id: (r.user_id > 0).then_some(UserId(r.user_id)),
         action: (!action.is_empty()).then(|| action.to_owned()),
         since: time("since", r.since)?,
         until: time("until", r.until)?,
@@ -226,6 +225,6 @@ impl TryFrom<pb::UpdateUserRequest> for UserPatch {
 }
 
 /// A positive user id from a request.
-pub fn user_id(id: i32) -> Result<i32> {
-    if id > 0 { Ok(id) } else { Err(Error::invalid("id", "must be a positive user id")) }
+pub fn user_id(id: i32) -> Result<UserId> {
+    if id > 0 { Ok(UserId(id)) } else { Err(Error::invalid("id", "must be a positive user id")) }
 }

@@ -1,5 +1,7 @@
 //! Transport: the tonic services. Each file adapts one proto service to the domain; nothing
-//! here decides policy. Who may call which RPC is decided once, in [`access`].
+//! here decides policy. Who may call which RPC is decided once, in [`access`]. Imports the
+//! domain and the vocabulary (`model`), never storage. Shaped after tonic's examples: one
+//! struct per service holding shared state, `Request` in, `Response` or `Status` out.
 
 pub mod access;
 pub mod audit;

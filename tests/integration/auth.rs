@@ -1,7 +1,9 @@
 //! Login, GetMe, backend update, refresh, logout, password change: the seed's flows.
 
 use chrono::{Duration, Utc};
+use instachatico_auth::crypto::jwt::Subject;
 use instachatico_auth::db::models::{audit, backends};
+use instachatico_auth::model::{Role, UserId};
 use instachatico_auth::pb;
 use secrecy::ExposeSecret;
 use tonic::Code;
@@ -49,10 +51,10 @@ async fn full_flow_login_getme_backend_login_again(s: TestServer) {
 
     // Stored only encrypted.
     let mut conn = s.app().db().get().await.unwrap();
-    let row = backends::find_for_user(&mut conn, created.id).await.unwrap().unwrap();
-    assert!(!row.bearer_token_encrypted.contains("new_bearer_token_456"));
-    assert!(row.bearer_token_encrypted.starts_with("gAAAAA"), "Fernet token");
-    assert_eq!(s.app().cipher().decrypt(&row.bearer_token_encrypted).unwrap().expose_secret(), "new_bearer_token_456");
+    let row = backends::find_for_user(&mut conn, UserId(created.id)).await.unwrap().unwrap();
+    assert!(!row.encrypted_token.contains("new_bearer_token_456"));
+    assert!(row.encrypted_token.starts_with("gAAAAA"), "Fernet token");
+    assert_eq!(s.app().cipher().decrypt(&row.encrypted_token).unwrap().expose_secret(), "new_bearer_token_456");
 
     let again = s.login_reply("alice", USER_PASSWORD).await.unwrap();
     let backend = again.backend_config.unwrap();
@@ -62,12 +64,15 @@ async fn full_flow_login_getme_backend_login_again(s: TestServer) {
     );
 
     // Audit trail of the flow, with the client address.
-    let rows = audit::list_for_user(&mut conn, Some(created.id), 50).await.unwrap();
+    let rows = audit::list_for_user(&mut conn, Some(UserId(created.id)), 50).await.unwrap();
     let actions: Vec<&str> = rows.iter().rev().map(|r| r.action.as_str()).collect();
     assert_eq!(actions, ["user_create", "login_success", "backend_update", "login_success"]);
     assert!(rows.iter().all(|r| r.ip_address.as_deref() == Some("127.0.0.1")));
     for row in &rows {
-        assert!(!row.metadata.contains("bearer_token_322") && !row.metadata.contains("new_bearer_token_456"));
+        assert!(
+            !row.metadata.to_string().contains("bearer_token_322")
+                && !row.metadata.to_string().contains("new_bearer_token_456")
+        );
     }
     s.stop().await;
 }
@@ -96,13 +101,15 @@ async fn wrong_password_and_unknown_user_look_the_same(s: TestServer) {
     expect_code(s.login_reply("", USER_PASSWORD).await, Code::InvalidArgument);
 
     let mut conn = s.app().db().get().await.unwrap();
-    let rows = audit::list_for_user(&mut conn, Some(dave.id), 50).await.unwrap();
-    assert!(rows.iter().any(|r| r.action == "login_failed" && r.metadata.contains("bad_password")));
+    let rows = audit::list_for_user(&mut conn, Some(UserId(dave.id)), 50).await.unwrap();
+    assert!(rows.iter().any(|r| r.action == "login_failed" && r.metadata.to_string().contains("bad_password")));
     let all = audit::list_for_user(&mut conn, None, 100).await.unwrap();
     assert!(
-        all.iter().any(|r| r.action == "login_failed" && r.user_id.is_none() && r.metadata.contains("unknown_user"))
+        all.iter().any(|r| r.action == "login_failed"
+            && r.user_id.is_none()
+            && r.metadata.to_string().contains("unknown_user"))
     );
-    assert!(all.iter().all(|r| !r.metadata.contains("Wrong_password1!")), "no password in audit rows");
+    assert!(all.iter().all(|r| !r.metadata.to_string().contains("Wrong_password1!")), "no password in audit rows");
     s.stop().await;
 }
 
@@ -140,33 +147,13 @@ async fn refresh_issues_working_tokens(s: TestServer) {
     // A recently expired token of a live session refreshes (seed 3.2.2)...
     let claims = s.app().jwt().verify(&token, Utc::now()).unwrap();
     let now = Utc::now();
-    let expired = s
-        .app()
-        .jwt()
-        .issue(
-            claims.user_id().unwrap(),
-            "frank",
-            "user",
-            &claims.sid,
-            now - Duration::hours(2),
-            now - Duration::hours(1),
-        )
-        .unwrap();
+    let sid = claims.session_id();
+    let subject = Subject { user_id: claims.user_id().unwrap(), username: "frank", role: Role::User, session: &sid };
+    let expired = s.app().jwt().issue(&subject, now - Duration::hours(2), now - Duration::hours(1)).unwrap();
     expect_code(s.users().await.get_me(authed(&expired, pb::GetMeRequest {})).await, Code::Unauthenticated);
     auth.refresh(authed(&expired, pb::RefreshRequest {})).await.unwrap();
     // ...but not beyond the refresh window (24 h by default).
-    let stale = s
-        .app()
-        .jwt()
-        .issue(
-            claims.user_id().unwrap(),
-            "frank",
-            "user",
-            &claims.sid,
-            now - Duration::hours(26),
-            now - Duration::hours(25),
-        )
-        .unwrap();
+    let stale = s.app().jwt().issue(&subject, now - Duration::hours(26), now - Duration::hours(25)).unwrap();
     expect_code(auth.refresh(authed(&stale, pb::RefreshRequest {})).await, Code::Unauthenticated);
     expect_code(auth.refresh(tonic::Request::new(pb::RefreshRequest {})).await, Code::Unauthenticated);
     s.stop().await;
@@ -256,7 +243,7 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
         request.metadata_mut().insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
         s.auth().await.login(request).await.unwrap();
         let mut conn = s.app().db().get().await.unwrap();
-        let rows = audit::list_for_user(&mut conn, Some(1), 10).await.unwrap();
+        let rows = audit::list_for_user(&mut conn, Some(UserId(1)), 10).await.unwrap();
         let row = rows.iter().find(|r| r.action == "login_success").unwrap();
         assert_eq!(row.ip_address.as_deref(), Some(expected), "TRUSTED_PROXIES={trusted}");
         drop(conn);

@@ -2,8 +2,8 @@
 //! and a Fernet token made by Python `cryptography` work unchanged.
 
 use chrono::Utc;
-use instachatico_auth::db::models::backends::{self, NewBackendRow};
-use instachatico_auth::db::models::users::{self, NewUserRow};
+use instachatico_auth::db::models::{backends, users};
+use instachatico_auth::model::{BackendRecord, NewUserRecord, Role};
 
 use crate::common::{TestServer, python_fixture};
 
@@ -12,31 +12,27 @@ async fn python_hash_and_fernet_token_are_accepted(s: TestServer) {
     let field = |k: &str| fx[k].as_str().unwrap().to_owned();
     let hash = field("bcrypt_hash");
     assert!(hash.starts_with("$2b$12$"));
-    let now = Utc::now().naive_utc();
+    let now = Utc::now();
     let mut conn = s.app().db().get().await.unwrap();
     let user = users::insert(
         &mut conn,
-        &NewUserRow {
-            username: "pyuser",
-            email: "pyuser@example.com",
-            password_hash: &hash,
-            role: "user",
-            is_active: true,
+        &NewUserRecord {
+            username: "pyuser".into(),
+            email: "pyuser@example.com".into(),
+            password_hash: hash.clone(),
+            role: Role::User,
             created_at: now,
-            updated_at: now,
         },
     )
     .await
     .unwrap();
     backends::upsert(
         &mut conn,
-        &NewBackendRow {
+        &BackendRecord {
             user_id: user.id,
-            instagram_username: "py_ig",
-            api_base_url: "http://localhost:4291/api/v1",
-            bearer_token_encrypted: &field("fernet_token"),
-            is_active: true,
-            created_at: now,
+            instagram_username: "py_ig".into(),
+            api_base_url: "http://localhost:4291/api/v1".into(),
+            encrypted_token: field("fernet_token"),
             updated_at: now,
         },
     )

@@ -3,6 +3,7 @@
 //! status, Envoy's own errors, CORS, security headers, client IP.
 
 use instachatico_auth::db::models::audit;
+use instachatico_auth::model::UserId;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -381,7 +382,7 @@ async fn forwarded_for_cannot_be_spoofed(s: TestServer) {
     assert_eq!(login(None).await.status, 200);
     assert_eq!(login(Some("6.6.6.6, 7.7.7.7")).await.status, 200);
     let mut conn = s.app().db().get().await.unwrap();
-    let rows = audit::list_for_user(&mut conn, Some(1), 10).await.unwrap();
+    let rows = audit::list_for_user(&mut conn, Some(UserId(1)), 10).await.unwrap();
     let ips: Vec<&str> =
         rows.iter().filter(|r| r.action == "login_success").filter_map(|r| r.ip_address.as_deref()).collect();
     assert_eq!(ips.len(), 2, "{rows:?}");

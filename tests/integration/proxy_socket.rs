@@ -3,6 +3,7 @@
 //! process on the TCP port that names another address in X-Forwarded-For is recorded as itself.
 
 use instachatico_auth::db::models::audit;
+use instachatico_auth::model::UserId;
 use instachatico_auth::pb;
 use serde_json::json;
 use tonic::{Code, Request};
@@ -30,7 +31,7 @@ async fn only_the_sidecar_chooses_client_addresses(s: TestServer) {
     assert_eq!(reply.status, 200, "{reply:?}");
 
     let mut conn = s.app().db().get().await.unwrap();
-    let rows = audit::list_for_user(&mut conn, Some(vera.id), 20).await.unwrap();
+    let rows = audit::list_for_user(&mut conn, Some(UserId(vera.id)), 20).await.unwrap();
     let from = |action: &str| -> Vec<String> {
         rows.iter().filter(|r| r.action == action).filter_map(|r| r.ip_address.clone()).collect()
     };

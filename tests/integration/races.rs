@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use instachatico_auth::db::models::{audit, users};
+use instachatico_auth::model::{AuditQuery, UserId};
 use serde_json::json;
 
 use crate::common::{ADMIN_PASSWORD, ADMIN_USERNAME, Envoy, Json, Reply, TestServer, USER_PASSWORD};
@@ -178,7 +179,7 @@ async fn a_backend_change_racing_deactivation_is_ordered(s: TestServer) {
         let user = api.get(&format!("/api/v1/users/{id}"), Some(&admin)).await;
         let stored = user.body["backend"]["api_base_url"].as_str().unwrap_or_default().to_owned();
         let mut conn = s.app().db().get().await.unwrap();
-        let filter = audit::AuditFilter { user_id: Some(i32::try_from(id).unwrap()), ..Default::default() };
+        let filter = AuditQuery { user_id: Some(UserId(i32::try_from(id).unwrap())), ..Default::default() };
         let (rows, _) = audit::query(&mut conn, &filter, 2, 0).await.unwrap();
         let newest: Vec<&str> = rows.iter().map(|r| r.action.as_str()).collect();
         match change.status {

@@ -81,7 +81,10 @@ async fn shed_work_is_refused_in_each_operations_words(s: TestServer) {
         other => panic!("{other:?}"),
     }
     let password = SecretString::from("Another_pass123!");
-    match app.reset_password(&cli, 1, &password, &ClientInfo::default(), Utc::now()).await {
+    match app
+        .reset_password(&cli, instachatico_auth::model::UserId(1), &password, &ClientInfo::default(), Utc::now())
+        .await
+    {
         Err(Error::Overloaded { message, .. }) => {
             assert_eq!(message, "Too many password resets are in progress; retry shortly");
         }

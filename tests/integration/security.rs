@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use instachatico_auth::domain::types::ClientInfo;
+use instachatico_auth::model::UserEdit;
 use instachatico_auth::pb;
 use reqwest::Method;
 use serde_json::json;
@@ -324,13 +325,13 @@ async fn weak_hashes_are_upgraded_on_login(s: TestServer) {
     // Give her a cost-10 hash, as an older deployment would have.
     let weak = bcrypt::hash(USER_PASSWORD, 10).unwrap();
     let mut conn = s.app().db().get().await.unwrap();
-    let changes =
-        instachatico_auth::db::models::users::UserChanges { password_hash: Some(weak.clone()), ..Default::default() };
-    instachatico_auth::db::models::users::update(&mut conn, zoe.id, &changes).await.unwrap();
+    let zoe_id = instachatico_auth::model::UserId(zoe.id);
+    let edit = instachatico_auth::model::UserEdit { password_hash: Some(weak.clone()), ..UserEdit::at(Utc::now()) };
+    instachatico_auth::db::models::users::update(&mut conn, zoe_id, &edit).await.unwrap();
     s.login("zoe", USER_PASSWORD).await;
     let mut upgraded = None;
     for _ in 0..50 {
-        let (row, _) = instachatico_auth::db::models::users::find(&mut conn, zoe.id).await.unwrap().unwrap();
+        let (row, _) = instachatico_auth::db::models::users::find(&mut conn, zoe_id).await.unwrap().unwrap();
         if row.password_hash != weak {
             upgraded = Some(row.password_hash);
             break;

@@ -1,6 +1,6 @@
 //! The `audit_logs` table. Rows outlive their user (`user_id` becomes NULL on delete).
 
-use chrono::NaiveDateTime;
+use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
@@ -8,36 +8,63 @@ use crate::db::schema::audit_logs;
 use crate::db::{DbConn, map_err};
 use crate::db_run;
 use crate::error::Result;
+use crate::model::{AuditEntry, AuditQuery, UserId};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = audit_logs)]
-pub struct AuditRow {
-    pub id: i64,
-    pub user_id: Option<i32>,
-    pub actor_id: Option<i32>,
-    pub action: String,
-    pub ip_address: Option<String>,
-    pub user_agent: Option<String>,
-    pub metadata: String,
-    pub created_at: NaiveDateTime,
+struct AuditRow {
+    id: i64,
+    user_id: Option<i32>,
+    actor_id: Option<i32>,
+    action: String,
+    ip_address: Option<String>,
+    user_agent: Option<String>,
+    metadata: String,
+    created_at: NaiveDateTime,
+}
+
+impl From<AuditRow> for AuditEntry {
+    fn from(r: AuditRow) -> Self {
+        Self {
+            id: r.id,
+            user_id: r.user_id.map(UserId),
+            actor_id: r.actor_id.map(UserId),
+            action: r.action,
+            ip_address: r.ip_address,
+            user_agent: r.user_agent,
+            // Written by `insert` as a JSON object; an unreadable one (edited by hand) shows empty.
+            metadata: serde_json::from_str(&r.metadata).unwrap_or_else(|_| serde_json::json!({})),
+            created_at: r.created_at.and_utc(),
+        }
+    }
 }
 
 #[derive(Debug, Insertable)]
 #[diesel(table_name = audit_logs)]
-pub struct NewAuditRow {
-    pub user_id: Option<i32>,
-    pub actor_id: Option<i32>,
-    pub action: String,
-    pub ip_address: Option<String>,
-    pub user_agent: Option<String>,
-    pub metadata: String,
-    pub created_at: NaiveDateTime,
+struct NewAuditRow<'a> {
+    user_id: Option<i32>,
+    actor_id: Option<i32>,
+    action: &'a str,
+    ip_address: Option<&'a str>,
+    user_agent: Option<&'a str>,
+    metadata: String,
+    created_at: NaiveDateTime,
 }
 
-pub async fn insert(conn: &mut DbConn, row: &NewAuditRow) -> Result<()> {
+/// Stores `entry` (its `id` is assigned by the database).
+pub async fn insert(conn: &mut DbConn, entry: &AuditEntry) -> Result<()> {
+    let row = NewAuditRow {
+        user_id: entry.user_id.map(UserId::get),
+        actor_id: entry.actor_id.map(UserId::get),
+        action: &entry.action,
+        ip_address: entry.ip_address.as_deref(),
+        user_agent: entry.user_agent.as_deref(),
+        metadata: entry.metadata.to_string(),
+        created_at: entry.created_at.naive_utc(),
+    };
     db_run!(conn: {
         diesel::insert_into(audit_logs::table)
-            .values(row)
+            .values(&row)
             .execute(conn)
             .await
             .map(drop)
@@ -45,37 +72,29 @@ pub async fn insert(conn: &mut DbConn, row: &NewAuditRow) -> Result<()> {
     })
 }
 
-/// Which audit rows to list; `None` matches anything.
-#[derive(Debug, Clone, Default)]
-pub struct AuditFilter {
-    pub user_id: Option<i32>,
-    pub action: Option<String>,
-    pub since: Option<NaiveDateTime>,
-    pub until: Option<NaiveDateTime>,
-}
-
-/// One page of matching rows, newest first, and the number of matches.
-pub async fn query(conn: &mut DbConn, filter: &AuditFilter, limit: i64, offset: i64) -> Result<(Vec<AuditRow>, i64)> {
+/// One page of matching entries, newest first, and the number of matches.
+pub async fn query(conn: &mut DbConn, filter: &AuditQuery, limit: i64, offset: i64) -> Result<(Vec<AuditEntry>, i64)> {
+    let (since, until) = (filter.since.map(|t| t.naive_utc()), filter.until.map(|t| t.naive_utc()));
     // One boxed query per use: the filters apply to the page and to the count alike.
     macro_rules! filtered {
         () => {{
             let mut q = audit_logs::table.into_boxed();
             if let Some(id) = filter.user_id {
-                q = q.filter(audit_logs::user_id.eq(id));
+                q = q.filter(audit_logs::user_id.eq(id.0));
             }
             if let Some(action) = &filter.action {
                 q = q.filter(audit_logs::action.eq(action));
             }
-            if let Some(since) = filter.since {
+            if let Some(since) = since {
                 q = q.filter(audit_logs::created_at.ge(since));
             }
-            if let Some(until) = filter.until {
+            if let Some(until) = until {
                 q = q.filter(audit_logs::created_at.lt(until));
             }
             q
         }};
     }
-    db_run!(conn: {
+    let (rows, total): (Vec<AuditRow>, i64) = db_run!(conn: {
         let rows = filtered!()
             .order(audit_logs::id.desc())
             .limit(limit)
@@ -86,17 +105,19 @@ pub async fn query(conn: &mut DbConn, filter: &AuditFilter, limit: i64, offset: 
             .map_err(map_err)?;
         let total = filtered!().count().get_result(conn).await.map_err(map_err)?;
         Ok((rows, total))
-    })
+    })?;
+    Ok((rows.into_iter().map(Into::into).collect(), total))
 }
 
-/// Rows about `user_id` (or all when `None`), newest first.
-pub async fn list_for_user(conn: &mut DbConn, user_id: Option<i32>, limit: i64) -> Result<Vec<AuditRow>> {
-    let filter = AuditFilter { user_id, ..Default::default() };
+/// Entries about `user_id` (or all when `None`), newest first.
+pub async fn list_for_user(conn: &mut DbConn, user_id: Option<UserId>, limit: i64) -> Result<Vec<AuditEntry>> {
+    let filter = AuditQuery { user_id, ..Default::default() };
     query(conn, &filter, limit, 0).await.map(|(rows, _)| rows)
 }
 
 /// Failed logins from `ip` since `since` (the suspicious-address alert).
-pub async fn count_failed_logins_from(conn: &mut DbConn, ip: &str, since: NaiveDateTime) -> Result<i64> {
+pub async fn count_failed_logins_from(conn: &mut DbConn, ip: &str, since: DateTime<Utc>) -> Result<i64> {
+    let since = since.naive_utc();
     db_run!(conn: {
         audit_logs::table
             .filter(audit_logs::ip_address.eq(ip))

@@ -8,37 +8,57 @@ use crate::db::schema::user_backends;
 use crate::db::{DbConn, map_err};
 use crate::db_run;
 use crate::error::Result;
+use crate::model::{Backend, BackendRecord, UserId};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = user_backends)]
-pub struct BackendRow {
-    pub id: i32,
-    pub user_id: i32,
-    pub instagram_username: String,
-    pub api_base_url: String,
-    pub bearer_token_encrypted: String,
-    pub is_active: bool,
-    pub created_at: NaiveDateTime,
-    pub updated_at: NaiveDateTime,
+pub(super) struct BackendRow {
+    user_id: i32,
+    instagram_username: String,
+    api_base_url: String,
+    bearer_token_encrypted: String,
+    updated_at: NaiveDateTime,
+}
+
+impl From<BackendRow> for Backend {
+    fn from(r: BackendRow) -> Self {
+        Self {
+            user_id: UserId(r.user_id),
+            instagram_username: r.instagram_username,
+            api_base_url: r.api_base_url,
+            encrypted_token: r.bearer_token_encrypted,
+            updated_at: r.updated_at.and_utc(),
+        }
+    }
 }
 
 #[derive(Debug, Insertable)]
 #[diesel(table_name = user_backends)]
-pub struct NewBackendRow<'a> {
-    pub user_id: i32,
-    pub instagram_username: &'a str,
-    pub api_base_url: &'a str,
-    pub bearer_token_encrypted: &'a str,
-    pub is_active: bool,
-    pub created_at: NaiveDateTime,
-    pub updated_at: NaiveDateTime,
+struct NewBackendRow<'a> {
+    user_id: i32,
+    instagram_username: &'a str,
+    api_base_url: &'a str,
+    bearer_token_encrypted: &'a str,
+    is_active: bool,
+    created_at: NaiveDateTime,
+    updated_at: NaiveDateTime,
 }
 
 /// Creates or replaces the user's backend (the table holds one per user).
-pub async fn upsert(conn: &mut DbConn, row: &NewBackendRow<'_>) -> Result<BackendRow> {
-    db_run!(conn: {
+pub async fn upsert(conn: &mut DbConn, record: &BackendRecord) -> Result<Backend> {
+    let at = record.updated_at.naive_utc();
+    let row = NewBackendRow {
+        user_id: record.user_id.0,
+        instagram_username: &record.instagram_username,
+        api_base_url: &record.api_base_url,
+        bearer_token_encrypted: &record.encrypted_token,
+        is_active: true,
+        created_at: at,
+        updated_at: at,
+    };
+    let stored = db_run!(conn: {
         diesel::insert_into(user_backends::table)
-            .values(row)
+            .values(&row)
             .on_conflict(user_backends::user_id)
             .do_update()
             .set((
@@ -52,24 +72,26 @@ pub async fn upsert(conn: &mut DbConn, row: &NewBackendRow<'_>) -> Result<Backen
             .get_result(conn)
             .await
             .map_err(map_err)
-    })
+    })?;
+    Ok(stored.into())
 }
 
-pub async fn find_for_user(conn: &mut DbConn, user_id: i32) -> Result<Option<BackendRow>> {
-    db_run!(conn: {
+pub async fn find_for_user(conn: &mut DbConn, user_id: UserId) -> Result<Option<Backend>> {
+    let row = db_run!(conn: {
         user_backends::table
-            .filter(user_backends::user_id.eq(user_id))
+            .filter(user_backends::user_id.eq(user_id.0))
             .select(BackendRow::as_select())
             .first(conn)
             .await
             .optional()
             .map_err(map_err)
-    })
+    })?;
+    Ok(row.map(Into::into))
 }
 
-pub async fn delete_for_user(conn: &mut DbConn, user_id: i32) -> Result<bool> {
+pub async fn delete_for_user(conn: &mut DbConn, user_id: UserId) -> Result<bool> {
     db_run!(conn: {
-        diesel::delete(user_backends::table.filter(user_backends::user_id.eq(user_id)))
+        diesel::delete(user_backends::table.filter(user_backends::user_id.eq(user_id.0)))
             .execute(conn)
             .await
             .map(|n| n > 0)
@@ -77,21 +99,22 @@ pub async fn delete_for_user(conn: &mut DbConn, user_id: i32) -> Result<bool> {
     })
 }
 
-/// Every backend's (id, encrypted token), for key rotation.
-pub async fn all_tokens(conn: &mut DbConn) -> Result<Vec<(i32, String)>> {
-    db_run!(conn: {
+/// Every stored token, encrypted, by user, for key rotation.
+pub async fn all_tokens(conn: &mut DbConn) -> Result<Vec<(UserId, String)>> {
+    let rows: Vec<(i32, String)> = db_run!(conn: {
         user_backends::table
-            .select((user_backends::id, user_backends::bearer_token_encrypted))
-            .order(user_backends::id.asc())
+            .select((user_backends::user_id, user_backends::bearer_token_encrypted))
+            .order(user_backends::user_id.asc())
             .load(conn)
             .await
             .map_err(map_err)
-    })
+    })?;
+    Ok(rows.into_iter().map(|(id, token)| (UserId(id), token)).collect())
 }
 
-/// The newest `limit` stored tokens, by user id (the start-up key check).
-pub async fn sample_tokens(conn: &mut DbConn, limit: i64) -> Result<Vec<(i32, String)>> {
-    db_run!(conn: {
+/// The newest `limit` stored tokens, by user (the start-up key check).
+pub async fn sample_tokens(conn: &mut DbConn, limit: i64) -> Result<Vec<(UserId, String)>> {
+    let rows: Vec<(i32, String)> = db_run!(conn: {
         user_backends::table
             .select((user_backends::user_id, user_backends::bearer_token_encrypted))
             .order(user_backends::updated_at.desc())
@@ -99,12 +122,14 @@ pub async fn sample_tokens(conn: &mut DbConn, limit: i64) -> Result<Vec<(i32, St
             .load(conn)
             .await
             .map_err(map_err)
-    })
+    })?;
+    Ok(rows.into_iter().map(|(id, token)| (UserId(id), token)).collect())
 }
 
-pub async fn set_token(conn: &mut DbConn, id: i32, encrypted: &str) -> Result<()> {
+/// Replaces the user's stored token (key rotation; the backend is otherwise unchanged).
+pub async fn set_token(conn: &mut DbConn, user_id: UserId, encrypted: &str) -> Result<()> {
     db_run!(conn: {
-        diesel::update(user_backends::table.find(id))
+        diesel::update(user_backends::table.filter(user_backends::user_id.eq(user_id.0)))
             .set(user_backends::bearer_token_encrypted.eq(encrypted))
             .execute(conn)
             .await

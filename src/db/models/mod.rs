@@ -1,5 +1,6 @@
 //! Rows and queries, one file per table. Every query goes through `db_run!` so it compiles for
-//! both backends; callers get domain errors (unique violations already mapped).
+//! both backends. Rows stay in here: callers pass and get the vocabulary of `crate::model`, and
+//! domain errors (unique violations already mapped).
 
 pub mod audit;
 pub mod backends;
@@ -8,7 +9,5 @@ pub mod sessions;
 pub mod throttles;
 pub mod users;
 
-pub use audit::{AuditRow, NewAuditRow};
-pub use backends::BackendRow;
-pub use sessions::SessionRow;
-pub use users::{UserRow, UserWithBackend};
+use backends::BackendRow;
+use users::UserRow;

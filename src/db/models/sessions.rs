@@ -1,6 +1,6 @@
 //! The `sessions` table: every JWT names one; a session ends when revoked or at `expires_at`.
 
-use chrono::NaiveDateTime;
+use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
@@ -9,24 +9,56 @@ use crate::db::schema::{sessions, user_backends, users};
 use crate::db::{DbConn, map_err};
 use crate::db_run;
 use crate::error::Result;
+use crate::model::{Backend, Session, SessionId, User, UserId};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = sessions)]
-pub struct SessionRow {
-    pub id: String,
-    pub user_id: i32,
-    pub created_at: NaiveDateTime,
-    pub refreshed_at: NaiveDateTime,
-    pub expires_at: NaiveDateTime,
-    pub revoked_at: Option<NaiveDateTime>,
-    pub ip_address: Option<String>,
-    pub user_agent: Option<String>,
+struct SessionRow {
+    id: String,
+    user_id: i32,
+    created_at: NaiveDateTime,
+    refreshed_at: NaiveDateTime,
+    expires_at: NaiveDateTime,
+    revoked_at: Option<NaiveDateTime>,
+    ip_address: Option<String>,
+    user_agent: Option<String>,
 }
 
-pub async fn insert(conn: &mut DbConn, row: &SessionRow) -> Result<()> {
+impl From<SessionRow> for Session {
+    fn from(r: SessionRow) -> Self {
+        Self {
+            id: SessionId::from(r.id),
+            user_id: UserId(r.user_id),
+            created_at: r.created_at.and_utc(),
+            refreshed_at: r.refreshed_at.and_utc(),
+            expires_at: r.expires_at.and_utc(),
+            revoked_at: r.revoked_at.map(|t| t.and_utc()),
+            ip_address: r.ip_address,
+            user_agent: r.user_agent,
+        }
+    }
+}
+
+impl From<&Session> for SessionRow {
+    fn from(s: &Session) -> Self {
+        Self {
+            id: s.id.as_str().to_owned(),
+            user_id: s.user_id.0,
+            created_at: s.created_at.naive_utc(),
+            refreshed_at: s.refreshed_at.naive_utc(),
+            expires_at: s.expires_at.naive_utc(),
+            revoked_at: s.revoked_at.map(|t| t.naive_utc()),
+            ip_address: s.ip_address.clone(),
+            user_agent: s.user_agent.clone(),
+        }
+    }
+}
+
+pub async fn insert(conn: &mut DbConn, session: &Session) -> Result<()> {
+    let row = SessionRow::from(session);
     db_run!(conn: {
         diesel::insert_into(sessions::table)
-            .values(row)
+            .values(&row)
             .execute(conn)
             .await
             .map(drop)
@@ -38,13 +70,14 @@ pub async fn insert(conn: &mut DbConn, row: &SessionRow) -> Result<()> {
 /// One round trip: this runs for every authenticated request.
 pub async fn find_live(
     conn: &mut DbConn,
-    id: &str,
-    now: NaiveDateTime,
-) -> Result<Option<(SessionRow, UserRow, Option<BackendRow>)>> {
-    db_run!(conn: {
+    id: &SessionId,
+    now: DateTime<Utc>,
+) -> Result<Option<(Session, User, Option<Backend>)>> {
+    let now = now.naive_utc();
+    let row: Option<(SessionRow, UserRow, Option<BackendRow>)> = db_run!(conn: {
         sessions::table
             .inner_join(users::table.left_join(user_backends::table))
-            .filter(sessions::id.eq(id))
+            .filter(sessions::id.eq(id.as_str()))
             .filter(sessions::revoked_at.is_null())
             .filter(sessions::expires_at.gt(now))
             .select((SessionRow::as_select(), UserRow::as_select(), Option::<BackendRow>::as_select()))
@@ -52,12 +85,14 @@ pub async fn find_live(
             .await
             .optional()
             .map_err(map_err)
-    })
+    })?;
+    Ok(row.map(|(session, user, backend)| (session.into(), user.into(), backend.map(Into::into))))
 }
 
-pub async fn mark_refreshed(conn: &mut DbConn, id: &str, now: NaiveDateTime) -> Result<()> {
+pub async fn mark_refreshed(conn: &mut DbConn, id: &SessionId, now: DateTime<Utc>) -> Result<()> {
+    let now = now.naive_utc();
     db_run!(conn: {
-        diesel::update(sessions::table.find(id))
+        diesel::update(sessions::table.find(id.as_str()))
             .set(sessions::refreshed_at.eq(now))
             .execute(conn)
             .await
@@ -67,9 +102,10 @@ pub async fn mark_refreshed(conn: &mut DbConn, id: &str, now: NaiveDateTime) -> 
 }
 
 /// Revokes one live session; false when it was not live.
-pub async fn revoke(conn: &mut DbConn, id: &str, now: NaiveDateTime) -> Result<bool> {
+pub async fn revoke(conn: &mut DbConn, id: &SessionId, now: DateTime<Utc>) -> Result<bool> {
+    let now = now.naive_utc();
     db_run!(conn: {
-        diesel::update(sessions::table.find(id).filter(sessions::revoked_at.is_null()))
+        diesel::update(sessions::table.find(id.as_str()).filter(sessions::revoked_at.is_null()))
             .set(sessions::revoked_at.eq(now))
             .execute(conn)
             .await
@@ -81,15 +117,16 @@ pub async fn revoke(conn: &mut DbConn, id: &str, now: NaiveDateTime) -> Result<b
 /// Revokes every live session of the user except `keep`; returns how many.
 pub async fn revoke_all_for_user(
     conn: &mut DbConn,
-    user_id: i32,
-    keep: Option<&str>,
-    now: NaiveDateTime,
+    user_id: UserId,
+    keep: Option<&SessionId>,
+    now: DateTime<Utc>,
 ) -> Result<usize> {
-    let keep = keep.unwrap_or("");
+    let keep = keep.map_or("", SessionId::as_str);
+    let now = now.naive_utc();
     db_run!(conn: {
         diesel::update(
             sessions::table
-                .filter(sessions::user_id.eq(user_id))
+                .filter(sessions::user_id.eq(user_id.0))
                 .filter(sessions::revoked_at.is_null())
                 .filter(sessions::id.ne(keep)),
         )
@@ -101,10 +138,11 @@ pub async fn revoke_all_for_user(
 }
 
 /// The user's live sessions, newest first.
-pub async fn list_live_for_user(conn: &mut DbConn, user_id: i32, now: NaiveDateTime) -> Result<Vec<SessionRow>> {
-    db_run!(conn: {
+pub async fn list_live_for_user(conn: &mut DbConn, user_id: UserId, now: DateTime<Utc>) -> Result<Vec<Session>> {
+    let now = now.naive_utc();
+    let rows: Vec<SessionRow> = db_run!(conn: {
         sessions::table
-            .filter(sessions::user_id.eq(user_id))
+            .filter(sessions::user_id.eq(user_id.0))
             .filter(sessions::revoked_at.is_null())
             .filter(sessions::expires_at.gt(now))
             .order((sessions::created_at.desc(), sessions::id.asc()))
@@ -112,16 +150,18 @@ pub async fn list_live_for_user(conn: &mut DbConn, user_id: i32, now: NaiveDateT
             .load(conn)
             .await
             .map_err(map_err)
-    })
+    })?;
+    Ok(rows.into_iter().map(Into::into).collect())
 }
 
 /// Revokes one live session of this user; false when there is none with that id.
-pub async fn revoke_owned(conn: &mut DbConn, id: &str, user_id: i32, now: NaiveDateTime) -> Result<bool> {
+pub async fn revoke_owned(conn: &mut DbConn, id: &SessionId, user_id: UserId, now: DateTime<Utc>) -> Result<bool> {
+    let now = now.naive_utc();
     db_run!(conn: {
         diesel::update(
             sessions::table
-                .find(id)
-                .filter(sessions::user_id.eq(user_id))
+                .find(id.as_str())
+                .filter(sessions::user_id.eq(user_id.0))
                 .filter(sessions::revoked_at.is_null())
                 .filter(sessions::expires_at.gt(now)),
         )
@@ -134,7 +174,8 @@ pub async fn revoke_owned(conn: &mut DbConn, id: &str, user_id: i32, now: NaiveD
 }
 
 /// Deletes sessions that ended before `before` (revoked or expired).
-pub async fn purge_ended(conn: &mut DbConn, before: NaiveDateTime) -> Result<usize> {
+pub async fn purge_ended(conn: &mut DbConn, before: DateTime<Utc>) -> Result<usize> {
+    let before = before.naive_utc();
     db_run!(conn: {
         diesel::delete(sessions::table.filter(sessions::expires_at.lt(before).or(sessions::revoked_at.lt(before))))
             .execute(conn)
@@ -144,7 +185,8 @@ pub async fn purge_ended(conn: &mut DbConn, before: NaiveDateTime) -> Result<usi
 }
 
 /// Live sessions of all users (a gauge).
-pub async fn count_live(conn: &mut DbConn, now: NaiveDateTime) -> Result<i64> {
+pub async fn count_live(conn: &mut DbConn, now: DateTime<Utc>) -> Result<i64> {
+    let now = now.naive_utc();
     db_run!(conn: {
         sessions::table
             .filter(sessions::revoked_at.is_null())

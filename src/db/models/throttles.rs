@@ -1,6 +1,6 @@
 //! The `login_throttles` table: consecutive failed logins per (subject, client address).
 
-use chrono::NaiveDateTime;
+use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
@@ -14,9 +14,10 @@ pub async fn locked_until(
     conn: &mut DbConn,
     subject: &str,
     ip: &str,
-    now: NaiveDateTime,
-) -> Result<Option<NaiveDateTime>> {
-    db_run!(conn: {
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>> {
+    let now = now.naive_utc();
+    let until = db_run!(conn: {
         login_throttles::table
             .find((subject, ip))
             .select(login_throttles::locked_until)
@@ -25,11 +26,13 @@ pub async fn locked_until(
             .optional()
             .map(|row| row.flatten().filter(|until| *until > now))
             .map_err(map_err)
-    })
+    })?;
+    Ok(until.map(|t| t.and_utc()))
 }
 
 /// Counts one failure; returns the failure count after it (the caller decides on a lock).
-pub async fn record_failure(conn: &mut DbConn, subject: &str, ip: &str, now: NaiveDateTime) -> Result<i32> {
+pub async fn record_failure(conn: &mut DbConn, subject: &str, ip: &str, now: DateTime<Utc>) -> Result<i32> {
+    let now = now.naive_utc();
     db_run!(conn: {
         diesel::insert_into(login_throttles::table)
             .values((
@@ -49,7 +52,8 @@ pub async fn record_failure(conn: &mut DbConn, subject: &str, ip: &str, now: Nai
 }
 
 /// Locks the subject out from this address until `until` and restarts the count.
-pub async fn lock(conn: &mut DbConn, subject: &str, ip: &str, until: NaiveDateTime, now: NaiveDateTime) -> Result<()> {
+pub async fn lock(conn: &mut DbConn, subject: &str, ip: &str, until: DateTime<Utc>, now: DateTime<Utc>) -> Result<()> {
+    let (until, now) = (until.naive_utc(), now.naive_utc());
     db_run!(conn: {
         diesel::update(login_throttles::table.find((subject, ip)))
             .set((login_throttles::locked_until.eq(until), login_throttles::failures.eq(0), login_throttles::updated_at.eq(now)))
@@ -82,7 +86,8 @@ pub async fn clear_subject(conn: &mut DbConn, subject: &str) -> Result<usize> {
 }
 
 /// Drops rows untouched since `before` whose lock (if any) has ended.
-pub async fn purge(conn: &mut DbConn, before: NaiveDateTime, now: NaiveDateTime) -> Result<usize> {
+pub async fn purge(conn: &mut DbConn, before: DateTime<Utc>, now: DateTime<Utc>) -> Result<usize> {
+    let (before, now) = (before.naive_utc(), now.naive_utc());
     db_run!(conn: {
         diesel::delete(
             login_throttles::table

@@ -1,6 +1,6 @@
 //! The `users` table.
 
-use chrono::NaiveDateTime;
+use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
@@ -9,76 +9,112 @@ use crate::db::schema::{user_backends, users};
 use crate::db::{DbConn, map_err};
 use crate::db_run;
 use crate::error::Result;
+use crate::model::{NewUserRecord, Role, User, UserEdit, UserId, UserWithBackend};
 
 diesel::define_sql_function!(fn lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text);
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = users)]
-pub struct UserRow {
-    pub id: i32,
-    pub username: String,
-    pub email: String,
-    pub password_hash: String,
-    pub role: String,
-    pub is_active: bool,
-    pub created_at: NaiveDateTime,
-    pub updated_at: NaiveDateTime,
-    pub last_login: Option<NaiveDateTime>,
+pub(super) struct UserRow {
+    id: i32,
+    username: String,
+    email: String,
+    password_hash: String,
+    role: String,
+    is_active: bool,
+    created_at: NaiveDateTime,
+    updated_at: NaiveDateTime,
+    last_login: Option<NaiveDateTime>,
+}
+
+impl From<UserRow> for User {
+    fn from(r: UserRow) -> Self {
+        Self {
+            id: UserId(r.id),
+            username: r.username,
+            email: r.email,
+            password_hash: r.password_hash,
+            role: role_from_db(&r.role),
+            is_active: r.is_active,
+            created_at: r.created_at.and_utc(),
+            updated_at: r.updated_at.and_utc(),
+            last_login: r.last_login.map(|t| t.and_utc()),
+        }
+    }
+}
+
+/// The column holds "admin" or "user" (a CHECK constraint); anything else grants nothing.
+fn role_from_db(value: &str) -> Role {
+    if value == "admin" { Role::Admin } else { Role::User }
+}
+
+/// A user row with its backend row, as the domain sees them.
+pub(super) fn with_backend((user, backend): (UserRow, Option<BackendRow>)) -> UserWithBackend {
+    (user.into(), backend.map(Into::into))
 }
 
 #[derive(Debug, Insertable)]
 #[diesel(table_name = users)]
-pub struct NewUserRow<'a> {
-    pub username: &'a str,
-    pub email: &'a str,
-    pub password_hash: &'a str,
-    pub role: &'a str,
-    pub is_active: bool,
-    pub created_at: NaiveDateTime,
-    pub updated_at: NaiveDateTime,
+struct NewUserRow<'a> {
+    username: &'a str,
+    email: &'a str,
+    password_hash: &'a str,
+    role: &'a str,
+    is_active: bool,
+    created_at: NaiveDateTime,
+    updated_at: NaiveDateTime,
 }
 
-/// Admin edits; `None` leaves a column as it is.
+/// An edit; `None` leaves a column as it is.
 #[derive(Debug, Default, AsChangeset)]
 #[diesel(table_name = users)]
-pub struct UserChanges {
-    pub email: Option<String>,
-    pub role: Option<String>,
-    pub is_active: Option<bool>,
-    pub password_hash: Option<String>,
-    pub updated_at: Option<NaiveDateTime>,
+struct UserChanges<'a> {
+    email: Option<&'a str>,
+    role: Option<&'a str>,
+    is_active: Option<bool>,
+    password_hash: Option<&'a str>,
+    updated_at: Option<NaiveDateTime>,
 }
 
-pub type UserWithBackend = (UserRow, Option<BackendRow>);
-
-pub async fn insert(conn: &mut DbConn, row: &NewUserRow<'_>) -> Result<UserRow> {
-    db_run!(conn: {
+pub async fn insert(conn: &mut DbConn, new: &NewUserRecord) -> Result<User> {
+    let row = NewUserRow {
+        username: &new.username,
+        email: &new.email,
+        password_hash: &new.password_hash,
+        role: new.role.as_str(),
+        is_active: true,
+        created_at: new.created_at.naive_utc(),
+        updated_at: new.created_at.naive_utc(),
+    };
+    let row = db_run!(conn: {
         diesel::insert_into(users::table)
-            .values(row)
+            .values(&row)
             .returning(UserRow::as_returning())
             .get_result(conn)
             .await
             .map_err(map_err)
-    })
+    })?;
+    Ok(row.into())
 }
 
-pub async fn find(conn: &mut DbConn, id: i32) -> Result<Option<UserWithBackend>> {
-    db_run!(conn: {
+pub async fn find(conn: &mut DbConn, id: UserId) -> Result<Option<UserWithBackend>> {
+    let row = db_run!(conn: {
         users::table
             .left_join(user_backends::table)
-            .filter(users::id.eq(id))
+            .filter(users::id.eq(id.0))
             .select((UserRow::as_select(), Option::<BackendRow>::as_select()))
             .first(conn)
             .await
             .optional()
             .map_err(map_err)
-    })
+    })?;
+    Ok(row.map(with_backend))
 }
 
 /// Looks a user up by username or email, case-insensitively (both are unique that way).
 pub async fn find_by_login(conn: &mut DbConn, login: &str) -> Result<Option<UserWithBackend>> {
     let login = login.to_lowercase();
-    db_run!(conn: {
+    let row = db_run!(conn: {
         users::table
             .left_join(user_backends::table)
             .filter(lower(users::username).eq(&login).or(lower(users::email).eq(&login)))
@@ -87,11 +123,12 @@ pub async fn find_by_login(conn: &mut DbConn, login: &str) -> Result<Option<User
             .await
             .optional()
             .map_err(map_err)
-    })
+    })?;
+    Ok(row.map(with_backend))
 }
 
 pub async fn list(conn: &mut DbConn, limit: i64, offset: i64) -> Result<Vec<UserWithBackend>> {
-    db_run!(conn: {
+    let rows = db_run!(conn: {
         users::table
             .left_join(user_backends::table)
             .order(users::id.asc())
@@ -101,7 +138,8 @@ pub async fn list(conn: &mut DbConn, limit: i64, offset: i64) -> Result<Vec<User
             .load(conn)
             .await
             .map_err(map_err)
-    })
+    })?;
+    Ok(rows.into_iter().map(with_backend).collect())
 }
 
 pub async fn count(conn: &mut DbConn) -> Result<i64> {
@@ -121,11 +159,18 @@ pub async fn count_active_admins(conn: &mut DbConn) -> Result<i64> {
     })
 }
 
-/// Applies `changes`; returns false when no such user.
-pub async fn update(conn: &mut DbConn, id: i32, changes: &UserChanges) -> Result<bool> {
+/// Applies `edit`; returns false when no such user.
+pub async fn update(conn: &mut DbConn, id: UserId, edit: &UserEdit) -> Result<bool> {
+    let changes = UserChanges {
+        email: edit.email.as_deref(),
+        role: edit.role.map(Role::as_str),
+        is_active: edit.is_active,
+        password_hash: edit.password_hash.as_deref(),
+        updated_at: Some(edit.updated_at.naive_utc()),
+    };
     db_run!(conn: {
-        diesel::update(users::table.find(id))
-            .set(changes)
+        diesel::update(users::table.find(id.0))
+            .set(&changes)
             .execute(conn)
             .await
             .map(|n| n > 0)
@@ -133,10 +178,10 @@ pub async fn update(conn: &mut DbConn, id: i32, changes: &UserChanges) -> Result
     })
 }
 
-pub async fn set_last_login(conn: &mut DbConn, id: i32, at: NaiveDateTime) -> Result<()> {
+pub async fn set_last_login(conn: &mut DbConn, id: UserId, at: DateTime<Utc>) -> Result<()> {
     db_run!(conn: {
-        diesel::update(users::table.find(id))
-            .set(users::last_login.eq(at))
+        diesel::update(users::table.find(id.0))
+            .set(users::last_login.eq(at.naive_utc()))
             .execute(conn)
             .await
             .map(drop)
@@ -145,9 +190,9 @@ pub async fn set_last_login(conn: &mut DbConn, id: i32, at: NaiveDateTime) -> Re
 }
 
 /// Deletes the user; backends and sessions cascade, audit rows keep `user_id = NULL`.
-pub async fn delete(conn: &mut DbConn, id: i32) -> Result<bool> {
+pub async fn delete(conn: &mut DbConn, id: UserId) -> Result<bool> {
     db_run!(conn: {
-        diesel::delete(users::table.find(id))
+        diesel::delete(users::table.find(id.0))
             .execute(conn)
             .await
             .map(|n| n > 0)
@@ -156,9 +201,9 @@ pub async fn delete(conn: &mut DbConn, id: i32) -> Result<bool> {
 }
 
 /// Swaps the password hash only if it is still `old` (a concurrent change wins).
-pub async fn replace_password_hash(conn: &mut DbConn, id: i32, old: &str, new: &str) -> Result<bool> {
+pub async fn replace_password_hash(conn: &mut DbConn, id: UserId, old: &str, new: &str) -> Result<bool> {
     db_run!(conn: {
-        diesel::update(users::table.find(id).filter(users::password_hash.eq(old)))
+        diesel::update(users::table.find(id.0).filter(users::password_hash.eq(old)))
             .set(users::password_hash.eq(new))
             .execute(conn)
             .await
@@ -171,10 +216,10 @@ pub async fn replace_password_hash(conn: &mut DbConn, id: i32, old: &str, new: &
 /// in one order; false when there is no such user. On PostgreSQL a row lock (NO KEY UPDATE: it
 /// does not block rows that merely reference the user); on SQLite the write transaction already
 /// holds the database's only write lock, so this only checks that the user exists.
-pub async fn lock(conn: &mut DbConn, id: i32) -> Result<bool> {
+pub async fn lock(conn: &mut DbConn, id: UserId) -> Result<bool> {
     match conn {
         DbConn::Postgres(c) => users::table
-            .find(id)
+            .find(id.0)
             .select(users::id)
             .for_no_key_update()
             .first::<i32>(&mut **c)
@@ -183,7 +228,7 @@ pub async fn lock(conn: &mut DbConn, id: i32) -> Result<bool> {
             .map(|row| row.is_some())
             .map_err(map_err),
         DbConn::Sqlite(c) => users::table
-            .find(id)
+            .find(id.0)
             .select(users::id)
             .first::<i32>(&mut **c)
             .await

@@ -1,0 +1,181 @@
+//! The service's vocabulary: ids, roles and the records the rules reason about. A leaf: storage
+//! builds these from its rows (`db::models`), the domain decides with them and transports render
+//! them. Nothing here knows a database or a wire format.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+
+use crate::error::{Error, Result};
+
+/// A user's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(pub i32);
+
+impl UserId {
+    pub fn get(self) -> i32 {
+        self.0
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A session's id (a random UUID, named in every token of the session).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionId(String);
+
+impl SessionId {
+    pub fn random() -> Self {
+        Self(uuid::Uuid::new_v4().to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for SessionId {
+    fn from(id: String) -> Self {
+        Self(id)
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    User,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::User => "user",
+        }
+    }
+
+    /// Parses a role from a request; `field` names the request field in the error.
+    pub fn parse(field: &'static str, value: &str) -> Result<Self> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "admin" => Ok(Self::Admin),
+            "user" => Ok(Self::User),
+            _ => Err(Error::invalid(field, "must be \"admin\" or \"user\"")),
+        }
+    }
+}
+
+/// An account as stored, password hash included (never rendered).
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: UserId,
+    pub username: String,
+    pub email: String,
+    pub password_hash: String,
+    pub role: Role,
+    pub is_active: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub last_login: Option<DateTime<Utc>>,
+}
+
+impl User {
+    pub fn is_active_admin(&self) -> bool {
+        self.is_active && self.role == Role::Admin
+    }
+}
+
+/// A user's backend as stored: its bearer token still encrypted.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pub user_id: UserId,
+    pub instagram_username: String,
+    pub api_base_url: String,
+    pub encrypted_token: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A user and their backend, if they have one.
+pub type UserWithBackend = (User, Option<Backend>);
+
+/// A session, live or ended.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub id: SessionId,
+    pub user_id: UserId,
+    pub created_at: DateTime<Utc>,
+    pub refreshed_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub ip_address: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// A user to store.
+#[derive(Debug, Clone)]
+pub struct NewUserRecord {
+    pub username: String,
+    pub email: String,
+    pub password_hash: String,
+    pub role: Role,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An edit of a stored user; `None` leaves a field as it is.
+#[derive(Debug, Clone)]
+pub struct UserEdit {
+    pub email: Option<String>,
+    pub role: Option<Role>,
+    pub is_active: Option<bool>,
+    pub password_hash: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl UserEdit {
+    pub fn at(updated_at: DateTime<Utc>) -> Self {
+        Self { email: None, role: None, is_active: None, password_hash: None, updated_at }
+    }
+}
+
+/// A backend to store for a user (replacing any other).
+#[derive(Debug, Clone)]
+pub struct BackendRecord {
+    pub user_id: UserId,
+    pub instagram_username: String,
+    pub api_base_url: String,
+    pub encrypted_token: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Which audit entries to list; `None` matches anything.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub user_id: Option<UserId>,
+    pub action: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// An audit entry, stored or about to be (`id` is 0 until stored).
+#[derive(Debug, Clone)]
+pub struct AuditEntry {
+    pub id: i64,
+    /// The account the entry is about.
+    pub user_id: Option<UserId>,
+    /// Who acted, when not the user themself.
+    pub actor_id: Option<UserId>,
+    pub action: String,
+    pub ip_address: Option<String>,
+    pub user_agent: Option<String>,
+    pub metadata: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
