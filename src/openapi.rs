@@ -178,10 +178,10 @@ fn responses(rule: &RpcRule, method: &MethodDescriptor, schemas: &mut Schemas) -
         (503, "Temporarily unavailable; see Retry-After"),
     ]);
     if rule.access != Access::Public {
-        errors.insert(401, "Not authenticated, or incorrect username or password");
+        errors.insert(401, "Not authenticated: no valid bearer token, or its session has ended");
     }
     if rule.access == Access::Admin {
-        errors.insert(403, "Admin privileges required, or account inactive");
+        errors.insert(403, "Admin privileges required");
     }
     errors.extend(rule.errors.iter().map(|refusal| (refusal.http, refusal.when)));
     let mut out = Map::new();

@@ -54,10 +54,11 @@ pub struct Refusal {
     pub when: &'static str,
 }
 
-const BAD_CREDENTIALS: Refusal = Refusal { http: 401, when: "Not authenticated, or incorrect username or password" };
-const REFUSED: Refusal = Refusal { http: 403, when: "Admin privileges required, or account inactive" };
+const BAD_CREDENTIALS: Refusal = Refusal { http: 401, when: "Incorrect username or password" };
+const INACTIVE: Refusal = Refusal { http: 403, when: "Account is inactive" };
+const REGISTRATION_OFF: Refusal = Refusal { http: 403, when: "Registration is disabled" };
 const NO_SUCH_USER: Refusal = Refusal { http: 404, when: "No such user" };
-const NO_SUCH_SESSION: Refusal = Refusal { http: 404, when: "No such user" };
+const NO_SUCH_SESSION: Refusal = Refusal { http: 404, when: "No such session of yours" };
 const TAKEN: Refusal = Refusal { http: 409, when: "Username or email already exists" };
 
 const fn rule(access: Access, errors: &'static [Refusal]) -> RpcRule {
@@ -76,8 +77,8 @@ pub const CLOSED: RpcRule = rule(Access::Admin, &[]);
 pub const RPCS: &[(&str, RpcRule)] = {
     use Access::{Admin, OwnToken, Public, Session};
     &[
-        ("/instachatico.auth.v1.AuthService/Login", rule(Public, &[BAD_CREDENTIALS, REFUSED])),
-        ("/instachatico.auth.v1.AuthService/Register", created(Public, &[REFUSED, TAKEN])),
+        ("/instachatico.auth.v1.AuthService/Login", rule(Public, &[BAD_CREDENTIALS, INACTIVE])),
+        ("/instachatico.auth.v1.AuthService/Register", created(Public, &[REGISTRATION_OFF, TAKEN])),
         ("/instachatico.auth.v1.AuthService/Refresh", rule(OwnToken, &[])),
         ("/instachatico.auth.v1.AuthService/Logout", rule(OwnToken, &[])),
         ("/instachatico.auth.v1.HealthService/Check", rule(Public, &[])),
