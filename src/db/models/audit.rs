@@ -35,7 +35,7 @@ pub struct NewAuditRow {
 }
 
 pub async fn insert(conn: &mut DbConn, row: &NewAuditRow) -> Result<()> {
-    db_run!(conn: {
+    db_run!(conn, "audit::insert": {
         diesel::insert_into(audit_logs::table)
             .values(row)
             .execute(conn)
@@ -75,7 +75,7 @@ pub async fn query(conn: &mut DbConn, filter: &AuditFilter, limit: i64, offset: 
             q
         }};
     }
-    db_run!(conn: {
+    db_run!(conn, "audit::query": {
         let rows = filtered!()
             .order(audit_logs::id.desc())
             .limit(limit)
@@ -97,7 +97,7 @@ pub async fn list_for_user(conn: &mut DbConn, user_id: Option<i32>, limit: i64) 
 
 /// Failed logins from `ip` since `since` (the suspicious-address alert).
 pub async fn count_failed_logins_from(conn: &mut DbConn, ip: &str, since: NaiveDateTime) -> Result<i64> {
-    db_run!(conn: {
+    db_run!(conn, "audit::count_failed_logins_from": {
         audit_logs::table
             .filter(audit_logs::ip_address.eq(ip))
             .filter(audit_logs::created_at.ge(since))

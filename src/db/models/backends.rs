@@ -36,7 +36,7 @@ pub struct NewBackendRow<'a> {
 
 /// Creates or replaces the user's backend (the table holds one per user).
 pub async fn upsert(conn: &mut DbConn, row: &NewBackendRow<'_>) -> Result<BackendRow> {
-    db_run!(conn: {
+    db_run!(conn, "backends::upsert": {
         diesel::insert_into(user_backends::table)
             .values(row)
             .on_conflict(user_backends::user_id)
@@ -56,7 +56,7 @@ pub async fn upsert(conn: &mut DbConn, row: &NewBackendRow<'_>) -> Result<Backen
 }
 
 pub async fn find_for_user(conn: &mut DbConn, user_id: i32) -> Result<Option<BackendRow>> {
-    db_run!(conn: {
+    db_run!(conn, "backends::find_for_user": {
         user_backends::table
             .filter(user_backends::user_id.eq(user_id))
             .select(BackendRow::as_select())
@@ -68,7 +68,7 @@ pub async fn find_for_user(conn: &mut DbConn, user_id: i32) -> Result<Option<Bac
 }
 
 pub async fn delete_for_user(conn: &mut DbConn, user_id: i32) -> Result<bool> {
-    db_run!(conn: {
+    db_run!(conn, "backends::delete_for_user": {
         diesel::delete(user_backends::table.filter(user_backends::user_id.eq(user_id)))
             .execute(conn)
             .await
@@ -79,7 +79,7 @@ pub async fn delete_for_user(conn: &mut DbConn, user_id: i32) -> Result<bool> {
 
 /// Every backend's (id, encrypted token), for key rotation.
 pub async fn all_tokens(conn: &mut DbConn) -> Result<Vec<(i32, String)>> {
-    db_run!(conn: {
+    db_run!(conn, "backends::all_tokens": {
         user_backends::table
             .select((user_backends::id, user_backends::bearer_token_encrypted))
             .order(user_backends::id.asc())
@@ -91,7 +91,7 @@ pub async fn all_tokens(conn: &mut DbConn) -> Result<Vec<(i32, String)>> {
 
 /// The newest `limit` stored tokens, by user id (the start-up key check).
 pub async fn sample_tokens(conn: &mut DbConn, limit: i64) -> Result<Vec<(i32, String)>> {
-    db_run!(conn: {
+    db_run!(conn, "backends::sample_tokens": {
         user_backends::table
             .select((user_backends::user_id, user_backends::bearer_token_encrypted))
             .order(user_backends::updated_at.desc())
@@ -103,7 +103,7 @@ pub async fn sample_tokens(conn: &mut DbConn, limit: i64) -> Result<Vec<(i32, St
 }
 
 pub async fn set_token(conn: &mut DbConn, id: i32, encrypted: &str) -> Result<()> {
-    db_run!(conn: {
+    db_run!(conn, "backends::set_token": {
         diesel::update(user_backends::table.find(id))
             .set(user_backends::bearer_token_encrypted.eq(encrypted))
             .execute(conn)

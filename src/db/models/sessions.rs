@@ -24,7 +24,7 @@ pub struct SessionRow {
 }
 
 pub async fn insert(conn: &mut DbConn, row: &SessionRow) -> Result<()> {
-    db_run!(conn: {
+    db_run!(conn, "sessions::insert": {
         diesel::insert_into(sessions::table)
             .values(row)
             .execute(conn)
@@ -41,7 +41,7 @@ pub async fn find_live(
     id: &str,
     now: NaiveDateTime,
 ) -> Result<Option<(SessionRow, UserRow, Option<BackendRow>)>> {
-    db_run!(conn: {
+    db_run!(conn, "sessions::find_live": {
         sessions::table
             .inner_join(users::table.left_join(user_backends::table))
             .filter(sessions::id.eq(id))
@@ -56,7 +56,7 @@ pub async fn find_live(
 }
 
 pub async fn mark_refreshed(conn: &mut DbConn, id: &str, now: NaiveDateTime) -> Result<()> {
-    db_run!(conn: {
+    db_run!(conn, "sessions::mark_refreshed": {
         diesel::update(sessions::table.find(id))
             .set(sessions::refreshed_at.eq(now))
             .execute(conn)
@@ -68,7 +68,7 @@ pub async fn mark_refreshed(conn: &mut DbConn, id: &str, now: NaiveDateTime) -> 
 
 /// Revokes one live session; false when it was not live.
 pub async fn revoke(conn: &mut DbConn, id: &str, now: NaiveDateTime) -> Result<bool> {
-    db_run!(conn: {
+    db_run!(conn, "sessions::revoke": {
         diesel::update(sessions::table.find(id).filter(sessions::revoked_at.is_null()))
             .set(sessions::revoked_at.eq(now))
             .execute(conn)
@@ -86,7 +86,7 @@ pub async fn revoke_all_for_user(
     now: NaiveDateTime,
 ) -> Result<usize> {
     let keep = keep.unwrap_or("");
-    db_run!(conn: {
+    db_run!(conn, "sessions::revoke_all_for_user": {
         diesel::update(
             sessions::table
                 .filter(sessions::user_id.eq(user_id))
@@ -102,7 +102,7 @@ pub async fn revoke_all_for_user(
 
 /// The user's live sessions, newest first.
 pub async fn list_live_for_user(conn: &mut DbConn, user_id: i32, now: NaiveDateTime) -> Result<Vec<SessionRow>> {
-    db_run!(conn: {
+    db_run!(conn, "sessions::list_live_for_user": {
         sessions::table
             .filter(sessions::user_id.eq(user_id))
             .filter(sessions::revoked_at.is_null())
@@ -117,7 +117,7 @@ pub async fn list_live_for_user(conn: &mut DbConn, user_id: i32, now: NaiveDateT
 
 /// Revokes one live session of this user; false when there is none with that id.
 pub async fn revoke_owned(conn: &mut DbConn, id: &str, user_id: i32, now: NaiveDateTime) -> Result<bool> {
-    db_run!(conn: {
+    db_run!(conn, "sessions::revoke_owned": {
         diesel::update(
             sessions::table
                 .find(id)
@@ -135,7 +135,7 @@ pub async fn revoke_owned(conn: &mut DbConn, id: &str, user_id: i32, now: NaiveD
 
 /// Deletes sessions that ended before `before` (revoked or expired).
 pub async fn purge_ended(conn: &mut DbConn, before: NaiveDateTime) -> Result<usize> {
-    db_run!(conn: {
+    db_run!(conn, "sessions::purge_ended": {
         diesel::delete(sessions::table.filter(sessions::expires_at.lt(before).or(sessions::revoked_at.lt(before))))
             .execute(conn)
             .await
@@ -145,7 +145,7 @@ pub async fn purge_ended(conn: &mut DbConn, before: NaiveDateTime) -> Result<usi
 
 /// Live sessions of all users (a gauge).
 pub async fn count_live(conn: &mut DbConn, now: NaiveDateTime) -> Result<i64> {
-    db_run!(conn: {
+    db_run!(conn, "sessions::count_live": {
         sessions::table
             .filter(sessions::revoked_at.is_null())
             .filter(sessions::expires_at.gt(now))

@@ -16,7 +16,7 @@ pub async fn locked_until(
     ip: &str,
     now: NaiveDateTime,
 ) -> Result<Option<NaiveDateTime>> {
-    db_run!(conn: {
+    db_run!(conn, "throttles::locked_until": {
         login_throttles::table
             .find((subject, ip))
             .select(login_throttles::locked_until)
@@ -30,7 +30,7 @@ pub async fn locked_until(
 
 /// Counts one failure; returns the failure count after it (the caller decides on a lock).
 pub async fn record_failure(conn: &mut DbConn, subject: &str, ip: &str, now: NaiveDateTime) -> Result<i32> {
-    db_run!(conn: {
+    db_run!(conn, "throttles::record_failure": {
         diesel::insert_into(login_throttles::table)
             .values((
                 login_throttles::subject.eq(subject),
@@ -50,7 +50,7 @@ pub async fn record_failure(conn: &mut DbConn, subject: &str, ip: &str, now: Nai
 
 /// Locks the subject out from this address until `until` and restarts the count.
 pub async fn lock(conn: &mut DbConn, subject: &str, ip: &str, until: NaiveDateTime, now: NaiveDateTime) -> Result<()> {
-    db_run!(conn: {
+    db_run!(conn, "throttles::lock": {
         diesel::update(login_throttles::table.find((subject, ip)))
             .set((login_throttles::locked_until.eq(until), login_throttles::failures.eq(0), login_throttles::updated_at.eq(now)))
             .execute(conn)
@@ -62,7 +62,7 @@ pub async fn lock(conn: &mut DbConn, subject: &str, ip: &str, until: NaiveDateTi
 
 /// Forgets the subject's failures from one address (after a successful login).
 pub async fn clear(conn: &mut DbConn, subject: &str, ip: &str) -> Result<()> {
-    db_run!(conn: {
+    db_run!(conn, "throttles::clear": {
         diesel::delete(login_throttles::table.find((subject, ip)))
             .execute(conn)
             .await
@@ -73,7 +73,7 @@ pub async fn clear(conn: &mut DbConn, subject: &str, ip: &str) -> Result<()> {
 
 /// Forgets every failure and lock of the subject (admin clear); returns how many rows.
 pub async fn clear_subject(conn: &mut DbConn, subject: &str) -> Result<usize> {
-    db_run!(conn: {
+    db_run!(conn, "throttles::clear_subject": {
         diesel::delete(login_throttles::table.filter(login_throttles::subject.eq(subject)))
             .execute(conn)
             .await
@@ -83,7 +83,7 @@ pub async fn clear_subject(conn: &mut DbConn, subject: &str) -> Result<usize> {
 
 /// Drops rows untouched since `before` whose lock (if any) has ended.
 pub async fn purge(conn: &mut DbConn, before: NaiveDateTime, now: NaiveDateTime) -> Result<usize> {
-    db_run!(conn: {
+    db_run!(conn, "throttles::purge": {
         diesel::delete(
             login_throttles::table
                 .filter(login_throttles::updated_at.lt(before))

@@ -52,7 +52,7 @@ pub struct UserChanges {
 pub type UserWithBackend = (UserRow, Option<BackendRow>);
 
 pub async fn insert(conn: &mut DbConn, row: &NewUserRow<'_>) -> Result<UserRow> {
-    db_run!(conn: {
+    db_run!(conn, "users::insert": {
         diesel::insert_into(users::table)
             .values(row)
             .returning(UserRow::as_returning())
@@ -63,7 +63,7 @@ pub async fn insert(conn: &mut DbConn, row: &NewUserRow<'_>) -> Result<UserRow> 
 }
 
 pub async fn find(conn: &mut DbConn, id: i32) -> Result<Option<UserWithBackend>> {
-    db_run!(conn: {
+    db_run!(conn, "users::find": {
         users::table
             .left_join(user_backends::table)
             .filter(users::id.eq(id))
@@ -78,7 +78,7 @@ pub async fn find(conn: &mut DbConn, id: i32) -> Result<Option<UserWithBackend>>
 /// Looks a user up by username or email, case-insensitively (both are unique that way).
 pub async fn find_by_login(conn: &mut DbConn, login: &str) -> Result<Option<UserWithBackend>> {
     let login = login.to_lowercase();
-    db_run!(conn: {
+    db_run!(conn, "users::find_by_login": {
         users::table
             .left_join(user_backends::table)
             .filter(lower(users::username).eq(&login).or(lower(users::email).eq(&login)))
@@ -91,7 +91,7 @@ pub async fn find_by_login(conn: &mut DbConn, login: &str) -> Result<Option<User
 }
 
 pub async fn list(conn: &mut DbConn, limit: i64, offset: i64) -> Result<Vec<UserWithBackend>> {
-    db_run!(conn: {
+    db_run!(conn, "users::list": {
         users::table
             .left_join(user_backends::table)
             .order(users::id.asc())
@@ -105,13 +105,13 @@ pub async fn list(conn: &mut DbConn, limit: i64, offset: i64) -> Result<Vec<User
 }
 
 pub async fn count(conn: &mut DbConn) -> Result<i64> {
-    db_run!(conn: {
+    db_run!(conn, "users::count": {
         users::table.count().get_result(conn).await.map_err(map_err)
     })
 }
 
 pub async fn count_active_admins(conn: &mut DbConn) -> Result<i64> {
-    db_run!(conn: {
+    db_run!(conn, "users::count_active_admins": {
         users::table
             .filter(users::role.eq("admin").and(users::is_active.eq(true)))
             .count()
@@ -123,7 +123,7 @@ pub async fn count_active_admins(conn: &mut DbConn) -> Result<i64> {
 
 /// Applies `changes`; returns false when no such user.
 pub async fn update(conn: &mut DbConn, id: i32, changes: &UserChanges) -> Result<bool> {
-    db_run!(conn: {
+    db_run!(conn, "users::update": {
         diesel::update(users::table.find(id))
             .set(changes)
             .execute(conn)
@@ -134,7 +134,7 @@ pub async fn update(conn: &mut DbConn, id: i32, changes: &UserChanges) -> Result
 }
 
 pub async fn set_last_login(conn: &mut DbConn, id: i32, at: NaiveDateTime) -> Result<()> {
-    db_run!(conn: {
+    db_run!(conn, "users::set_last_login": {
         diesel::update(users::table.find(id))
             .set(users::last_login.eq(at))
             .execute(conn)
@@ -146,7 +146,7 @@ pub async fn set_last_login(conn: &mut DbConn, id: i32, at: NaiveDateTime) -> Re
 
 /// Deletes the user; backends and sessions cascade, audit rows keep `user_id = NULL`.
 pub async fn delete(conn: &mut DbConn, id: i32) -> Result<bool> {
-    db_run!(conn: {
+    db_run!(conn, "users::delete": {
         diesel::delete(users::table.find(id))
             .execute(conn)
             .await
@@ -157,7 +157,7 @@ pub async fn delete(conn: &mut DbConn, id: i32) -> Result<bool> {
 
 /// Swaps the password hash only if it is still `old` (a concurrent change wins).
 pub async fn replace_password_hash(conn: &mut DbConn, id: i32, old: &str, new: &str) -> Result<bool> {
-    db_run!(conn: {
+    db_run!(conn, "users::replace_password_hash": {
         diesel::update(users::table.find(id).filter(users::password_hash.eq(old)))
             .set(users::password_hash.eq(new))
             .execute(conn)
