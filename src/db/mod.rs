@@ -174,13 +174,6 @@ impl DbPool {
         })
     }
 
-    pub fn backend_name(&self) -> &'static str {
-        match self {
-            Self::Postgres(_) => "postgres",
-            Self::Sqlite(..) => "sqlite",
-        }
-    }
-
     /// (connections in use, pool size) for metrics.
     pub fn usage(&self) -> (usize, usize) {
         let status = match self {
