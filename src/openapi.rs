@@ -1,7 +1,10 @@
 //! The OpenAPI 3 document of the JSON routes, generated from the descriptor set: the same
 //! `google.api.http` annotations Envoy transcodes, the same field names and JSON types
-//! (proto3 JSON mapping with proto field names), and the proto comments as descriptions. So the
-//! document cannot drift from the routes; `export-api` writes it beside the descriptor.
+//! (proto3 JSON mapping with proto field names), and the proto comments as descriptions. Who may
+//! call each RPC and what it answers come from the RPC table the server itself runs on
+//! (`grpc::access::RPCS`). So the document cannot drift from the routes; `export-api` writes it
+//! beside the descriptor.
+//! Follows grpc-gateway's protoc-gen-openapiv2: the document is derived from the annotations.
 
 use std::collections::BTreeMap;
 
@@ -11,6 +14,7 @@ use prost_reflect::{
 };
 use serde_json::{Map, Value, json};
 
+use crate::grpc::access::{Access, RpcRule, rpc_rule};
 use crate::pb;
 
 const PACKAGE: &str = "instachatico.auth.v1";
@@ -24,38 +28,9 @@ pub struct Route {
     pub rpc: String,
 }
 
-/// Who may call an RPC, as the JSON face documents it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Access {
-    Anyone,
-    Bearer,
-    Admin,
-}
-
-fn access(rpc: &str) -> Access {
-    match rpc {
-        "AuthService.Login" | "AuthService.Register" | "HealthService.Check" => Access::Anyone,
-        "AuthService.Refresh" | "AuthService.Logout" => Access::Bearer,
-        r if r.starts_with("AuditService.") => Access::Admin,
-        r if r.starts_with("UserService.")
-            && !matches!(
-                r,
-                "UserService.GetMe"
-                    | "UserService.UpdateMyBackend"
-                    | "UserService.ChangeMyPassword"
-                    | "UserService.ListMySessions"
-                    | "UserService.RevokeMySession"
-            ) =>
-        {
-            Access::Admin
-        }
-        _ => Access::Bearer,
-    }
-}
-
-/// Status of a successful JSON reply (the service hints Envoy where it is not 200).
-fn success_status(rpc: &str) -> &'static str {
-    if matches!(rpc, "UserService.CreateUser" | "AuthService.Register") { "201" } else { "200" }
+/// The gRPC path of `method` (`/package.Service/Method`): its key in the RPC table.
+pub fn grpc_path(method: &MethodDescriptor) -> String {
+    format!("/{}/{}", method.parent_service().full_name(), method.name())
 }
 
 pub fn pool() -> anyhow::Result<DescriptorPool> {
@@ -165,11 +140,11 @@ pub fn document() -> anyhow::Result<Value> {
         if !parameters.is_empty() {
             operation.insert("parameters".into(), Value::Array(parameters));
         }
-        let access = access(&route.rpc);
-        if access != Access::Anyone {
+        let rule = rpc_rule(&grpc_path(&method));
+        if rule.access != Access::Public {
             operation.insert("security".into(), json!([{"bearer": []}]));
         }
-        operation.insert("responses".into(), responses(&route, &method, access, &params, &mut schemas));
+        operation.insert("responses".into(), responses(rule, &method, &mut schemas));
         paths.entry(route.path.clone()).or_default().insert(route.method.clone(), Value::Object(operation));
     }
     schemas.insert_error();
@@ -192,35 +167,31 @@ pub fn document() -> anyhow::Result<Value> {
     }))
 }
 
-fn responses(
-    route: &Route,
-    method: &MethodDescriptor,
-    access: Access,
-    params: &[String],
-    schemas: &mut Schemas,
-) -> Value {
+/// The replies of one RPC, all from its rule: the success status, the errors every RPC may
+/// give, those its access implies and its own.
+fn responses(rule: &RpcRule, method: &MethodDescriptor, schemas: &mut Schemas) -> Value {
     let error = |what: &str| json!({"description": what, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    let mut errors = BTreeMap::from([
+        (400, "Invalid request: the detail names the field"),
+        (429, "Too many requests; see Retry-After"),
+        (500, "Internal error"),
+        (503, "Temporarily unavailable; see Retry-After"),
+    ]);
+    if rule.access != Access::Public {
+        errors.insert(401, "Not authenticated: no valid bearer token, or its session has ended");
+    }
+    if rule.access == Access::Admin {
+        errors.insert(403, "Admin privileges required");
+    }
+    errors.extend(rule.errors.iter().map(|refusal| (refusal.http, refusal.when)));
     let mut out = Map::new();
     out.insert(
-        success_status(&route.rpc).into(),
+        rule.success_http.to_string(),
         json!({"description": "Success", "content": {"application/json": {"schema": schemas.message_ref(&method.output())}}}),
     );
-    out.insert("400".into(), error("Invalid request: the detail names the field"));
-    if access != Access::Anyone || route.rpc == "AuthService.Login" {
-        out.insert("401".into(), error("Not authenticated, or incorrect username or password"));
+    for (status, when) in errors {
+        out.insert(status.to_string(), error(when));
     }
-    if access == Access::Admin || matches!(route.rpc.as_str(), "AuthService.Login" | "AuthService.Register") {
-        out.insert("403".into(), error("Admin privileges required, or account inactive"));
-    }
-    if !params.is_empty() {
-        out.insert("404".into(), error("No such user"));
-    }
-    if matches!(route.rpc.as_str(), "UserService.CreateUser" | "UserService.UpdateUser" | "AuthService.Register") {
-        out.insert("409".into(), error("Username or email already exists"));
-    }
-    out.insert("429".into(), error("Too many requests; see Retry-After"));
-    out.insert("500".into(), error("Internal error"));
-    out.insert("503".into(), error("Temporarily unavailable; see Retry-After"));
     Value::Object(out)
 }
 
@@ -328,3 +299,39 @@ pub fn rendered() -> anyhow::Result<String> {
 
 pub const DESCRIPTOR_FILE: &str = "instachatico_auth.pb";
 pub const OPENAPI_FILE: &str = "openapi.json";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grpc::access::RPCS;
+
+    /// The document says what the server does: an operation is open to anyone exactly when the
+    /// access layer lets anyone call it, documents 403 for every admin RPC, and answers with
+    /// the success status the layer hints.
+    #[test]
+    fn documented_access_and_statuses_are_the_rpc_tables() {
+        let document = document().unwrap();
+        let routes = routes().unwrap();
+        assert!(!routes.is_empty());
+        for (route, method) in routes {
+            let path = grpc_path(&method);
+            let rule = RPCS.iter().find(|(p, _)| *p == path).map(|(_, r)| r);
+            let rule = rule.unwrap_or_else(|| panic!("{path} has a JSON route but no rule"));
+            let operation = &document["paths"][&route.path][&route.method];
+            let what = format!("{} {} ({path})", route.method, route.path);
+            assert_eq!(operation.get("security").is_none(), rule.access == Access::Public, "{what}: security");
+            let responses = operation["responses"].as_object().unwrap();
+            let statuses: Vec<u16> = responses.keys().map(|k| k.parse().unwrap()).collect();
+            let successes: Vec<u16> = statuses.iter().copied().filter(|s| *s < 300).collect();
+            assert_eq!(successes, [rule.success_http], "{what}: success");
+            let unauthenticated = rule.access != Access::Public || rule.errors.iter().any(|e| e.http == 401);
+            assert_eq!(statuses.contains(&401), unauthenticated, "{what}: 401");
+            if rule.access == Access::Admin {
+                assert!(statuses.contains(&403), "{what}: admin only, 403 undocumented");
+            }
+            for refusal in rule.errors {
+                assert_eq!(responses[&refusal.http.to_string()]["description"], refusal.when, "{what}");
+            }
+        }
+    }
+}

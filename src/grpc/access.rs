@@ -1,7 +1,10 @@
-//! Who may call what, decided once for every call before any service sees it: one table of
-//! access by gRPC path, and one async layer that authenticates the bearer token, checks the
-//! table and hands the principal to the handler in the request's extensions. An RPC missing
-//! from the table needs an admin: a new RPC is closed until someone opens it here.
+//! What the service states about each RPC, once: one table by gRPC path of who may call it,
+//! the HTTP status of its success through Envoy and its particular error replies (read by the
+//! access layer here and by the OpenAPI document), and one async layer that authenticates the
+//! bearer token, checks the table, hands the principal to the handler in the request's
+//! extensions and hints Envoy's success status. An RPC missing from the table needs an admin: a
+//! new RPC is closed until someone opens it here.
+//! The layer follows tonic's `examples/src/tower` middleware: a tower `Layer` over the router.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -30,23 +33,85 @@ pub enum Access {
     Admin,
 }
 
-/// The access of the RPC at `path` (`/package.Service/Method`).
+/// Everything the service states about one RPC, in one place: who may call it (the access
+/// layer), the HTTP status of its success through Envoy (the hint the layer attaches) and the
+/// error replies particular to it (the OpenAPI document).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RpcRule {
+    pub access: Access,
+    /// Status of a successful JSON reply; Envoy answers 200 unless hinted otherwise.
+    pub success_http: u16,
+    /// Error replies of this RPC beyond those every RPC may give (400, 429, 500, 503) and
+    /// those its access implies (401 without a live session, 403 for a non-admin).
+    pub errors: &'static [Refusal],
+}
+
+/// An error reply an RPC documents: its HTTP status (Envoy's mapping of the gRPC code) and
+/// when it happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub http: u16,
+    pub when: &'static str,
+}
+
+const BAD_CREDENTIALS: Refusal = Refusal { http: 401, when: "Incorrect username or password" };
+const INACTIVE: Refusal = Refusal { http: 403, when: "Account is inactive" };
+const REGISTRATION_OFF: Refusal = Refusal { http: 403, when: "Registration is disabled" };
+const NO_SUCH_USER: Refusal = Refusal { http: 404, when: "No such user" };
+const NO_SUCH_SESSION: Refusal = Refusal { http: 404, when: "No such session of yours" };
+const TAKEN: Refusal = Refusal { http: 409, when: "Username or email already exists" };
+
+const fn rule(access: Access, errors: &'static [Refusal]) -> RpcRule {
+    RpcRule { access, success_http: 200, errors }
+}
+
+const fn created(access: Access, errors: &'static [Refusal]) -> RpcRule {
+    RpcRule { access, success_http: 201, errors }
+}
+
+/// The rule of an RPC missing from [`RPCS`]: a new RPC is closed until someone opens it there.
+pub const CLOSED: RpcRule = rule(Access::Admin, &[]);
+
+/// Every RPC the server serves, by gRPC path. A unit test checks it against the descriptor sets.
+#[rustfmt::skip]
+pub const RPCS: &[(&str, RpcRule)] = {
+    use Access::{Admin, OwnToken, Public, Session};
+    &[
+        ("/instachatico.auth.v1.AuthService/Login", rule(Public, &[BAD_CREDENTIALS, INACTIVE])),
+        ("/instachatico.auth.v1.AuthService/Register", created(Public, &[REGISTRATION_OFF, TAKEN])),
+        ("/instachatico.auth.v1.AuthService/Refresh", rule(OwnToken, &[])),
+        ("/instachatico.auth.v1.AuthService/Logout", rule(OwnToken, &[])),
+        ("/instachatico.auth.v1.HealthService/Check", rule(Public, &[])),
+        ("/instachatico.auth.v1.UserService/GetMe", rule(Session, &[])),
+        ("/instachatico.auth.v1.UserService/UpdateMyBackend", rule(Session, &[])),
+        ("/instachatico.auth.v1.UserService/ChangeMyPassword", rule(Session, &[])),
+        ("/instachatico.auth.v1.UserService/ListMySessions", rule(Session, &[])),
+        ("/instachatico.auth.v1.UserService/RevokeMySession", rule(Session, &[NO_SUCH_SESSION])),
+        ("/instachatico.auth.v1.UserService/CreateUser", created(Admin, &[TAKEN])),
+        ("/instachatico.auth.v1.UserService/ListUsers", rule(Admin, &[])),
+        ("/instachatico.auth.v1.UserService/GetUser", rule(Admin, &[NO_SUCH_USER])),
+        ("/instachatico.auth.v1.UserService/UpdateUser", rule(Admin, &[NO_SUCH_USER, TAKEN])),
+        ("/instachatico.auth.v1.UserService/DeleteUser", rule(Admin, &[NO_SUCH_USER])),
+        ("/instachatico.auth.v1.UserService/ResetPassword", rule(Admin, &[NO_SUCH_USER])),
+        ("/instachatico.auth.v1.UserService/RevokeUserSessions", rule(Admin, &[NO_SUCH_USER])),
+        ("/instachatico.auth.v1.UserService/UnlockUser", rule(Admin, &[NO_SUCH_USER])),
+        ("/instachatico.auth.v1.AuditService/ListAuditLogs", rule(Admin, &[])),
+        // Standard services beside ours (tonic-health, tonic-reflection).
+        ("/grpc.health.v1.Health/Check", rule(Public, &[])),
+        ("/grpc.health.v1.Health/Watch", rule(Public, &[])),
+        ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", rule(Public, &[])),
+        ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", rule(Public, &[])),
+    ]
+};
+
+/// The rule of the RPC at `path` (`/package.Service/Method`); [`CLOSED`] for any other path.
+pub fn rpc_rule(path: &str) -> &'static RpcRule {
+    RPCS.iter().find(|(p, _)| *p == path).map_or(&CLOSED, |(_, rule)| rule)
+}
+
+/// The access of the RPC at `path`.
 pub fn access(path: &str) -> Access {
-    const PKG: &str = "/instachatico.auth.v1.";
-    if path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.") {
-        return Access::Public;
-    }
-    let Some(rpc) = path.strip_prefix(PKG) else { return Access::Admin };
-    match rpc {
-        "AuthService/Login" | "AuthService/Register" | "HealthService/Check" => Access::Public,
-        "AuthService/Refresh" | "AuthService/Logout" => Access::OwnToken,
-        "UserService/GetMe"
-        | "UserService/UpdateMyBackend"
-        | "UserService/ChangeMyPassword"
-        | "UserService/ListMySessions"
-        | "UserService/RevokeMySession" => Access::Session,
-        _ => Access::Admin,
-    }
+    rpc_rule(path).access
 }
 
 /// The authenticated caller of a request that passed [`AccessLayer`].
@@ -104,37 +169,91 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let app = self.app.clone();
         Box::pin(async move {
-            let need = access(request.uri().path());
-            if request.method() == http::Method::OPTIONS || need == Access::Public {
+            let rule = rpc_rule(request.uri().path());
+            if request.method() == http::Method::OPTIONS {
                 return inner.call(request).await;
             }
-            let headers = request.headers();
-            let checked = async {
-                let token = super::meta::bearer_from_headers(headers)?;
-                if need == Access::OwnToken {
-                    return Ok(None);
+            if rule.access != Access::Public {
+                let headers = request.headers();
+                let checked = async {
+                    let token = super::meta::bearer_from_headers(headers)?;
+                    if rule.access == Access::OwnToken {
+                        return Ok(None);
+                    }
+                    let principal = app.authenticate_token(token, Utc::now()).await?;
+                    if rule.access == Access::Admin && principal.role() != Role::Admin {
+                        return Err(Error::PermissionDenied("Admin privileges required"));
+                    }
+                    Ok(Some(principal))
+                };
+                match checked.await {
+                    Ok(Some(principal)) => {
+                        request.extensions_mut().insert(principal);
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Ok(Status::from(e).into_http()),
                 }
-                let principal = app.authenticate_token(token, Utc::now()).await?;
-                if need == Access::Admin && principal.role() != Role::Admin {
-                    return Err(Error::PermissionDenied("Admin privileges required"));
-                }
-                Ok(Some(principal))
-            };
-            match checked.await {
-                Ok(Some(principal)) => {
-                    request.extensions_mut().insert(principal);
-                    inner.call(request).await
-                }
-                Ok(None) => inner.call(request).await,
-                Err(e) => Ok(Status::from(e).into_http()),
             }
+            let mut response = inner.call(request).await?;
+            hint_success_status(rule, &mut response);
+            Ok(response)
         })
+    }
+}
+
+/// Asks Envoy to answer a success with the rule's status (201) instead of 200. A reply that
+/// carries `grpc-status` in its headers is a trailers-only error and keeps Envoy's mapping.
+fn hint_success_status(rule: &RpcRule, response: &mut http::Response<tonic::body::Body>) {
+    if rule.success_http != 200 && !response.headers().contains_key("grpc-status") {
+        super::status::set_http_status_hint(response.headers_mut(), rule.success_http);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
+
+    /// Every method of every service the server registers (ours, tonic-health, reflection).
+    fn served_methods() -> BTreeSet<String> {
+        let sets = [
+            crate::pb::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ];
+        let mut methods = BTreeSet::new();
+        for set in sets {
+            let pool = prost_reflect::DescriptorPool::decode(set).unwrap();
+            for service in pool.services() {
+                methods.extend(service.methods().map(|m| format!("/{}/{}", service.full_name(), m.name())));
+            }
+        }
+        methods
+    }
+
+    #[test]
+    fn every_served_rpc_has_a_rule_and_every_rule_an_rpc() {
+        let served = served_methods();
+        assert!(served.len() >= 20, "{served:?}");
+        let listed: BTreeSet<String> = RPCS.iter().map(|(path, _)| (*path).to_owned()).collect();
+        assert_eq!(listed.len(), RPCS.len(), "an RPC is listed twice in RPCS");
+        let missing: Vec<&String> = served.difference(&listed).collect();
+        assert!(missing.is_empty(), "RPCs without a rule (closed to all but admins until listed in RPCS): {missing:?}");
+        let stale: Vec<&String> = listed.difference(&served).collect();
+        assert!(stale.is_empty(), "rules for RPCs nobody serves: {stale:?}");
+    }
+
+    #[test]
+    fn rules_state_only_what_is_particular_to_the_rpc() {
+        for (path, rule) in RPCS {
+            assert!(matches!(rule.success_http, 200 | 201), "{path}: success is {}", rule.success_http);
+            let statuses: Vec<u16> = rule.errors.iter().map(|e| e.http).collect();
+            assert!(statuses.iter().all(|s| (401..=499).contains(s) && *s != 429), "{path}: {statuses:?}");
+            assert!(statuses.windows(2).all(|w| w[0] < w[1]), "{path}: one refusal per status, ascending");
+        }
+    }
 
     #[test]
     fn unknown_rpcs_need_an_admin() {

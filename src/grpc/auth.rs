@@ -6,7 +6,6 @@ use secrecy::{ExposeSecret, SecretString};
 use tonic::{Request, Response, Status};
 
 use super::meta::{self, ClientIpPolicy};
-use super::status::hint_http_status;
 use crate::domain::App;
 use crate::domain::types::NewUser;
 use crate::pb;
@@ -66,8 +65,6 @@ impl AuthService for AuthApi {
         let client = self.ips.client_info(&request);
         let new = NewUser::try_from(super::text::body(request)?)?;
         let user = self.app.register(new, &client, Utc::now()).await?;
-        let mut response = Response::new(pb::User::from(&user));
-        hint_http_status(&mut response, 201);
-        Ok(response)
+        Ok(Response::new(pb::User::from(&user)))
     }
 }

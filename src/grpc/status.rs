@@ -1,5 +1,6 @@
 //! The one mapping from the domain error to a gRPC status. Envoy turns the code into the HTTP
 //! status of SPEC 3.3 and the message into `{"detail": ...}`, so messages must be safe.
+//! Follows InfluxDB IOx: one `From<Error> for Status` at the transport edge.
 
 use tonic::{Code, Status};
 
@@ -50,10 +51,17 @@ fn capitalize(s: &str) -> String {
     chars.next().map(|c| c.to_uppercase().chain(chars).collect()).unwrap_or_default()
 }
 
-/// Asks Envoy to answer with `code` instead of 200.
+/// Asks Envoy to answer with `code` instead of 200, for a status that depends on the outcome
+/// (health's 503). Fixed success statuses (201) are the RPC table's (`grpc::access::RPCS`),
+/// attached once by the access layer.
 pub fn hint_http_status<T>(response: &mut tonic::Response<T>, code: u16) {
-    if let Ok(value) = code.to_string().parse() {
-        response.metadata_mut().insert(HTTP_STATUS_HINT, value);
+    set_http_status_hint(response.metadata_mut().as_mut(), code);
+}
+
+/// The same on raw response headers.
+pub fn set_http_status_hint(headers: &mut http::HeaderMap, code: u16) {
+    if let Ok(value) = http::HeaderValue::from_str(&code.to_string()) {
+        headers.insert(HTTP_STATUS_HINT, value);
     }
 }
 

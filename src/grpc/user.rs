@@ -8,7 +8,6 @@ use tonic::{Request, Response, Status};
 use super::convert::user_id;
 use super::meta::ClientIpPolicy;
 use super::principal;
-use super::status::hint_http_status;
 use crate::domain::App;
 use crate::domain::types::{Actor, BackendInput, NewUser, UserPatch};
 use crate::pb;
@@ -36,9 +35,7 @@ impl UserService for UserApi {
         let client = self.ips.client_info(&request);
         let new = NewUser::try_from(super::text::body(request)?)?;
         let user = self.app.create_user(&Actor::User(&me), new, &client, Utc::now()).await?;
-        let mut response = Response::new(pb::User::from(&user));
-        hint_http_status(&mut response, 201);
-        Ok(response)
+        Ok(Response::new(pb::User::from(&user)))
     }
 
     async fn get_me(&self, request: Request<pb::GetMeRequest>) -> Result<Response<pb::User>, Status> {

@@ -17,7 +17,7 @@ async fn unknown_names_are_stored_as_keyed_hashes(s: TestServer) {
 
     let mut conn = s.app().db().get().await.unwrap();
     let conn = &mut conn;
-    let subjects: Vec<String> = instachatico_auth::db_run!(conn: {
+    let subjects: Vec<String> = instachatico_auth::db_run!(conn, "test::login_throttle_subjects": {
         login_throttles::table.select(login_throttles::subject).load(conn).await.unwrap()
     });
     let unknown: Vec<&String> = subjects.iter().filter(|s| s.starts_with("login:")).collect();

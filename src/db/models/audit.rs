@@ -62,7 +62,7 @@ pub async fn insert(conn: &mut DbConn, entry: &AuditEntry) -> Result<()> {
         metadata: entry.metadata.to_string(),
         created_at: entry.created_at.naive_utc(),
     };
-    db_run!(conn: {
+    db_run!(conn, "audit::insert": {
         diesel::insert_into(audit_logs::table)
             .values(&row)
             .execute(conn)
@@ -94,7 +94,7 @@ pub async fn query(conn: &mut DbConn, filter: &AuditQuery, limit: i64, offset: i
             q
         }};
     }
-    let (rows, total): (Vec<AuditRow>, i64) = db_run!(conn: {
+    let (rows, total): (Vec<AuditRow>, i64) = db_run!(conn, "audit::query": {
         let rows = filtered!()
             .order(audit_logs::id.desc())
             .limit(limit)
@@ -118,7 +118,7 @@ pub async fn list_for_user(conn: &mut DbConn, user_id: Option<UserId>, limit: i6
 /// Failed logins from `ip` since `since` (the suspicious-address alert).
 pub async fn count_failed_logins_from(conn: &mut DbConn, ip: &str, since: DateTime<Utc>) -> Result<i64> {
     let since = since.naive_utc();
-    db_run!(conn: {
+    db_run!(conn, "audit::count_failed_logins_from": {
         audit_logs::table
             .filter(audit_logs::ip_address.eq(ip))
             .filter(audit_logs::created_at.ge(since))

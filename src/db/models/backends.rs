@@ -56,7 +56,7 @@ pub async fn upsert(conn: &mut DbConn, record: &BackendRecord) -> Result<Backend
         created_at: at,
         updated_at: at,
     };
-    let stored = db_run!(conn: {
+    let stored = db_run!(conn, "backends::upsert": {
         diesel::insert_into(user_backends::table)
             .values(&row)
             .on_conflict(user_backends::user_id)
@@ -77,7 +77,7 @@ pub async fn upsert(conn: &mut DbConn, record: &BackendRecord) -> Result<Backend
 }
 
 pub async fn find_for_user(conn: &mut DbConn, user_id: UserId) -> Result<Option<Backend>> {
-    let row = db_run!(conn: {
+    let row = db_run!(conn, "backends::find_for_user": {
         user_backends::table
             .filter(user_backends::user_id.eq(user_id.0))
             .select(BackendRow::as_select())
@@ -90,7 +90,7 @@ pub async fn find_for_user(conn: &mut DbConn, user_id: UserId) -> Result<Option<
 }
 
 pub async fn delete_for_user(conn: &mut DbConn, user_id: UserId) -> Result<bool> {
-    db_run!(conn: {
+    db_run!(conn, "backends::delete_for_user": {
         diesel::delete(user_backends::table.filter(user_backends::user_id.eq(user_id.0)))
             .execute(conn)
             .await
@@ -101,7 +101,7 @@ pub async fn delete_for_user(conn: &mut DbConn, user_id: UserId) -> Result<bool>
 
 /// Every stored token, encrypted, by user, for key rotation.
 pub async fn all_tokens(conn: &mut DbConn) -> Result<Vec<(UserId, String)>> {
-    let rows: Vec<(i32, String)> = db_run!(conn: {
+    let rows: Vec<(i32, String)> = db_run!(conn, "backends::all_tokens": {
         user_backends::table
             .select((user_backends::user_id, user_backends::bearer_token_encrypted))
             .order(user_backends::user_id.asc())
@@ -114,7 +114,7 @@ pub async fn all_tokens(conn: &mut DbConn) -> Result<Vec<(UserId, String)>> {
 
 /// The newest `limit` stored tokens, by user (the start-up key check).
 pub async fn sample_tokens(conn: &mut DbConn, limit: i64) -> Result<Vec<(UserId, String)>> {
-    let rows: Vec<(i32, String)> = db_run!(conn: {
+    let rows: Vec<(i32, String)> = db_run!(conn, "backends::sample_tokens": {
         user_backends::table
             .select((user_backends::user_id, user_backends::bearer_token_encrypted))
             .order(user_backends::updated_at.desc())
@@ -128,7 +128,7 @@ pub async fn sample_tokens(conn: &mut DbConn, limit: i64) -> Result<Vec<(UserId,
 
 /// Replaces the user's stored token (key rotation; the backend is otherwise unchanged).
 pub async fn set_token(conn: &mut DbConn, user_id: UserId, encrypted: &str) -> Result<()> {
-    db_run!(conn: {
+    db_run!(conn, "backends::set_token": {
         diesel::update(user_backends::table.filter(user_backends::user_id.eq(user_id.0)))
             .set(user_backends::bearer_token_encrypted.eq(encrypted))
             .execute(conn)

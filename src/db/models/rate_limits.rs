@@ -16,7 +16,7 @@ use crate::error::Result;
 /// request costs (period / limit) and `tolerance` how far ahead the TAT may run (the burst).
 /// Returns `None` when admitted, or the µs to wait.
 pub async fn acquire(conn: &mut DbConn, key: &str, now: i64, interval: i64, tolerance: i64) -> Result<Option<i64>> {
-    let admitted: Option<i64> = db_run!(conn: {
+    let admitted: Option<i64> = db_run!(conn, "rate_limits::acquire": {
         let upsert = diesel::insert_into(rate_limits::table)
             .values((rate_limits::key.eq(key), rate_limits::tat.eq(now + interval)))
             .on_conflict(rate_limits::key)
@@ -34,7 +34,7 @@ pub async fn acquire(conn: &mut DbConn, key: &str, now: i64, interval: i64, tole
     if admitted.is_some() {
         return Ok(None);
     }
-    let tat: i64 = db_run!(conn: {
+    let tat: i64 = db_run!(conn, "rate_limits::acquire": {
         rate_limits::table.find(key).select(rate_limits::tat).first(conn).await.map_err(map_err)?
     });
     Ok(Some((tat - tolerance - now).max(1)))
@@ -42,7 +42,7 @@ pub async fn acquire(conn: &mut DbConn, key: &str, now: i64, interval: i64, tole
 
 /// Drops keys whose state has fully drained (a missing row means a full bucket).
 pub async fn purge(conn: &mut DbConn, now: i64) -> Result<usize> {
-    db_run!(conn: {
+    db_run!(conn, "rate_limits::purge": {
         diesel::delete(rate_limits::table.filter(rate_limits::tat.lt(now)))
             .execute(conn)
             .await

@@ -56,7 +56,7 @@ impl From<&Session> for SessionRow {
 
 pub async fn insert(conn: &mut DbConn, session: &Session) -> Result<()> {
     let row = SessionRow::from(session);
-    db_run!(conn: {
+    db_run!(conn, "sessions::insert": {
         diesel::insert_into(sessions::table)
             .values(&row)
             .execute(conn)
@@ -74,7 +74,7 @@ pub async fn find_live(
     now: DateTime<Utc>,
 ) -> Result<Option<(Session, User, Option<Backend>)>> {
     let now = now.naive_utc();
-    let row: Option<(SessionRow, UserRow, Option<BackendRow>)> = db_run!(conn: {
+    let row: Option<(SessionRow, UserRow, Option<BackendRow>)> = db_run!(conn, "sessions::find_live": {
         sessions::table
             .inner_join(users::table.left_join(user_backends::table))
             .filter(sessions::id.eq(id.as_str()))
@@ -91,7 +91,7 @@ pub async fn find_live(
 
 pub async fn mark_refreshed(conn: &mut DbConn, id: &SessionId, now: DateTime<Utc>) -> Result<()> {
     let now = now.naive_utc();
-    db_run!(conn: {
+    db_run!(conn, "sessions::mark_refreshed": {
         diesel::update(sessions::table.find(id.as_str()))
             .set(sessions::refreshed_at.eq(now))
             .execute(conn)
@@ -104,7 +104,7 @@ pub async fn mark_refreshed(conn: &mut DbConn, id: &SessionId, now: DateTime<Utc
 /// Revokes one live session; false when it was not live.
 pub async fn revoke(conn: &mut DbConn, id: &SessionId, now: DateTime<Utc>) -> Result<bool> {
     let now = now.naive_utc();
-    db_run!(conn: {
+    db_run!(conn, "sessions::revoke": {
         diesel::update(sessions::table.find(id.as_str()).filter(sessions::revoked_at.is_null()))
             .set(sessions::revoked_at.eq(now))
             .execute(conn)
@@ -123,7 +123,7 @@ pub async fn revoke_all_for_user(
 ) -> Result<usize> {
     let keep = keep.map_or("", SessionId::as_str);
     let now = now.naive_utc();
-    db_run!(conn: {
+    db_run!(conn, "sessions::revoke_all_for_user": {
         diesel::update(
             sessions::table
                 .filter(sessions::user_id.eq(user_id.0))
@@ -140,7 +140,7 @@ pub async fn revoke_all_for_user(
 /// The user's live sessions, newest first.
 pub async fn list_live_for_user(conn: &mut DbConn, user_id: UserId, now: DateTime<Utc>) -> Result<Vec<Session>> {
     let now = now.naive_utc();
-    let rows: Vec<SessionRow> = db_run!(conn: {
+    let rows: Vec<SessionRow> = db_run!(conn, "sessions::list_live_for_user": {
         sessions::table
             .filter(sessions::user_id.eq(user_id.0))
             .filter(sessions::revoked_at.is_null())
@@ -157,7 +157,7 @@ pub async fn list_live_for_user(conn: &mut DbConn, user_id: UserId, now: DateTim
 /// Revokes one live session of this user; false when there is none with that id.
 pub async fn revoke_owned(conn: &mut DbConn, id: &SessionId, user_id: UserId, now: DateTime<Utc>) -> Result<bool> {
     let now = now.naive_utc();
-    db_run!(conn: {
+    db_run!(conn, "sessions::revoke_owned": {
         diesel::update(
             sessions::table
                 .find(id.as_str())
@@ -176,7 +176,7 @@ pub async fn revoke_owned(conn: &mut DbConn, id: &SessionId, user_id: UserId, no
 /// Deletes sessions that ended before `before` (revoked or expired).
 pub async fn purge_ended(conn: &mut DbConn, before: DateTime<Utc>) -> Result<usize> {
     let before = before.naive_utc();
-    db_run!(conn: {
+    db_run!(conn, "sessions::purge_ended": {
         diesel::delete(sessions::table.filter(sessions::expires_at.lt(before).or(sessions::revoked_at.lt(before))))
             .execute(conn)
             .await
@@ -187,7 +187,7 @@ pub async fn purge_ended(conn: &mut DbConn, before: DateTime<Utc>) -> Result<usi
 /// Live sessions of all users (a gauge).
 pub async fn count_live(conn: &mut DbConn, now: DateTime<Utc>) -> Result<i64> {
     let now = now.naive_utc();
-    db_run!(conn: {
+    db_run!(conn, "sessions::count_live": {
         sessions::table
             .filter(sessions::revoked_at.is_null())
             .filter(sessions::expires_at.gt(now))

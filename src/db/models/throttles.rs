@@ -17,7 +17,7 @@ pub async fn locked_until(
     now: DateTime<Utc>,
 ) -> Result<Option<DateTime<Utc>>> {
     let now = now.naive_utc();
-    let until = db_run!(conn: {
+    let until = db_run!(conn, "throttles::locked_until": {
         login_throttles::table
             .find((subject, ip))
             .select(login_throttles::locked_until)
@@ -33,7 +33,7 @@ pub async fn locked_until(
 /// Counts one failure; returns the failure count after it (the caller decides on a lock).
 pub async fn record_failure(conn: &mut DbConn, subject: &str, ip: &str, now: DateTime<Utc>) -> Result<i32> {
     let now = now.naive_utc();
-    db_run!(conn: {
+    db_run!(conn, "throttles::record_failure": {
         diesel::insert_into(login_throttles::table)
             .values((
                 login_throttles::subject.eq(subject),
@@ -54,7 +54,7 @@ pub async fn record_failure(conn: &mut DbConn, subject: &str, ip: &str, now: Dat
 /// Locks the subject out from this address until `until` and restarts the count.
 pub async fn lock(conn: &mut DbConn, subject: &str, ip: &str, until: DateTime<Utc>, now: DateTime<Utc>) -> Result<()> {
     let (until, now) = (until.naive_utc(), now.naive_utc());
-    db_run!(conn: {
+    db_run!(conn, "throttles::lock": {
         diesel::update(login_throttles::table.find((subject, ip)))
             .set((login_throttles::locked_until.eq(until), login_throttles::failures.eq(0), login_throttles::updated_at.eq(now)))
             .execute(conn)
@@ -66,7 +66,7 @@ pub async fn lock(conn: &mut DbConn, subject: &str, ip: &str, until: DateTime<Ut
 
 /// Forgets the subject's failures from one address (after a successful login).
 pub async fn clear(conn: &mut DbConn, subject: &str, ip: &str) -> Result<()> {
-    db_run!(conn: {
+    db_run!(conn, "throttles::clear": {
         diesel::delete(login_throttles::table.find((subject, ip)))
             .execute(conn)
             .await
@@ -77,7 +77,7 @@ pub async fn clear(conn: &mut DbConn, subject: &str, ip: &str) -> Result<()> {
 
 /// Forgets every failure and lock of the subject (admin clear); returns how many rows.
 pub async fn clear_subject(conn: &mut DbConn, subject: &str) -> Result<usize> {
-    db_run!(conn: {
+    db_run!(conn, "throttles::clear_subject": {
         diesel::delete(login_throttles::table.filter(login_throttles::subject.eq(subject)))
             .execute(conn)
             .await
@@ -88,7 +88,7 @@ pub async fn clear_subject(conn: &mut DbConn, subject: &str) -> Result<usize> {
 /// Drops rows untouched since `before` whose lock (if any) has ended.
 pub async fn purge(conn: &mut DbConn, before: DateTime<Utc>, now: DateTime<Utc>) -> Result<usize> {
     let (before, now) = (before.naive_utc(), now.naive_utc());
-    db_run!(conn: {
+    db_run!(conn, "throttles::purge": {
         diesel::delete(
             login_throttles::table
                 .filter(login_throttles::updated_at.lt(before))

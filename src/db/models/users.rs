@@ -86,7 +86,7 @@ pub async fn insert(conn: &mut DbConn, new: &NewUserRecord) -> Result<User> {
         created_at: new.created_at.naive_utc(),
         updated_at: new.created_at.naive_utc(),
     };
-    let row = db_run!(conn: {
+    let row = db_run!(conn, "users::insert": {
         diesel::insert_into(users::table)
             .values(&row)
             .returning(UserRow::as_returning())
@@ -98,7 +98,7 @@ pub async fn insert(conn: &mut DbConn, new: &NewUserRecord) -> Result<User> {
 }
 
 pub async fn find(conn: &mut DbConn, id: UserId) -> Result<Option<UserWithBackend>> {
-    let row = db_run!(conn: {
+    let row = db_run!(conn, "users::find": {
         users::table
             .left_join(user_backends::table)
             .filter(users::id.eq(id.0))
@@ -114,7 +114,7 @@ pub async fn find(conn: &mut DbConn, id: UserId) -> Result<Option<UserWithBacken
 /// Looks a user up by username or email, case-insensitively (both are unique that way).
 pub async fn find_by_login(conn: &mut DbConn, login: &str) -> Result<Option<UserWithBackend>> {
     let login = login.to_lowercase();
-    let row = db_run!(conn: {
+    let row = db_run!(conn, "users::find_by_login": {
         users::table
             .left_join(user_backends::table)
             .filter(lower(users::username).eq(&login).or(lower(users::email).eq(&login)))
@@ -128,7 +128,7 @@ pub async fn find_by_login(conn: &mut DbConn, login: &str) -> Result<Option<User
 }
 
 pub async fn list(conn: &mut DbConn, limit: i64, offset: i64) -> Result<Vec<UserWithBackend>> {
-    let rows = db_run!(conn: {
+    let rows = db_run!(conn, "users::list": {
         users::table
             .left_join(user_backends::table)
             .order(users::id.asc())
@@ -143,13 +143,13 @@ pub async fn list(conn: &mut DbConn, limit: i64, offset: i64) -> Result<Vec<User
 }
 
 pub async fn count(conn: &mut DbConn) -> Result<i64> {
-    db_run!(conn: {
+    db_run!(conn, "users::count": {
         users::table.count().get_result(conn).await.map_err(map_err)
     })
 }
 
 pub async fn count_active_admins(conn: &mut DbConn) -> Result<i64> {
-    db_run!(conn: {
+    db_run!(conn, "users::count_active_admins": {
         users::table
             .filter(users::role.eq("admin").and(users::is_active.eq(true)))
             .count()
@@ -168,7 +168,7 @@ pub async fn update(conn: &mut DbConn, id: UserId, edit: &UserEdit) -> Result<bo
         password_hash: edit.password_hash.as_deref(),
         updated_at: Some(edit.updated_at.naive_utc()),
     };
-    db_run!(conn: {
+    db_run!(conn, "users::update": {
         diesel::update(users::table.find(id.0))
             .set(&changes)
             .execute(conn)
@@ -179,7 +179,7 @@ pub async fn update(conn: &mut DbConn, id: UserId, edit: &UserEdit) -> Result<bo
 }
 
 pub async fn set_last_login(conn: &mut DbConn, id: UserId, at: DateTime<Utc>) -> Result<()> {
-    db_run!(conn: {
+    db_run!(conn, "users::set_last_login": {
         diesel::update(users::table.find(id.0))
             .set(users::last_login.eq(at.naive_utc()))
             .execute(conn)
@@ -191,7 +191,7 @@ pub async fn set_last_login(conn: &mut DbConn, id: UserId, at: DateTime<Utc>) ->
 
 /// Deletes the user; backends and sessions cascade, audit rows keep `user_id = NULL`.
 pub async fn delete(conn: &mut DbConn, id: UserId) -> Result<bool> {
-    db_run!(conn: {
+    db_run!(conn, "users::delete": {
         diesel::delete(users::table.find(id.0))
             .execute(conn)
             .await
@@ -202,7 +202,7 @@ pub async fn delete(conn: &mut DbConn, id: UserId) -> Result<bool> {
 
 /// Swaps the password hash only if it is still `old` (a concurrent change wins).
 pub async fn replace_password_hash(conn: &mut DbConn, id: UserId, old: &str, new: &str) -> Result<bool> {
-    db_run!(conn: {
+    db_run!(conn, "users::replace_password_hash": {
         diesel::update(users::table.find(id.0).filter(users::password_hash.eq(old)))
             .set(users::password_hash.eq(new))
             .execute(conn)
