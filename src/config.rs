@@ -1,5 +1,6 @@
 //! Typed configuration from flags, environment and `.env` (names as the seed's). Invalid
-//! values stop start-up with a message that says what to do. Secrets stay wrapped.
+//! values stop start-up with a message that says what to do. Secrets stay wrapped; the
+//! database URL prints without its password.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,26 @@ use crate::domain::{SecurityPolicy, SessionPolicy};
 
 fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
     Ok(SecretString::from(s.to_owned()))
+}
+
+fn database_url(s: &str) -> Result<DatabaseUrl, std::convert::Infallible> {
+    Ok(DatabaseUrl(s.to_owned()))
+}
+
+/// DATABASE_URL as given. It may carry a password, so `Debug` shows it redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("DatabaseUrl").field(&crate::db::redact_url(&self.0)).finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -35,8 +56,8 @@ pub enum LogFormat {
 pub struct Config {
     /// postgres://user:pass@host/db, or a SQLite file (sqlite:///./data/auth.db or a path).
     /// Default: a SQLite file in DATA_DIR.
-    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
-    pub database_url: Option<String>,
+    #[arg(long, env = "DATABASE_URL", value_parser = database_url, global = true, hide_env_values = true)]
+    pub database_url: Option<DatabaseUrl>,
 
     /// Directory for the default SQLite database and generated development keys.
     #[arg(long, env = "DATA_DIR", default_value = "data", global = true)]
@@ -196,7 +217,7 @@ pub const DEV_KEYS_FILE: &str = "dev-keys.env";
 impl Config {
     pub fn db_target(&self) -> anyhow::Result<DbTarget> {
         match &self.database_url {
-            Some(url) if !url.trim().is_empty() => DbTarget::parse(url).map_err(anyhow::Error::msg),
+            Some(url) if !url.as_str().trim().is_empty() => DbTarget::parse(url.as_str()).map_err(anyhow::Error::msg),
             _ => Ok(DbTarget::Sqlite(self.data_dir.join("instachatico_auth.db"))),
         }
     }
@@ -436,4 +457,26 @@ pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     let mut file = options.open(path).with_context(|| format!("cannot create {}", path.display()))?;
     file.write_all(text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::Cli;
+
+    /// DATABASE_URL may carry a password: Config and DbTarget print it as `***` and keep what
+    /// tells an operator where the data is.
+    #[test]
+    fn debug_output_hides_the_database_password() {
+        let url = "postgres://app:hunter2-Pa55word@db.example:5433/auth?sslmode=require";
+        let config = Cli::try_parse_from(["instachatico-auth", "--database-url", url]).unwrap().config;
+        let target = config.db_target().unwrap();
+        let shown = "postgres://app:***@db.example:5433/auth?sslmode=require";
+        for debug in [format!("{config:?}"), format!("{target:?}")] {
+            assert!(!debug.contains("hunter2"), "password in {debug}");
+            assert!(debug.contains(shown), "{shown} in {debug}");
+        }
+        assert_eq!(target, crate::db::DbTarget::Postgres(url.to_owned()), "only the printing is redacted");
+    }
 }
