@@ -140,7 +140,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(addr) => Some(crate::telemetry::bind_metrics(addr).await?),
                 None => None,
             };
-            let proxy = server::ProxySocket::bind(&config)?;
+            let proxy = server::ProxySocket::bind(config.proxy_socket_path().as_deref())?;
             server::serve(app, &config, listener, proxy, metrics, shutdown).await
         }
         Command::Migrate => {

@@ -2,6 +2,9 @@
 //! bootstraps the first admin, and serves native gRPC, grpc-web (HTTP/1.1 too) with CORS,
 //! reflection and `grpc.health.v1` on one port until shutdown.
 
+mod background;
+mod proxy_socket;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -9,10 +12,10 @@ use anyhow::Context;
 use chrono::Utc;
 use http::{HeaderName, HeaderValue, Method};
 use tokio::net::TcpListener;
-use tonic_health::ServingStatus;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
+pub use self::proxy_socket::ProxySocket;
 use crate::config::Config;
 use crate::crypto::jwt::JwtKeys;
 use crate::crypto::password::PasswordHasher;
@@ -33,10 +36,6 @@ use crate::telemetry::{RpcTelemetryLayer, Transport};
 
 /// Largest request message accepted; ours are a few hundred bytes.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
-/// How often `grpc.health.v1` re-checks the database (and the start-up key check's outcome).
-const HEALTH_PROBE_EVERY: Duration = Duration::from_secs(5);
-/// How often expired rate-limit, throttling and session rows are dropped.
-const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 
 /// Builds the application: keys, migrations, database pool and hashing pool.
 pub async fn build_app(config: &Config) -> anyhow::Result<App> {
@@ -149,7 +148,7 @@ pub async fn spawn(config: &Config) -> anyhow::Result<RunningServer> {
     bootstrap_admin(&app, config).await?;
     let listener = TcpListener::bind(config.listen_addr()?).await.context("cannot bind the listen address")?;
     let addr = listener.local_addr()?;
-    let proxy = ProxySocket::bind(config)?;
+    let proxy = ProxySocket::bind(config.proxy_socket_path().as_deref())?;
     let metrics = match config.metrics_listen_addr()? {
         Some(addr) => Some(crate::telemetry::bind_metrics(addr).await?),
         None => None,
@@ -205,10 +204,12 @@ pub async fn serve(
     let (health_reporter, grpc_health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<AuthServiceServer<AuthApi>>().await;
     health_reporter.set_serving::<UserServiceServer<UserApi>>().await;
-    let probe = tokio::spawn(probe_database(app.clone(), health_reporter));
-    let janitor = tokio::spawn(housekeeping(app.clone()));
+    let probe = tokio::spawn(background::probe_database(app.clone(), health_reporter));
+    let janitor = tokio::spawn(background::housekeeping(app.clone()));
     let listener_task = match config.db_target()? {
-        crate::db::DbTarget::Postgres(url) => Some(tokio::spawn(listen_for_invalidations(app.clone(), url))),
+        crate::db::DbTarget::Postgres(url) => {
+            Some(tokio::spawn(background::listen_for_invalidations(app.clone(), url)))
+        }
         crate::db::DbTarget::Sqlite(_) => None,
     };
 
@@ -251,7 +252,8 @@ pub async fn serve(
         async move {
             let Some(ProxySocket { listener, path }) = proxy else { return Ok(()) };
             tracing::info!(path = %path.display(), "serving the proxy socket (X-Forwarded-For believed)");
-            let result = router.serve_with_incoming_shutdown(uds_incoming(listener), until_stopped(stopped)).await;
+            let result =
+                router.serve_with_incoming_shutdown(proxy_socket::incoming(listener), until_stopped(stopped)).await;
             let _ = std::fs::remove_file(&path);
             result
         }
@@ -306,54 +308,6 @@ fn cors_layer(origins: &[String]) -> anyhow::Result<CorsLayer> {
         .max_age(Duration::from_secs(7200)))
 }
 
-/// Keeps `grpc.health.v1` truthful about the database.
-async fn probe_database(app: App, reporter: tonic_health::server::HealthReporter) {
-    let mut last = None;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut n: u64 = 0;
-    loop {
-        tick.tick().await;
-        let (in_use, size) = app.db().usage();
-        crate::metrics::pool_usage(in_use, size);
-        n += 1;
-        if n % HEALTH_PROBE_EVERY.as_secs() != 1 && last.is_some() {
-            continue;
-        }
-        let health = app.health().await;
-        let healthy = health.database_connected && health.encryption_keys_ok;
-        let status = if healthy { ServingStatus::Serving } else { ServingStatus::NotServing };
-        if last != Some(status) {
-            if status == ServingStatus::NotServing {
-                tracing::error!(?health, "health is NOT_SERVING");
-            }
-            reporter.set_service_status("", status).await;
-            last = Some(status);
-        }
-    }
-}
-
-/// Keeps this replica's session cache in step with the others (PostgreSQL only).
-async fn listen_for_invalidations(app: App, url: String) {
-    use crate::db::notify::{Event, listen};
-    listen(url, move |event| match event {
-        Event::Connected => app.cache().set_trustworthy(true),
-        Event::Disconnected => app.cache().set_trustworthy(false),
-        Event::UserChanged(user_id) => app.cache().bump(user_id),
-    })
-    .await;
-}
-
-/// Periodic cleanup of growing state (see `App::housekeeping`).
-async fn housekeeping(app: App) {
-    let mut every = tokio::time::interval(HOUSEKEEPING_EVERY);
-    loop {
-        every.tick().await;
-        if let Err(e) = app.housekeeping(Utc::now()).await {
-            tracing::warn!(error = ?e, "housekeeping failed");
-        }
-    }
-}
-
 /// Registers for Ctrl-C and SIGTERM now (so a signal that comes before serving starts is not
 /// fatal) and returns a future that resolves on either.
 pub fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
@@ -383,54 +337,6 @@ pub fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'st
 /// with Nagle a write behind an unacknowledged one waits for the peer's ACK. Through Envoy (a
 /// few streams sharing one connection) that cost ~20 % of JSON and grpc-web throughput.
 /// Keepalive probes find peers that vanished without a FIN.
-/// The sidecar's Unix socket (PROXY_SOCKET), bound before serving so that the proxy can connect
-/// from the first moment.
-pub struct ProxySocket {
-    listener: tokio::net::UnixListener,
-    pub path: std::path::PathBuf,
-}
-
-impl ProxySocket {
-    pub fn bind(config: &Config) -> anyhow::Result<Option<Self>> {
-        let Some(path) = config.proxy_socket_path() else { return Ok(None) };
-        Ok(Some(Self { listener: bind_proxy_socket(&path)?, path }))
-    }
-}
-
-/// Binds the sidecar's Unix socket, private to this user (0600, in a 0700 directory if it
-/// creates one). A socket left by an earlier run is replaced; one that still answers belongs to
-/// a running instance, and starting a second one on it is refused.
-fn bind_proxy_socket(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        crate::config::create_private_dir(dir)?;
-    }
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        anyhow::ensure!(meta.file_type().is_socket(), "PROXY_SOCKET {} exists and is not a socket", path.display());
-        anyhow::ensure!(
-            std::os::unix::net::UnixStream::connect(path).is_err(),
-            "PROXY_SOCKET {} is served by another running instance",
-            path.display()
-        );
-        std::fs::remove_file(path).with_context(|| format!("cannot replace {}", path.display()))?;
-    }
-    let listener = tokio::net::UnixListener::bind(path).with_context(|| {
-        format!("cannot bind PROXY_SOCKET {} (a Unix socket path is at most 107 bytes)", path.display())
-    })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
-}
-
-/// The connections of the sidecar's socket, as tonic takes them.
-fn uds_incoming(
-    listener: tokio::net::UnixListener,
-) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::UnixStream>> {
-    futures_util::stream::unfold(listener, |listener| async move {
-        let accepted = listener.accept().await.map(|(stream, _)| stream);
-        Some((accepted, listener))
-    })
-}
-
 fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
