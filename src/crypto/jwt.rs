@@ -40,12 +40,14 @@ impl Claims {
     }
 }
 
+#[derive(Clone)]
 struct SigningKey {
     kid: String,
     encoding: EncodingKey,
 }
 
 /// The signing key and every key that may verify.
+#[derive(Clone)]
 pub struct JwtKeys {
     signing: SigningKey,
     verifying: HashMap<String, DecodingKey>,
