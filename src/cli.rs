@@ -8,7 +8,7 @@ use chrono::Utc;
 use clap::{Parser, Subcommand};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, LogFormat, Settings};
 use crate::domain::types::{Actor, BackendChange, BackendInput, ClientInfo, NewUser, Role, UserPatch};
 use crate::domain::{App, validate};
 use crate::server;
@@ -131,17 +131,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => {
             // First: a SIGTERM during start-up then stops us cleanly instead of killing us.
             let shutdown = server::shutdown_signal()?;
-            let app = server::build_app(&config).await?;
-            server::bootstrap_admin(&app, &config).await?;
-            let listener = tokio::net::TcpListener::bind(config.listen_addr()?)
-                .await
-                .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
-            let metrics = match config.metrics_listen_addr()? {
-                Some(addr) => Some(crate::telemetry::bind_metrics(addr).await?),
-                None => None,
-            };
-            let proxy = server::ProxySocket::bind(&config)?;
-            server::serve(app, &config, listener, proxy, metrics, shutdown).await
+            let settings = Settings::from_config(&config)?;
+            server::start(settings, shutdown).await?.wait().await
         }
         Command::Migrate => {
             let target = config.db_target()?;
@@ -155,7 +146,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::RotateKeys => {
-            let app = server::build_app(&config).await?;
+            let app = app(&config).await?;
             let (total, changed) = app.reencrypt_backend_tokens(&ClientInfo::default(), Utc::now()).await?;
             println!("re-encrypted {changed} of {total} backend token(s) under the current ENCRYPTION_KEY");
             Ok(())
@@ -171,14 +162,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::CreateAdmin { username, email } => {
-            let app = server::build_app(&config).await?;
+            let app = app(&config).await?;
             let mut input = SecretInput::new();
             let password = input.read("Password for the new admin")?;
             create(&app, &username, &email, password, Role::Admin, None).await
         }
         Command::CreateUser { username, email, backend_url, instagram_username, role } => {
             let role = Role::parse("role", &role)?;
-            let app = server::build_app(&config).await?;
+            let app = app(&config).await?;
             let mut input = SecretInput::new();
             let password = input.read("Password for the new user")?;
             let backend = match backend_url {
@@ -199,7 +190,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             create(&app, &username, &email, password, role, backend).await
         }
         Command::ResetPassword { username } => {
-            let app = server::build_app(&config).await?;
+            let app = app(&config).await?;
             let user = app.find_user(&username).await?;
             let password = SecretInput::new().read(&format!("New password for {}", user.username))?;
             app.reset_password(&Actor::System("cli"), user.id, &password, &ClientInfo::default(), Utc::now()).await?;
@@ -226,8 +217,13 @@ async fn create(
     Ok(())
 }
 
+/// The application for an operator command, on the same checked settings as `serve`.
+async fn app(config: &Config) -> anyhow::Result<App> {
+    server::build_app(&Settings::from_config(config)?).await
+}
+
 async fn set_active(config: &Config, username: &str, active: bool) -> anyhow::Result<()> {
-    let app = server::build_app(config).await?;
+    let app = app(config).await?;
     let user = app.find_user(username).await?;
     let patch = UserPatch { is_active: Some(active), backend: BackendChange::Keep, ..Default::default() };
     app.update_user(&Actor::System("cli"), user.id, patch, &ClientInfo::default(), Utc::now()).await?;

@@ -1,23 +1,25 @@
-//! Assembly: builds the [`App`] from configuration (keys, migrations, pool, hashing pool),
-//! bootstraps the first admin, and serves native gRPC, grpc-web (HTTP/1.1 too) with CORS,
-//! reflection and `grpc.health.v1` on one port until shutdown.
+//! Assembly: the one way the service starts ([`start`], for `serve` and the tests alike): builds
+//! the [`App`] from checked [`Settings`] (migrations, pool, hashing pool), bootstraps the first
+//! admin, and serves native gRPC, grpc-web (HTTP/1.1 too) with CORS, reflection and
+//! `grpc.health.v1` on one port and the sidecar's socket until shutdown.
+
+mod background;
+mod proxy_socket;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
 use http::{HeaderName, HeaderValue, Method};
 use tokio::net::TcpListener;
-use tonic_health::ServingStatus;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
-use crate::config::Config;
-use crate::crypto::jwt::JwtKeys;
-use crate::crypto::password::PasswordHasher;
-use crate::crypto::secrets::TokenCipher;
-use crate::db::{self, DbPool};
+pub use self::proxy_socket::ProxySocket;
+use crate::config::{AdminAccount, AppEnv, Settings};
+use crate::db::{self, DbPool, DbTarget};
 use crate::domain::{App, BootstrapOutcome};
 use crate::grpc::audit::AuditApi;
 use crate::grpc::auth::AuthApi;
@@ -33,46 +35,100 @@ use crate::telemetry::{RpcTelemetryLayer, Transport};
 
 /// Largest request message accepted; ours are a few hundred bytes.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
-/// How often `grpc.health.v1` re-checks the database (and the start-up key check's outcome).
-const HEALTH_PROBE_EVERY: Duration = Duration::from_secs(5);
-/// How often expired rate-limit, throttling and session rows are dropped.
-const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 
-/// Builds the application: keys, migrations, database pool and hashing pool.
-pub async fn build_app(config: &Config) -> anyhow::Result<App> {
-    let keys = config.resolve_keys()?;
-    for risk in config.risky_settings(&keys) {
-        if risk.refuse && config.app_env == crate::config::AppEnv::Production {
-            anyhow::bail!("refusing to start with APP_ENV=production: {}", risk.message);
+/// A started server, serving in the background: where it listens, its [`App`], and how to stop
+/// it. Dropping it stops the server too.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    /// The sidecar's Unix socket, when on.
+    pub proxy_socket: Option<PathBuf>,
+    /// Where `/metrics` is served, when enabled.
+    pub metrics_addr: Option<SocketAddr>,
+    pub app: App,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, lets in-flight requests finish, and waits.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
         }
-        tracing::warn!("UNSAFE SETTING: {}", risk.message);
+        self.task.await?
     }
-    let jwt = JwtKeys::new(&keys.jwt_current, &keys.jwt_previous)?;
-    let cipher = TokenCipher::new(&keys.encryption_current, &keys.encryption_previous)?;
 
-    let target = config.db_target()?;
-    let applied = db::migrate(&target).await?;
+    /// Serves until the `shutdown` given to [`start`] completes, then drains and returns.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        // Held until the end: dropping it would stop the server now.
+        let _stop = self.stop.take();
+        self.task.await?
+    }
+}
+
+/// Starts the service from checked settings: binds the listen and metrics ports, builds the app
+/// (migrations, pool, hashing pool, key check), creates the ADMIN_* admin, binds the sidecar's
+/// socket, and serves in the background until `shutdown` completes or [`RunningServer::stop`].
+/// What can fail here is the environment (a port taken, the database down), never a setting.
+pub async fn start(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<RunningServer> {
+    // Ports first: one that is taken stops us before the database is touched.
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (HOST, PORT)", settings.listen))?;
+    let metrics = match settings.metrics {
+        Some(addr) => Some(crate::telemetry::bind_metrics(addr).await?),
+        None => None,
+    };
+    let app = build_app(&settings).await?;
+    bootstrap_admin(&app, settings.admin.as_ref()).await?;
+    let proxy = ProxySocket::bind(settings.proxy_socket.as_deref())?;
+
+    let addr = listener.local_addr()?;
+    let metrics_addr = metrics.as_ref().map(TcpListener::local_addr).transpose()?;
+    let proxy_socket = settings.proxy_socket.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let until = async move {
+        tokio::select! {
+            () = shutdown => {}
+            _ = stopped => {}
+        }
+    };
+    let task = tokio::spawn(serve(app.clone(), settings, listener, proxy, metrics, until));
+    Ok(RunningServer { addr, proxy_socket, metrics_addr, app, stop: Some(stop), task })
+}
+
+/// Builds the application: migrations, database pool, hashing pool, and the check that the
+/// keys read the stored backend tokens. Also what the operator commands run on.
+pub async fn build_app(settings: &Settings) -> anyhow::Result<App> {
+    let target = &settings.database;
+    let applied = db::migrate(target).await?;
     if !applied.is_empty() {
         tracing::info!(migrations = ?applied, "applied database migrations");
     }
-    let pool = DbPool::connect(&target, config.pool_options()).await?;
+    let pool = DbPool::connect(target, settings.pool).await?;
     tracing::info!(database = %target.describe(), "database ready");
     if matches!(pool, DbPool::Sqlite(..)) {
         tracing::info!("SQLite: run a single instance; replicas need PostgreSQL");
     }
 
-    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let max_queue = if config.bcrypt_max_queue == 0 { workers * 16 } else { config.bcrypt_max_queue };
-    let hasher =
-        PasswordHasher::new(config.bcrypt_cost, workers, max_queue, Duration::from_millis(config.bcrypt_max_wait_ms))
-            .await?;
+    let hashing = settings.hashing;
+    let hasher = crate::crypto::password::PasswordHasher::new(
+        hashing.cost,
+        hashing.workers,
+        hashing.max_queue,
+        hashing.max_wait,
+    )
+    .await?;
     // On PostgreSQL other replicas change sessions too: trust the cache only while listening.
-    let ttl = Duration::from_millis(config.session_cache_ttl_ms);
-    let cache = crate::domain::cache::PrincipalCache::new(ttl, matches!(target, crate::db::DbTarget::Postgres(_)));
-    let names = crate::crypto::keyed::NameHasher::new(&keys.jwt_current);
-    let crypto = crate::domain::Crypto { hasher, jwt, cipher, names };
-    let app = App::new(pool, crypto, config.session_policy(), config.security_policy(), cache);
-    check_stored_tokens(&app, config).await?;
+    let cache =
+        crate::domain::cache::PrincipalCache::new(settings.session_cache_ttl, matches!(target, DbTarget::Postgres(_)));
+    let keys = settings.keys.clone();
+    let crypto = crate::domain::Crypto { hasher, jwt: keys.jwt, cipher: keys.cipher, names: keys.names };
+    let app = App::new(pool, crypto, settings.sessions, settings.security, cache);
+    check_stored_tokens(&app, settings.app_env).await?;
     Ok(app)
 }
 
@@ -82,7 +138,7 @@ const KEY_CHECK_SAMPLE: i64 = 20;
 /// A wrong ENCRYPTION_KEY would start fine and then fail every login of a user with a backend:
 /// try the configured keys on a sample of stored tokens first. Production refuses to start;
 /// development warns loudly and health reports it.
-async fn check_stored_tokens(app: &App, config: &Config) -> anyhow::Result<()> {
+async fn check_stored_tokens(app: &App, app_env: AppEnv) -> anyhow::Result<()> {
     let check = app.check_stored_tokens(KEY_CHECK_SAMPLE).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     if check.unreadable.is_empty() {
         return Ok(());
@@ -94,7 +150,7 @@ async fn check_stored_tokens(app: &App, config: &Config) -> anyhow::Result<()> {
         check.sampled,
         check.unreadable.iter().map(|id| id.get()).collect::<Vec<_>>()
     );
-    if config.app_env == crate::config::AppEnv::Production {
+    if app_env == AppEnv::Production {
         anyhow::bail!("refusing to start: {message}");
     }
     tracing::error!("!!! {message}; those users cannot sign in. Health reports it. !!!");
@@ -102,13 +158,8 @@ async fn check_stored_tokens(app: &App, config: &Config) -> anyhow::Result<()> {
 }
 
 /// Creates the ADMIN_* admin on first start; idempotent.
-pub async fn bootstrap_admin(app: &App, config: &Config) -> anyhow::Result<()> {
-    let Some(username) = config.admin_username.as_deref().filter(|u| !u.trim().is_empty()) else {
-        return Ok(());
-    };
-    let (Some(email), Some(password)) = (config.admin_email.as_deref(), config.admin_password.as_ref()) else {
-        anyhow::bail!("ADMIN_USERNAME is set: ADMIN_EMAIL and ADMIN_PASSWORD are needed too");
-    };
+async fn bootstrap_admin(app: &App, admin: Option<&AdminAccount>) -> anyhow::Result<()> {
+    let Some(AdminAccount { username, email, password }) = admin else { return Ok(()) };
     match app.bootstrap_admin(username, email, password, Utc::now()).await {
         Ok(BootstrapOutcome::Created(id)) => {
             tracing::info!(user_id = id.get(), username, "created the first admin from ADMIN_*")
@@ -121,64 +172,17 @@ pub async fn bootstrap_admin(app: &App, config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A server running in the background (tests, embedding).
-pub struct RunningServer {
-    pub addr: SocketAddr,
-    /// The sidecar's Unix socket, when on.
-    pub proxy_socket: Option<std::path::PathBuf>,
-    /// Where `/metrics` is served, when enabled.
-    pub metrics_addr: Option<SocketAddr>,
-    pub app: App,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl RunningServer {
-    /// Stops accepting, lets in-flight requests finish, and waits.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        self.task.await?
-    }
-}
-
-/// Builds everything, binds, and serves in the background.
-pub async fn spawn(config: &Config) -> anyhow::Result<RunningServer> {
-    let app = build_app(config).await?;
-    bootstrap_admin(&app, config).await?;
-    let listener = TcpListener::bind(config.listen_addr()?).await.context("cannot bind the listen address")?;
-    let addr = listener.local_addr()?;
-    let proxy = ProxySocket::bind(config)?;
-    let metrics = match config.metrics_listen_addr()? {
-        Some(addr) => Some(crate::telemetry::bind_metrics(addr).await?),
-        None => None,
-    };
-    let metrics_addr = metrics.as_ref().map(TcpListener::local_addr).transpose()?;
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn({
-        let (app, config) = (app.clone(), config.clone());
-        async move {
-            serve(app, &config, listener, proxy, metrics, async {
-                let _ = rx.await;
-            })
-            .await
-        }
-    });
-    let proxy_socket = config.proxy_socket_path();
-    Ok(RunningServer { addr, proxy_socket, metrics_addr, app, shutdown: Some(tx), task })
-}
-
-/// Serves on `listener` until `shutdown` completes, then drains in-flight requests.
-pub async fn serve(
+/// Serves on `listener` (and the proxy socket) until `shutdown` completes, then drains
+/// in-flight requests.
+async fn serve(
     app: App,
-    config: &Config,
+    settings: Settings,
     listener: TcpListener,
     proxy: Option<ProxySocket>,
     metrics: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let ips = ClientIpPolicy::new(config.trusted_proxy_nets()?);
+    let ips = ClientIpPolicy::new(settings.trusted_proxies);
     // The recorder is installed even without an endpoint: the histograms cost the same.
     let prometheus = crate::telemetry::prometheus()?;
     let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -191,7 +195,7 @@ pub async fn serve(
         }
         None => None,
     };
-    let cors = cors_layer(&config.cors_origins()?)?;
+    let cors = cors_layer(settings.cors_origins);
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -205,11 +209,11 @@ pub async fn serve(
     let (health_reporter, grpc_health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<AuthServiceServer<AuthApi>>().await;
     health_reporter.set_serving::<UserServiceServer<UserApi>>().await;
-    let probe = tokio::spawn(probe_database(app.clone(), health_reporter));
-    let janitor = tokio::spawn(housekeeping(app.clone()));
-    let listener_task = match config.db_target()? {
-        crate::db::DbTarget::Postgres(url) => Some(tokio::spawn(listen_for_invalidations(app.clone(), url))),
-        crate::db::DbTarget::Sqlite(_) => None,
+    let probe = tokio::spawn(background::probe_database(app.clone(), health_reporter));
+    let janitor = tokio::spawn(background::housekeeping(app.clone()));
+    let listener_task = match settings.database {
+        DbTarget::Postgres(url) => Some(tokio::spawn(background::listen_for_invalidations(app.clone(), url))),
+        DbTarget::Sqlite(_) => None,
     };
 
     let auth =
@@ -222,7 +226,7 @@ pub async fn serve(
     tracing::info!(%addr, "serving gRPC and grpc-web");
     let router = tonic::transport::Server::builder()
         .accept_http1(true)
-        .timeout(Duration::from_secs(config.request_timeout_seconds))
+        .timeout(settings.request_timeout)
         .layer(crate::http1_drain::Http1DrainLayer::new(MAX_REQUEST_BYTES))
         .layer(cors)
         .layer(tower::util::MapRequestLayer::new(crate::telemetry::keep_safe_request_id))
@@ -251,7 +255,8 @@ pub async fn serve(
         async move {
             let Some(ProxySocket { listener, path }) = proxy else { return Ok(()) };
             tracing::info!(path = %path.display(), "serving the proxy socket (X-Forwarded-For believed)");
-            let result = router.serve_with_incoming_shutdown(uds_incoming(listener), until_stopped(stopped)).await;
+            let result =
+                router.serve_with_incoming_shutdown(proxy_socket::incoming(listener), until_stopped(stopped)).await;
             let _ = std::fs::remove_file(&path);
             result
         }
@@ -276,13 +281,9 @@ pub async fn serve(
 }
 
 /// grpc-web from the UI's origins only; exposes the gRPC status trailers-in-headers.
-fn cors_layer(origins: &[String]) -> anyhow::Result<CorsLayer> {
-    let origins = origins
-        .iter()
-        .map(|o| HeaderValue::from_str(o).with_context(|| format!("bad FRONTEND_URL origin {o:?}")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+fn cors_layer(origins: Vec<HeaderValue>) -> CorsLayer {
     let headers = |names: &[&'static str]| names.iter().map(|n| HeaderName::from_static(n)).collect::<Vec<_>>();
-    Ok(CorsLayer::new()
+    CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins))
         .allow_credentials(true)
         .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE, Method::OPTIONS])
@@ -303,55 +304,7 @@ fn cors_layer(origins: &[String]) -> anyhow::Result<CorsLayer> {
             "retry-after",
             "x-request-id",
         ]))
-        .max_age(Duration::from_secs(7200)))
-}
-
-/// Keeps `grpc.health.v1` truthful about the database.
-async fn probe_database(app: App, reporter: tonic_health::server::HealthReporter) {
-    let mut last = None;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut n: u64 = 0;
-    loop {
-        tick.tick().await;
-        let (in_use, size) = app.db().usage();
-        crate::metrics::pool_usage(in_use, size);
-        n += 1;
-        if n % HEALTH_PROBE_EVERY.as_secs() != 1 && last.is_some() {
-            continue;
-        }
-        let health = app.health().await;
-        let healthy = health.database_connected && health.encryption_keys_ok;
-        let status = if healthy { ServingStatus::Serving } else { ServingStatus::NotServing };
-        if last != Some(status) {
-            if status == ServingStatus::NotServing {
-                tracing::error!(?health, "health is NOT_SERVING");
-            }
-            reporter.set_service_status("", status).await;
-            last = Some(status);
-        }
-    }
-}
-
-/// Keeps this replica's session cache in step with the others (PostgreSQL only).
-async fn listen_for_invalidations(app: App, url: String) {
-    use crate::db::notify::{Event, listen};
-    listen(url, move |event| match event {
-        Event::Connected => app.cache().set_trustworthy(true),
-        Event::Disconnected => app.cache().set_trustworthy(false),
-        Event::UserChanged(user_id) => app.cache().bump(user_id),
-    })
-    .await;
-}
-
-/// Periodic cleanup of growing state (see `App::housekeeping`).
-async fn housekeeping(app: App) {
-    let mut every = tokio::time::interval(HOUSEKEEPING_EVERY);
-    loop {
-        every.tick().await;
-        if let Err(e) = app.housekeeping(Utc::now()).await {
-            tracing::warn!(error = ?e, "housekeeping failed");
-        }
-    }
+        .max_age(Duration::from_secs(7200))
 }
 
 /// Registers for Ctrl-C and SIGTERM now (so a signal that comes before serving starts is not
@@ -383,54 +336,6 @@ pub fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'st
 /// with Nagle a write behind an unacknowledged one waits for the peer's ACK. Through Envoy (a
 /// few streams sharing one connection) that cost ~20 % of JSON and grpc-web throughput.
 /// Keepalive probes find peers that vanished without a FIN.
-/// The sidecar's Unix socket (PROXY_SOCKET), bound before serving so that the proxy can connect
-/// from the first moment.
-pub struct ProxySocket {
-    listener: tokio::net::UnixListener,
-    pub path: std::path::PathBuf,
-}
-
-impl ProxySocket {
-    pub fn bind(config: &Config) -> anyhow::Result<Option<Self>> {
-        let Some(path) = config.proxy_socket_path() else { return Ok(None) };
-        Ok(Some(Self { listener: bind_proxy_socket(&path)?, path }))
-    }
-}
-
-/// Binds the sidecar's Unix socket, private to this user (0600, in a 0700 directory if it
-/// creates one). A socket left by an earlier run is replaced; one that still answers belongs to
-/// a running instance, and starting a second one on it is refused.
-fn bind_proxy_socket(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        crate::config::create_private_dir(dir)?;
-    }
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        anyhow::ensure!(meta.file_type().is_socket(), "PROXY_SOCKET {} exists and is not a socket", path.display());
-        anyhow::ensure!(
-            std::os::unix::net::UnixStream::connect(path).is_err(),
-            "PROXY_SOCKET {} is served by another running instance",
-            path.display()
-        );
-        std::fs::remove_file(path).with_context(|| format!("cannot replace {}", path.display()))?;
-    }
-    let listener = tokio::net::UnixListener::bind(path).with_context(|| {
-        format!("cannot bind PROXY_SOCKET {} (a Unix socket path is at most 107 bytes)", path.display())
-    })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
-}
-
-/// The connections of the sidecar's socket, as tonic takes them.
-fn uds_incoming(
-    listener: tokio::net::UnixListener,
-) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::UnixStream>> {
-    futures_util::stream::unfold(listener, |listener| async move {
-        let accepted = listener.accept().await.map(|(stream, _)| stream);
-        Some((accepted, listener))
-    })
-}
-
 fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))

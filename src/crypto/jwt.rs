@@ -54,12 +54,14 @@ pub struct Subject<'a> {
     pub session: &'a SessionId,
 }
 
+#[derive(Clone)]
 struct SigningKey {
     kid: String,
     encoding: EncodingKey,
 }
 
 /// The signing key and every key that may verify.
+#[derive(Clone)]
 pub struct JwtKeys {
     signing: SigningKey,
     verifying: HashMap<String, DecodingKey>,

@@ -5,6 +5,7 @@
 
 pub mod models;
 pub mod notify;
+mod redact;
 pub mod schema;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
+pub use self::redact::redact_url;
 use crate::error::Error;
 
 pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
@@ -29,8 +31,8 @@ pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
 const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
-/// Where the data lives, parsed from `DATABASE_URL`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where the data lives, parsed from `DATABASE_URL`. `Debug` hides the password (`redact`).
+#[derive(Clone, PartialEq, Eq)]
 pub enum DbTarget {
     /// A `postgres://` or `postgresql://` URL.
     Postgres(String),

@@ -13,6 +13,7 @@ pub use process::{Envoy, ServiceProcess, Upstream, skipped};
 use clap::Parser;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use instachatico_auth::cli::Cli;
+use instachatico_auth::config::Settings;
 use instachatico_auth::pb::auth_service_client::AuthServiceClient;
 use instachatico_auth::pb::health_service_client::HealthServiceClient;
 use instachatico_auth::pb::user_service_client::UserServiceClient;
@@ -133,8 +134,7 @@ impl TestServer {
             args.push(format!("--{flag}"));
             args.push(value);
         }
-        let cli = Cli::try_parse_from(&args).expect("test config parses");
-        let running = server::spawn(&cli.config).await.expect("server starts");
+        let running = start(&args).await.expect("server starts");
         let url = format!("http://{}", running.addr);
         Some(Self { backend, running: Some(running), url, database_url, encryption_key, args, _dir: dir, pg })
     }
@@ -153,8 +153,7 @@ impl TestServer {
                 None => args.extend([flag, (*value).to_owned()]),
             }
         }
-        let cli = Cli::try_parse_from(&args).expect("test config parses");
-        let running = server::spawn(&cli.config).await.expect("server restarts");
+        let running = start(&args).await.expect("server restarts");
         self.url = format!("http://{}", running.addr);
         self.running = Some(running);
         self.args = args;
@@ -231,6 +230,14 @@ impl TestServer {
             running.stop().await.expect("clean shutdown");
         }
     }
+}
+
+/// Starts the server as `serve` does (`server::start`), from these command-line arguments; the
+/// test stops it with `RunningServer::stop`.
+async fn start(args: &[String]) -> anyhow::Result<RunningServer> {
+    let cli = Cli::try_parse_from(args).expect("test config parses");
+    let settings = Settings::from_config(&cli.config)?;
+    server::start(settings, std::future::pending()).await
 }
 
 /// A request with `authorization: Bearer <token>`.

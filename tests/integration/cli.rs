@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 
 use tonic::Code;
 
-use crate::common::{JWT_SECRET, TestServer, expect_code};
+use crate::common::{Backend, JWT_SECRET, PgTestDb, ServiceProcess, TestServer, expect_code};
 
 const BIN: &str = env!("CARGO_BIN_EXE_instachatico-auth");
 
@@ -103,8 +103,8 @@ fn serve_expecting_refusal(dir: &Path, env: &[(&str, &str)]) -> String {
     let mut child = Command::new(BIN)
         .current_dir(dir)
         .env_clear()
-        .envs(env.iter().copied())
         .envs([("PORT", "0"), ("METRICS_ADDR", "off"), ("BCRYPT_COST", "10")])
+        .envs(env.iter().copied())
         .arg("serve")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -194,6 +194,75 @@ fn unsafe_settings_are_refused_in_production_and_warned_about() {
     ] {
         assert!(log.contains(&format!("UNSAFE SETTING: {expected}")), "{expected} in {log}");
     }
+}
+
+/// Every setting is checked before start-up does anything: a typo in one that is used late (the
+/// metrics port, CORS, trusted proxies, the listen address, the first admin, hashing) stops the
+/// binary with the setting's name and leaves nothing behind: no data directory (so no SQLite
+/// file, no development keys, no socket), no table in the PostgreSQL database (so no migration
+/// and no admin). The same settings without the typo do all of that, so the checks can see it.
+async fn nothing_is_written_before_every_setting_is_checked(backend: Backend) {
+    let pg = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => {
+            let Some(pg) = PgTestDb::create().await else { return };
+            Some(pg)
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_dir = data.to_str().unwrap().to_owned();
+    let mut good = vec![
+        ("DATA_DIR", data_dir.as_str()),
+        ("ADMIN_USERNAME", "root"),
+        ("ADMIN_EMAIL", "root@example.com"),
+        ("ADMIN_PASSWORD", "Root_password123!"),
+        ("LOG_LEVEL", "debug"),
+    ];
+    if let Some(pg) = &pg {
+        good.push(("DATABASE_URL", pg.url.as_str()));
+    }
+    let tables = || async {
+        use diesel_async::{AsyncConnection, RunQueryDsl};
+        let Some(pg) = &pg else { return 0 };
+        let mut conn = diesel_async::AsyncPgConnection::establish(&pg.url).await.unwrap();
+        let count = "(SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public')";
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(count)).get_result::<i64>(&mut conn).await.unwrap()
+    };
+    for (name, value, expected) in [
+        ("METRICS_ADDR", "127.0.0.1", "METRICS_ADDR must be host:port"),
+        ("FRONTEND_URL", "localhost:5173", "FRONTEND_URL: \"localhost:5173\""),
+        ("TRUSTED_PROXIES", "10.0.0.0/33", "TRUSTED_PROXIES: \"10.0.0.0/33\" is not an IP address or CIDR"),
+        ("HOST", "localhost", "HOST must be an IP address"),
+        ("ADMIN_EMAIL", "root-at-example.com", "ADMIN_EMAIL must be a valid email address"),
+        ("BCRYPT_COST", "40", "BCRYPT_COST must be between 10 and 16"),
+    ] {
+        let mut env = good.clone();
+        env.push((name, value));
+        let t = serve_expecting_refusal(dir.path(), &env);
+        assert!(t.contains(expected), "{name}={value}: {t}");
+        assert!(!t.contains("migration") && !t.contains("database ready"), "{name}: {t}");
+        assert!(!data.exists(), "{name}: nothing written, found {:?}", std::fs::read_dir(&data).map(|d| d.count()));
+        assert_eq!(tables().await, 0, "{name}: no migration ran");
+    }
+
+    let service = ServiceProcess::spawn(&good);
+    let mut auth = instachatico_auth::pb::auth_service_client::AuthServiceClient::new(service.channel().await);
+    let login = instachatico_auth::pb::LoginRequest { username: "root".into(), password: "Root_password123!".into() };
+    auth.login(login).await.expect("the admin was created");
+    assert!(data.join(instachatico_auth::config::DEV_KEYS_FILE).exists());
+    assert_eq!(data.join("instachatico_auth.db").exists(), backend == Backend::Sqlite);
+    assert!(backend == Backend::Sqlite || tables().await > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_written_before_every_setting_is_checked_sqlite() {
+    nothing_is_written_before_every_setting_is_checked(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_written_before_every_setting_is_checked_postgres() {
+    nothing_is_written_before_every_setting_is_checked(Backend::Postgres).await;
 }
 
 #[test]

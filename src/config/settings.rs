@@ -1,0 +1,352 @@
+//! What the configuration means: every setting parsed once into the type start-up uses and
+//! checked (risky ones refused in production) before anything is written, migrated or bound.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use http::HeaderValue;
+use ipnet::IpNet;
+use secrecy::{ExposeSecret, SecretString};
+
+use super::keys::{Keys, Resolved};
+use super::{AppEnv, Config};
+use crate::crypto::password::{MAX_COST, MIN_COST};
+use crate::db::{DbTarget, PoolOptions};
+use crate::domain::{SecurityPolicy, SessionPolicy};
+
+/// Longest Unix socket path (`sun_path` holds 108 bytes with the terminating NUL).
+const MAX_SOCKET_PATH_BYTES: usize = 107;
+
+/// Every setting, checked. Built by [`Settings::from_config`]; used by `server::start` and by
+/// the operator commands. `Debug` prints no secret and no database password.
+#[derive(Debug)]
+pub struct Settings {
+    /// `production` refuses what `development` only warns about.
+    pub app_env: AppEnv,
+    pub database: DbTarget,
+    pub pool: PoolOptions,
+    pub keys: Keys,
+    pub sessions: SessionPolicy,
+    pub security: SecurityPolicy,
+    pub hashing: Hashing,
+    /// How long an authenticated session may be served from memory; zero is off.
+    pub session_cache_ttl: Duration,
+    /// The first admin (ADMIN_*), created at start-up unless the username exists.
+    pub admin: Option<AdminAccount>,
+    /// gRPC and grpc-web (HOST, PORT).
+    pub listen: SocketAddr,
+    /// Prometheus `/metrics`, when on.
+    pub metrics: Option<SocketAddr>,
+    /// The Envoy sidecar's Unix socket, when on.
+    pub proxy_socket: Option<PathBuf>,
+    /// UI origins allowed by CORS (FRONTEND_URL), as response header values.
+    pub cors_origins: Vec<HeaderValue>,
+    /// TCP peers whose X-Forwarded-For is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Per-request deadline.
+    pub request_timeout: Duration,
+}
+
+/// The password-hashing pool.
+#[derive(Debug, Clone, Copy)]
+pub struct Hashing {
+    pub cost: u32,
+    /// Hashing threads: one per core.
+    pub workers: usize,
+    /// Hashes allowed to wait for a thread.
+    pub max_queue: usize,
+    /// Longest expected wait before logins are shed.
+    pub max_wait: Duration,
+}
+
+/// ADMIN_USERNAME, ADMIN_EMAIL and ADMIN_PASSWORD, checked.
+#[derive(Debug, Clone)]
+pub struct AdminAccount {
+    pub username: String,
+    pub email: String,
+    pub password: SecretString,
+}
+
+impl Settings {
+    /// Parses and checks every setting, refuses risky ones in production and warns about them
+    /// otherwise. The one thing it may write comes last, after every check has passed: in
+    /// development without configured keys, the generated key file in DATA_DIR.
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let database = config.db_target()?;
+        let listen = listen_addr(config)?;
+        let metrics = metrics_addr(&config.metrics_addr)?;
+        let proxy_socket = proxy_socket_path(config)?;
+        let cors_origins = cors_origins(&config.frontend_url)?;
+        let trusted_proxies = trusted_proxies(&config.trusted_proxies)?;
+        let hashing = hashing(config)?;
+        let admin = admin_account(config)?;
+        let keys = Resolved::read(config)?;
+        for risk in risky_settings(config, &keys, &trusted_proxies, metrics) {
+            if risk.refuse && config.app_env == AppEnv::Production {
+                bail!("refusing to start with APP_ENV=production: {}", risk.message);
+            }
+            tracing::warn!("UNSAFE SETTING: {}", risk.message);
+        }
+        Ok(Self {
+            app_env: config.app_env,
+            database,
+            pool: PoolOptions { max_size: config.db_pool_size as usize, wait_timeout: Duration::from_secs(5) },
+            keys: keys.commit()?,
+            sessions: SessionPolicy {
+                token_lifetime: chrono::Duration::minutes(i64::from(config.jwt_expiration_minutes)),
+                refresh_window: chrono::Duration::minutes(i64::from(config.refresh_window_minutes)),
+                session_lifetime: chrono::Duration::hours(i64::from(config.session_lifetime_hours)),
+            },
+            security: SecurityPolicy {
+                login_per_minute: config.rate_limit_login_per_minute,
+                api_per_minute: config.rate_limit_api_per_minute,
+                throttle_threshold: config.login_throttle_threshold,
+                throttle_cooldown: chrono::Duration::seconds(i64::from(config.login_throttle_cooldown_seconds)),
+                allow_registration: config.allow_registration,
+            },
+            hashing,
+            session_cache_ttl: Duration::from_millis(config.session_cache_ttl_ms),
+            admin,
+            listen,
+            metrics,
+            proxy_socket,
+            cors_origins,
+            trusted_proxies,
+            request_timeout: Duration::from_secs(config.request_timeout_seconds),
+        })
+    }
+}
+
+fn listen_addr(config: &Config) -> anyhow::Result<SocketAddr> {
+    let host = config.host.trim_matches(|c| c == '[' || c == ']');
+    let ip = host.parse().with_context(|| {
+        format!("HOST must be an IP address to listen on (e.g. 127.0.0.1 or 0.0.0.0), got {host:?}")
+    })?;
+    Ok(SocketAddr::new(ip, config.port))
+}
+
+/// The metrics listen address, or `None` when metrics are off.
+fn metrics_addr(value: &str) -> anyhow::Result<Option<SocketAddr>> {
+    let value = value.trim();
+    if value.is_empty() || value.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .with_context(|| format!("METRICS_ADDR must be host:port (e.g. 127.0.0.1:9464) or off, got {value:?}"))
+}
+
+/// Where the sidecar's Unix socket goes, or `None` when it is off.
+fn proxy_socket_path(config: &Config) -> anyhow::Result<Option<PathBuf>> {
+    let path = match config.proxy_socket.as_deref().map(str::trim) {
+        Some(v) if v.eq_ignore_ascii_case("off") => return Ok(None),
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => config.data_dir.join("proxy.sock"),
+    };
+    let len = path.as_os_str().len();
+    if len > MAX_SOCKET_PATH_BYTES {
+        bail!(
+            "PROXY_SOCKET {} is {len} bytes long; a Unix socket path is at most {MAX_SOCKET_PATH_BYTES} \
+             (set a shorter PROXY_SOCKET or DATA_DIR, or PROXY_SOCKET=off)",
+            path.display()
+        );
+    }
+    Ok(Some(path))
+}
+
+/// The UI origins for CORS, validated as `scheme://host[:port]`.
+fn cors_origins(values: &[String]) -> anyhow::Result<Vec<HeaderValue>> {
+    values
+        .iter()
+        .map(|s| s.trim().trim_end_matches('/'))
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            let url = url::Url::parse(s).with_context(|| format!("FRONTEND_URL: {s:?} is not a URL"))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                bail!("FRONTEND_URL: {s:?} must be an http(s) origin like http://localhost:5173");
+            }
+            let origin = url.origin().ascii_serialization();
+            HeaderValue::from_str(&origin).with_context(|| format!("FRONTEND_URL: bad origin {origin:?}"))
+        })
+        .collect()
+}
+
+fn trusted_proxies(values: &[String]) -> anyhow::Result<Vec<IpNet>> {
+    values
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                .with_context(|| format!("TRUSTED_PROXIES: {s:?} is not an IP address or CIDR"))
+        })
+        .collect()
+}
+
+fn hashing(config: &Config) -> anyhow::Result<Hashing> {
+    let cost = config.bcrypt_cost;
+    if !(MIN_COST..=MAX_COST).contains(&cost) {
+        bail!("BCRYPT_COST must be between {MIN_COST} and {MAX_COST}, got {cost}");
+    }
+    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let max_queue = if config.bcrypt_max_queue == 0 { workers * 16 } else { config.bcrypt_max_queue };
+    Ok(Hashing { cost, workers, max_queue, max_wait: Duration::from_millis(config.bcrypt_max_wait_ms) })
+}
+
+/// ADMIN_*: all three or none, each as the account rules want it (so a typo is found now, not
+/// after the migrations).
+fn admin_account(config: &Config) -> anyhow::Result<Option<AdminAccount>> {
+    let Some(username) = config.admin_username.as_deref().filter(|u| !u.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let (Some(email), Some(password)) = (config.admin_email.as_deref(), config.admin_password.as_ref()) else {
+        bail!("ADMIN_USERNAME is set: ADMIN_EMAIL and ADMIN_PASSWORD are needed too");
+    };
+    let named = |setting: &str, e: crate::error::Error| match e {
+        crate::error::Error::InvalidArgument { message, .. } => anyhow!("{setting} {message}"),
+        other => anyhow!("{setting}: {other}"),
+    };
+    crate::domain::validate::username(username).map_err(|e| named("ADMIN_USERNAME", e))?;
+    crate::domain::validate::email(email).map_err(|e| named("ADMIN_EMAIL", e))?;
+    crate::crypto::password::check_policy("password", password.expose_secret())
+        .map_err(|e| named("ADMIN_PASSWORD", e))?;
+    Ok(Some(AdminAccount { username: username.to_owned(), email: email.to_owned(), password: password.clone() }))
+}
+
+/// A dangerous setting found at start-up.
+struct RiskySetting {
+    /// Refused in production (warned about in development).
+    refuse: bool,
+    message: String,
+}
+
+/// Settings that are legal but dangerous. Each is a warning at start-up; those marked `refuse`
+/// stop a production start (they are never what an operator meant).
+fn risky_settings(
+    config: &Config,
+    keys: &Resolved,
+    trusted_proxies: &[IpNet],
+    metrics: Option<SocketAddr>,
+) -> Vec<RiskySetting> {
+    let mut found = Vec::new();
+    let mut add = |refuse: bool, message: String| found.push(RiskySetting { refuse, message });
+    let jwt = keys.jwt_current.expose_secret();
+    if jwt.chars().all(|c| jwt.starts_with(c)) {
+        add(true, "JWT_SECRET_KEY is one character repeated: anyone can guess it; generate one with `instachatico-auth generate-keys`".into());
+    }
+    if jwt == keys.encryption_current.expose_secret() {
+        add(true, "JWT_SECRET_KEY equals ENCRYPTION_KEY: one leaked key would both forge tokens and decrypt backend tokens; use two keys".into());
+    }
+    for net in trusted_proxies.iter().filter(|n| n.prefix_len() == 0) {
+        add(
+            true,
+            format!(
+                "TRUSTED_PROXIES contains {net}: every client could choose the address its rate limits and audit rows see; list only your proxies (Envoy)"
+            ),
+        );
+    }
+    if let Some(addr) = metrics.filter(|a| !a.ip().is_loopback()) {
+        add(
+            false,
+            format!(
+                "METRICS_ADDR {addr} is not a loopback address: /metrics has no authentication; keep it on a private network"
+            ),
+        );
+    }
+    if config.rate_limit_login_per_minute == 0 {
+        add(false, "RATE_LIMIT_LOGIN_PER_MINUTE=0: login attempts per address are not limited".into());
+    }
+    if config.rate_limit_api_per_minute == 0 {
+        add(false, "RATE_LIMIT_API_PER_MINUTE=0: authenticated requests per user are not limited".into());
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::Cli;
+
+    const PASSWORD: &str = "hunter2-Pa55word";
+    const FERNET: &str = "KSDEUmaWmBWPfjVWm8Pkru5oXPd2OaHkVt0xXkx-Qbg=";
+
+    fn config(args: &[&str]) -> Config {
+        let base = ["instachatico-auth", "--jwt-secret-key", "unit-test-jwt-secret-0123456789abcdef"];
+        let base = base.iter().chain(&["--encryption-key", FERNET]).chain(args);
+        Cli::try_parse_from(base).unwrap().config
+    }
+
+    /// DATABASE_URL may carry a password: Config, Settings and DbTarget print it as `***`
+    /// and keep what tells an operator where the data is.
+    #[test]
+    fn debug_output_hides_the_database_password() {
+        let url = format!("postgres://app:{PASSWORD}@db.example:5433/auth?sslmode=require");
+        let config = config(&["--database-url", &url]);
+        let settings = Settings::from_config(&config).unwrap();
+        let shown = "postgres://app:***@db.example:5433/auth?sslmode=require";
+        for debug in [format!("{config:?}"), format!("{settings:?}"), format!("{:?}", settings.database)] {
+            assert!(!debug.contains(PASSWORD), "password in {debug}");
+            assert!(debug.contains(shown), "{shown} in {debug}");
+        }
+        assert!(!format!("{config:#?}").contains(FERNET), "keys stay wrapped too");
+        assert!(!format!("{settings:#?}").contains(FERNET));
+        let DbTarget::Postgres(real) = &settings.database else { panic!("postgres") };
+        assert_eq!(real, &url, "only the printing is redacted");
+    }
+
+    #[test]
+    fn each_setting_is_parsed_into_its_type() {
+        let settings = Settings::from_config(&config(&[
+            "--host",
+            "[::1]",
+            "--port",
+            "8080",
+            "--metrics-addr",
+            "off",
+            "--proxy-socket",
+            "off",
+            "--frontend-url",
+            "https://ui.example/, http://localhost:5173",
+            "--trusted-proxies",
+            "10.0.0.0/8, 192.168.1.7",
+        ]))
+        .unwrap();
+        assert_eq!(settings.listen, "[::1]:8080".parse().unwrap());
+        assert_eq!((settings.metrics, settings.proxy_socket), (None, None));
+        assert_eq!(settings.cors_origins, ["https://ui.example", "http://localhost:5173"]);
+        let nets: Vec<String> = settings.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(nets, ["10.0.0.0/8", "192.168.1.7/32"]);
+    }
+
+    #[test]
+    fn a_bad_setting_is_named() {
+        let long = format!("/tmp/{}/proxy.sock", "d".repeat(120));
+        let cases: [(&[&str], &str); 9] = [
+            (&["--host", "localhost"], "HOST must be an IP address"),
+            (&["--metrics-addr", "9464"], "METRICS_ADDR must be host:port"),
+            (&["--frontend-url", "localhost:5173"], "FRONTEND_URL"),
+            (&["--trusted-proxies", "10.0.0.300"], "TRUSTED_PROXIES: \"10.0.0.300\""),
+            (&["--proxy-socket", long.as_str()], "PROXY_SOCKET"),
+            (&["--bcrypt-cost", "4"], "BCRYPT_COST must be between 10 and 16"),
+            (&["--admin-username", "root"], "ADMIN_EMAIL and ADMIN_PASSWORD are needed"),
+            (
+                &["--admin-username", "root", "--admin-email", "nope", "--admin-password", "Admin_password123!"],
+                "ADMIN_EMAIL must be a valid email address",
+            ),
+            (
+                &["--admin-username", "root", "--admin-email", "r@example.com", "--admin-password", "short"],
+                "ADMIN_PASSWORD must be at least 8 characters",
+            ),
+        ];
+        for (args, expected) in cases {
+            let error = Settings::from_config(&config(args)).map(|_| ()).err().map(|e| format!("{e:#}"));
+            assert!(error.as_deref().is_some_and(|e| e.contains(expected)), "{args:?}: {error:?}");
+        }
+    }
+}
