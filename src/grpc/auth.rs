@@ -1,5 +1,5 @@
-//! `AuthService`: Login, Refresh, Logout. Served without the interceptor: Login needs no
-//! token and Refresh accepts a recently expired one.
+//! `AuthService`: Login, Register, Refresh, Logout. Public in the access table (Login and Register
+//! need no token); Refresh and Logout verify their own token, which may have expired recently.
 
 use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};

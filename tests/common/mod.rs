@@ -283,7 +283,8 @@ impl PgTestDb {
         let mut conn = match AsyncPgConnection::establish(&admin_url).await {
             Ok(c) => c,
             Err(e) => {
-                skipped(&format!("PostgreSQL unreachable at {admin_url} ({e})"));
+                let at = instachatico_auth::db::redact_url(&admin_url);
+                skipped(&format!("PostgreSQL unreachable at {at} ({e})"));
                 return None;
             }
         };
