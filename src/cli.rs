@@ -72,7 +72,8 @@ pub enum Command {
         #[arg(long)]
         username: String,
     },
-    /// Print a fresh JWT_SECRET_KEY and ENCRYPTION_KEY for a .env file.
+    /// Print a fresh JWT_SECRET_KEY, ENCRYPTION_KEY and (for JWT_ALGORITHM=EdDSA) JWT_SIGNING_KEY
+    /// for a .env file.
     GenerateKeys,
     /// Re-encrypt every stored backend token under the current ENCRYPTION_KEY (tokens under a
     /// key in ENCRYPTION_PREVIOUS_KEYS), in one transaction. After it, the previous keys can go.
@@ -143,6 +144,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::GenerateKeys => {
             println!("JWT_SECRET_KEY={}", crate::crypto::random_token(48));
             println!("ENCRYPTION_KEY={}", crate::crypto::secrets::TokenCipher::generate_key());
+            let signing = crate::crypto::jwt::Ed25519SigningKey::generate().to_pem()?;
+            println!("# For JWT_ALGORITHM=EdDSA: an Ed25519 key (PKCS#8 PEM; or this PEM in JWT_SIGNING_KEY_FILE)");
+            println!("JWT_SIGNING_KEY=\"{}\"", secrecy::ExposeSecret::expose_secret(&signing).trim());
             Ok(())
         }
         Command::RotateKeys => {

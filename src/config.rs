@@ -52,6 +52,26 @@ pub enum LogFormat {
 }
 
 /// Every setting. Flags override the environment, which overrides `.env`.
+/// `JWT_ALGORITHM`: which algorithm signs new access tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum JwtAlgorithm {
+    /// HMAC-SHA256 with `JWT_SECRET_KEY` (the default, the seed's tokens).
+    #[value(name = "HS256")]
+    Hs256,
+    /// Ed25519 with `JWT_SIGNING_KEY`; the public keys are published (JWKS).
+    #[value(name = "EdDSA")]
+    EdDsa,
+}
+
+impl From<JwtAlgorithm> for crate::crypto::jwt::SigningAlgorithm {
+    fn from(value: JwtAlgorithm) -> Self {
+        match value {
+            JwtAlgorithm::Hs256 => Self::Hs256,
+            JwtAlgorithm::EdDsa => Self::EdDsa,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// postgres://user:pass@host/db, or a SQLite file (sqlite:///./data/auth.db or a path).
@@ -74,7 +94,8 @@ pub struct Config {
     #[arg(long, env = "APP_ENV", value_enum, default_value = "development", global = true)]
     pub app_env: AppEnv,
 
-    /// HS256 signing secret, at least 32 bytes.
+    /// HS256 signing secret, at least 32 bytes. With JWT_ALGORITHM=EdDSA it is optional and, when
+    /// set, still verifies HS256 tokens (mixed mode, for a migration).
     #[arg(long, env = "JWT_SECRET_KEY", value_parser = secret, hide_env_values = true, global = true)]
     pub jwt_secret_key: Option<SecretString>,
 
@@ -85,6 +106,27 @@ pub struct Config {
     /// Comma-separated earlier JWT secrets that still verify (key rotation).
     #[arg(long, env = "JWT_PREVIOUS_SECRET_KEYS", value_parser = secret, value_delimiter = ',', hide_env_values = true, global = true)]
     pub jwt_previous_secret_keys: Vec<SecretString>,
+
+    /// Algorithm of new access tokens: HS256 (shared secret, the default) or EdDSA (Ed25519,
+    /// verifiable by anyone with the published public key).
+    #[arg(long, env = "JWT_ALGORITHM", value_enum, ignore_case = true, default_value = "HS256", global = true)]
+    pub jwt_algorithm: JwtAlgorithm,
+
+    /// Ed25519 private key in PKCS#8 PEM that signs tokens when JWT_ALGORITHM=EdDSA.
+    #[arg(long, env = "JWT_SIGNING_KEY", value_parser = secret, hide_env_values = true, allow_hyphen_values = true, global = true)]
+    pub jwt_signing_key: Option<SecretString>,
+
+    /// File holding JWT_SIGNING_KEY.
+    #[arg(long, env = "JWT_SIGNING_KEY_FILE", global = true)]
+    pub jwt_signing_key_file: Option<PathBuf>,
+
+    /// Earlier Ed25519 public keys (SPKI PEM, one or more blocks) that still verify (rotation).
+    #[arg(long, env = "JWT_PREVIOUS_PUBLIC_KEYS", allow_hyphen_values = true, global = true)]
+    pub jwt_previous_public_keys: Option<String>,
+
+    /// File holding JWT_PREVIOUS_PUBLIC_KEYS.
+    #[arg(long, env = "JWT_PREVIOUS_PUBLIC_KEYS_FILE", global = true)]
+    pub jwt_previous_public_keys_file: Option<PathBuf>,
 
     /// Fernet key for backend bearer tokens (32 bytes, url-safe base64).
     #[arg(long, env = "ENCRYPTION_KEY", value_parser = secret, hide_env_values = true, global = true)]

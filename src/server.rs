@@ -24,12 +24,14 @@ use crate::domain::{App, BootstrapOutcome};
 use crate::grpc::audit::AuditApi;
 use crate::grpc::auth::AuthApi;
 use crate::grpc::health::HealthApi;
+use crate::grpc::keys::KeysApi;
 use crate::grpc::user::UserApi;
 use crate::grpc::{AccessLayer, ClientIpPolicy};
 use crate::pb;
 use crate::pb::audit_service_server::AuditServiceServer;
 use crate::pb::auth_service_server::AuthServiceServer;
 use crate::pb::health_service_server::HealthServiceServer;
+use crate::pb::keys_service_server::KeysServiceServer;
 use crate::pb::user_service_server::UserServiceServer;
 use crate::telemetry::{RpcTelemetryLayer, Transport};
 
@@ -221,6 +223,7 @@ async fn serve(
     let users = UserServiceServer::new(UserApi::new(app.clone(), ips)).max_decoding_message_size(MAX_REQUEST_BYTES);
     let audit = AuditServiceServer::new(AuditApi::new(app.clone())).max_decoding_message_size(MAX_REQUEST_BYTES);
     let health = HealthServiceServer::new(HealthApi::new(app.clone()));
+    let keys = KeysServiceServer::new(KeysApi::new(app.clone()));
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving gRPC and grpc-web");
@@ -241,6 +244,7 @@ async fn serve(
         .add_service(users)
         .add_service(audit)
         .add_service(health)
+        .add_service(keys)
         .add_service(grpc_health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);

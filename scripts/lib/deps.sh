@@ -20,6 +20,17 @@ ensure_envoy() {
   export ENVOY_BIN
 }
 
+PYJWT_VERSION=2.15.1
+
+# PyJWT with its crypto extra in .venv: the third-party client that verifies our EdDSA tokens
+# from the JWKS (tests/integration/signing.rs).
+ensure_pyjwt() {
+  if [ -x .venv/bin/python ] && .venv/bin/python -c 'import jwt, cryptography' >/dev/null 2>&1; then return; fi
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  echo "Installing PyJWT[crypto] $PYJWT_VERSION from PyPI into .venv ..." >&2
+  .venv/bin/pip install --quiet --disable-pip-version-check "PyJWT[crypto]==$PYJWT_VERSION"
+}
+
 # Debian's Chromium (browser test), wrk (JSON load) and openssl (the TLS test's certificate and
 # client), and the browser test's npm packages.
 ensure_test_deps() {

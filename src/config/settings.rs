@@ -234,12 +234,13 @@ fn risky_settings(
 ) -> Vec<RiskySetting> {
     let mut found = Vec::new();
     let mut add = |refuse: bool, message: String| found.push(RiskySetting { refuse, message });
-    let jwt = keys.jwt_current.expose_secret();
-    if jwt.chars().all(|c| jwt.starts_with(c)) {
-        add(true, "JWT_SECRET_KEY is one character repeated: anyone can guess it; generate one with `instachatico-auth generate-keys`".into());
-    }
-    if jwt == keys.encryption_current.expose_secret() {
-        add(true, "JWT_SECRET_KEY equals ENCRYPTION_KEY: one leaked key would both forge tokens and decrypt backend tokens; use two keys".into());
+    if let Some(jwt) = keys.jwt_current.as_ref().map(|k| k.expose_secret()) {
+        if jwt.chars().all(|c| jwt.starts_with(c)) {
+            add(true, "JWT_SECRET_KEY is one character repeated: anyone can guess it; generate one with `instachatico-auth generate-keys`".into());
+        }
+        if jwt == keys.encryption_current.expose_secret() {
+            add(true, "JWT_SECRET_KEY equals ENCRYPTION_KEY: one leaked key would both forge tokens and decrypt backend tokens; use two keys".into());
+        }
     }
     for net in trusted_proxies.iter().filter(|n| n.prefix_len() == 0) {
         add(
@@ -348,5 +349,39 @@ mod tests {
             let error = Settings::from_config(&config(args)).map(|_| ()).err().map(|e| format!("{e:#}"));
             assert!(error.as_deref().is_some_and(|e| e.contains(expected)), "{args:?}: {error:?}");
         }
+    }
+
+    /// EdDSA settings are checked before anything starts; a key never appears in the error.
+    #[test]
+    fn signing_key_settings_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_string_lossy().into_owned();
+        let secret_pem = "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1tYXRlcmlhbA==\n-----END PRIVATE KEY-----";
+        let cases: [(&[&str], &str); 3] = [
+            (&["--app-env", "production", "--jwt-algorithm", "EdDSA"], "JWT_SIGNING_KEY not set"),
+            (
+                &["--jwt-algorithm", "EdDSA", "--jwt-signing-key", secret_pem],
+                "JWT_SIGNING_KEY is not an Ed25519 private key",
+            ),
+            (&["--jwt-previous-public-keys", "c2VjcmV0LWtleS1tYXRlcmlhbA=="], "JWT_PREVIOUS_PUBLIC_KEYS"),
+        ];
+        for (args, expected) in cases {
+            let args: Vec<&str> = ["--data-dir", data.as_str()].iter().chain(args).copied().collect();
+            let error = Settings::from_config(&config(&args)).map(|_| ()).err().map(|e| format!("{e:#}"));
+            assert!(error.as_deref().is_some_and(|e| e.contains(expected)), "{args:?}: {error:?}");
+            assert!(!error.unwrap().contains("c2VjcmV0LWtleS1tYXRlcmlhbA"), "key material echoed");
+        }
+        assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "nothing written");
+
+        // Development without a key: one is generated into DATA_DIR, privately, and reused.
+        let args = ["--data-dir", data.as_str(), "--jwt-algorithm", "eddsa"];
+        let first = Settings::from_config(&config(&args)).unwrap();
+        let path = dir.path().join(crate::config::keys::DEV_SIGNING_KEY_FILE);
+        let pem = std::fs::read_to_string(&path).unwrap();
+        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+        assert!(!format!("{first:?}").contains(pem.lines().nth(1).unwrap()), "Debug hides the key");
+        let second = Settings::from_config(&config(&args)).unwrap();
+        assert_eq!(first.keys.jwt.published(), second.keys.jwt.published());
+        assert_eq!(first.keys.jwt.published().len(), 1);
     }
 }

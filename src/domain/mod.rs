@@ -6,6 +6,7 @@
 pub mod audit;
 mod auth;
 pub mod cache;
+pub mod keys;
 mod limits;
 pub mod maintenance;
 pub mod sessions;

@@ -22,7 +22,7 @@ use crate::error::Error;
 /// What a call needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
-    /// Anyone (login, registration, health, reflection).
+    /// Anyone (login, registration, health, public keys, reflection).
     Public,
     /// A bearer token the handler verifies itself: refresh and logout accept a token that
     /// expired within the refresh window, which no other call does.
@@ -82,6 +82,8 @@ pub const RPCS: &[(&str, RpcRule)] = {
         ("/instachatico.auth.v1.AuthService/Refresh", rule(OwnToken, &[])),
         ("/instachatico.auth.v1.AuthService/Logout", rule(OwnToken, &[])),
         ("/instachatico.auth.v1.HealthService/Check", rule(Public, &[])),
+        ("/instachatico.auth.v1.KeysService/GetJwks", rule(Public, &[])),
+        ("/instachatico.auth.v1.KeysService/GetOpenIdConfiguration", rule(Public, &[])),
         ("/instachatico.auth.v1.UserService/GetMe", rule(Session, &[])),
         ("/instachatico.auth.v1.UserService/UpdateMyBackend", rule(Session, &[])),
         ("/instachatico.auth.v1.UserService/ChangeMyPassword", rule(Session, &[])),

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod auth;
 pub mod convert;
 pub mod health;
+pub mod keys;
 pub mod meta;
 pub mod status;
 pub mod text;

@@ -5,10 +5,12 @@ use crate::common::TestServer;
 use crate::generated_input::call;
 
 /// The methods anyone may call.
-const PUBLIC: [&str; 3] = [
+const PUBLIC: [&str; 5] = [
     "instachatico.auth.v1.AuthService/Login",
     "instachatico.auth.v1.AuthService/Register",
     "instachatico.auth.v1.HealthService/Check",
+    "instachatico.auth.v1.KeysService/GetJwks",
+    "instachatico.auth.v1.KeysService/GetOpenIdConfiguration",
 ];
 
 async fn every_method_but_the_public_ones_needs_a_session(s: TestServer) {

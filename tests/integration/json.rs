@@ -426,7 +426,7 @@ async fn docs_and_every_documented_route_is_served(s: TestServer) {
             count += 1;
         }
     }
-    assert_eq!(count, 20);
+    assert_eq!(count, 22);
     s.stop().await;
 }
 

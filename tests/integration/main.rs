@@ -26,6 +26,7 @@ mod races;
 mod refusals;
 mod replicas;
 mod security;
+mod signing;
 mod tokens;
 mod validation;
 mod web;
