@@ -13,24 +13,31 @@ const PUBLIC: [&str; 5] = [
     "instachatico.auth.v1.KeysService/GetOpenIdConfiguration",
 ];
 
+/// Every method of our package in the descriptor set, as `package.Service/Method`.
+fn our_methods() -> Vec<String> {
+    let pool = instachatico_auth::openapi::pool().unwrap();
+    pool.services()
+        .filter(|s| s.package_name() == "instachatico.auth.v1")
+        .flat_map(|service| {
+            service.methods().map(|m| format!("{}/{}", service.full_name(), m.name())).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 async fn every_method_but_the_public_ones_needs_a_session(s: TestServer) {
     let client = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
-    let pool = instachatico_auth::openapi::pool().unwrap();
     let mut checked = 0;
-    for service in pool.services().filter(|s| s.package_name() == "instachatico.auth.v1") {
-        for method in service.methods() {
-            let name = format!("{}/{}", service.full_name(), method.name());
-            if PUBLIC.contains(&name.as_str()) {
-                continue;
-            }
-            // No token, a malformed one, and a well-formed token of no live session.
-            let forged = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl";
-            for token in [None, Some("not-a-jwt"), Some(forged)] {
-                let (code, message) = call(&client, &s.url, &name, token, &[]).await;
-                assert_eq!(code, 16, "{name} with {token:?} answered {code} {message:?}: not UNAUTHENTICATED");
-            }
-            checked += 1;
+    for name in our_methods() {
+        if PUBLIC.contains(&name.as_str()) {
+            continue;
         }
+        // No token, a malformed one, and a well-formed token of no live session.
+        let forged = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl";
+        for token in [None, Some("not-a-jwt"), Some(forged)] {
+            let (code, message) = call(&client, &s.url, &name, token, &[]).await;
+            assert_eq!(code, 16, "{name} with {token:?} answered {code} {message:?}: not UNAUTHENTICATED");
+        }
+        checked += 1;
     }
     assert!(checked >= 15, "every protected method was tried ({checked})");
     s.stop().await;
@@ -45,23 +52,19 @@ async fn admin_rpcs_refuse_users_in_one_place(s: TestServer) {
     s.create_user(&admin, "plain", None).await;
     let user = s.login("plain", crate::common::USER_PASSWORD).await;
     let client = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
-    let pool = instachatico_auth::openapi::pool().unwrap();
     let mut admins = 0;
-    for service in pool.services().filter(|s| s.package_name() == "instachatico.auth.v1") {
-        for method in service.methods() {
-            let name = format!("{}/{}", service.full_name(), method.name());
-            // Logout would end the session the loop uses.
-            if name.ends_with("AuthService/Logout") {
-                continue;
+    for name in our_methods() {
+        // Logout would end the session the loop uses.
+        if name.ends_with("AuthService/Logout") {
+            continue;
+        }
+        let (code, message) = call(&client, &s.url, &name, Some(&user), &[]).await;
+        match access(&format!("/{name}")) {
+            Access::Admin => {
+                admins += 1;
+                assert_eq!((code, message.as_str()), (7, "Admin privileges required"), "{name}");
             }
-            let (code, message) = call(&client, &s.url, &name, Some(&user), &[]).await;
-            match access(&format!("/{name}")) {
-                Access::Admin => {
-                    admins += 1;
-                    assert_eq!((code, message.as_str()), (7, "Admin privileges required"), "{name}");
-                }
-                _ => assert!(!matches!(code, 7 | 16), "{name} refused a signed-in user: {code} {message:?}"),
-            }
+            _ => assert!(!matches!(code, 7 | 16), "{name} refused a signed-in user: {code} {message:?}"),
         }
     }
     assert!(admins >= 9, "{admins} admin RPCs");
