@@ -3,13 +3,14 @@
 
 use std::path::PathBuf;
 
-const PROTOS: [&str; 6] = [
+const PROTOS: [&str; 7] = [
     "proto/instachatico/auth/v1/types.proto",
     "proto/instachatico/auth/v1/auth.proto",
     "proto/instachatico/auth/v1/user.proto",
     "proto/instachatico/auth/v1/health.proto",
     "proto/instachatico/auth/v1/audit.proto",
     "proto/instachatico/auth/v1/keys.proto",
+    "proto/instachatico/auth/v1/service_accounts.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -25,6 +25,12 @@ local PATH_BOUND = {
   { "^/api/v1/users/me/sessions/[^/]+$", { session_id = true, sessionId = true } },
   { "^/api/v1/users/[^/]+$", { id = true } },
   { "^/api/v1/users/[^/]+/[^/]+$", { id = true } },
+  { "^/api/v1/service%-accounts/[^/]+$", { id = true } },
+  { "^/api/v1/service%-accounts/[^/]+/keys$", { service_account_id = true, serviceAccountId = true } },
+  { "^/api/v1/service%-accounts/[^/]+/keys/[^/]+$",
+    { service_account_id = true, serviceAccountId = true, key_id = true, keyId = true } },
+  { "^/api/v1/service%-accounts/[^/]+/keys/[^/]+/rotate$",
+    { service_account_id = true, serviceAccountId = true, key_id = true, keyId = true } },
 }
 
 -- Deepest nesting accepted in a body; ours are two levels deep.

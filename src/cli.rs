@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{Config, LogFormat, Settings};
+use crate::domain::api_keys::NewApiKey;
 use crate::domain::types::{Actor, BackendChange, BackendInput, ClientInfo, NewUser, Role, UserPatch};
 use crate::domain::{App, validate};
 use crate::server;
@@ -78,6 +79,25 @@ pub enum Command {
     /// Re-encrypt every stored backend token under the current ENCRYPTION_KEY (tokens under a
     /// key in ENCRYPTION_PREVIOUS_KEYS), in one transaction. After it, the previous keys can go.
     RotateKeys,
+    /// Create an API key for a service account (created too if it does not exist) and print the
+    /// key, once, on stdout; only its hash is stored.
+    CreateApiKey {
+        /// The service account's name.
+        #[arg(long)]
+        service_account: String,
+        /// The key's name, e.g. "billing-prod".
+        #[arg(long)]
+        name: String,
+        /// A scope: introspect, users:read, users:write or audit:read (repeat for several).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// An address or CIDR the key is accepted from (repeat; none: any address).
+        #[arg(long = "allow-cidr")]
+        allowed_cidrs: Vec<String>,
+        /// Days until the key expires (none: it does not expire).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        expires_in_days: Option<u32>,
+    },
     /// Write the descriptor set Envoy transcodes with and the OpenAPI document of the JSON
     /// routes, both generated from this binary's protos.
     ExportApi {
@@ -199,6 +219,35 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let password = SecretInput::new().read(&format!("New password for {}", user.username))?;
             app.reset_password(&Actor::System("cli"), user.id, &password, &ClientInfo::default(), Utc::now()).await?;
             println!("password of {} reset; all their sessions ended", user.username);
+            Ok(())
+        }
+        Command::CreateApiKey { service_account, name, scopes, allowed_cidrs, expires_in_days } => {
+            let now = Utc::now();
+            let new = NewApiKey {
+                name: validate::key_name(&name)?,
+                scopes: validate::scopes(&scopes)?,
+                allowed_cidrs: validate::cidrs(&allowed_cidrs)?,
+                expires_at: expires_in_days.map(|days| now + chrono::Duration::days(i64::from(days))),
+            };
+            let account_name = validate::service_account_name(&service_account)?;
+            let app = app(&config).await?;
+            let (actor, client) = (Actor::System("cli"), ClientInfo::default());
+            let account = match app.find_service_account(&account_name).await? {
+                Some(account) => account,
+                None => {
+                    let account = app.create_service_account(&actor, &account_name, "", &client, now).await?;
+                    eprintln!("created service account {} (id {})", account.name, account.id.get());
+                    account
+                }
+            };
+            let issued = app.create_api_key(&actor, account.id, new, &client, now).await?;
+            eprintln!(
+                "created API key {} for {} with scopes {}; it is shown once, below",
+                issued.key.id,
+                account.name,
+                issued.key.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")
+            );
+            println!("{}", issued.token.expose_secret());
             Ok(())
         }
         Command::Deactivate { username } => set_active(&config, &username, false).await,

@@ -190,6 +190,10 @@ pub struct Config {
     #[arg(long, env = "RATE_LIMIT_API_PER_MINUTE", default_value_t = 100, global = true)]
     pub rate_limit_api_per_minute: u32,
 
+    /// Requests per minute per API key (per replica); 0 disables.
+    #[arg(long, env = "RATE_LIMIT_API_KEY_PER_MINUTE", default_value_t = 6000, global = true)]
+    pub rate_limit_api_key_per_minute: u32,
+
     /// Consecutive failed logins of one account from one address before a cool-down.
     #[arg(long, env = "LOGIN_THROTTLE_THRESHOLD", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
     pub login_throttle_threshold: u32,

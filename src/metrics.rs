@@ -27,6 +27,11 @@ pub fn rate_limited(limit: &'static str) {
     metrics::counter!("auth_rate_limited_total", "limit" => limit).increment(1);
 }
 
+/// A use of a known API key refused (wrong secret, ended, address not allowed).
+pub fn api_key_refused(reason: &'static str) {
+    metrics::counter!("auth_api_key_refused_total", "reason" => reason).increment(1);
+}
+
 /// Seed 9.3's alert: more than 10 failed logins from one address in 5 minutes.
 pub fn suspicious_address() {
     metrics::counter!("auth_suspicious_address_alerts_total").increment(1);

@@ -179,3 +179,84 @@ pub struct AuditEntry {
     pub metadata: serde_json::Value,
     pub created_at: DateTime<Utc>,
 }
+
+/// What an API key may do: a closed list, mapped to RPCs by the access table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    /// Token introspection.
+    Introspect,
+    /// List and read users.
+    UsersRead,
+    /// Create, edit, delete users; reset passwords; end sessions; unlock.
+    UsersWrite,
+    /// Read the audit log.
+    AuditRead,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 4] = [Self::Introspect, Self::UsersRead, Self::UsersWrite, Self::AuditRead];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Introspect => "introspect",
+            Self::UsersRead => "users:read",
+            Self::UsersWrite => "users:write",
+            Self::AuditRead => "audit:read",
+        }
+    }
+
+    /// The scope named `value` exactly (scopes are case-sensitive, as in OAuth).
+    pub fn from_name(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == value)
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A service account's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceAccountId(pub i32);
+
+impl ServiceAccountId {
+    pub fn get(self) -> i32 {
+        self.0
+    }
+}
+
+/// An internal service that holds API keys.
+#[derive(Debug, Clone)]
+pub struct ServiceAccount {
+    pub id: ServiceAccountId,
+    pub name: String,
+    pub description: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An API key as stored: the SHA-256 of its secret, never the secret.
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    /// The public id (the part of the key after `iak_`, before the secret).
+    pub id: String,
+    pub service_account_id: ServiceAccountId,
+    pub name: String,
+    /// Hex SHA-256 of the secret part.
+    pub secret_sha256: String,
+    pub scopes: Vec<Scope>,
+    /// Empty: any address.
+    pub allowed_cidrs: Vec<ipnet::IpNet>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+impl ApiKey {
+    /// Not revoked and not expired at `now`.
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|at| at > now)
+    }
+}

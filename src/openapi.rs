@@ -141,8 +141,17 @@ pub fn document() -> anyhow::Result<Value> {
             operation.insert("parameters".into(), Value::Array(parameters));
         }
         let rule = rpc_rule(&grpc_path(&method));
-        if rule.access != Access::Public {
-            operation.insert("security".into(), json!([{"bearer": []}]));
+        match (rule.access, rule.scope) {
+            (Access::Public, _) => {}
+            (Access::Service, _) => {
+                operation.insert("security".into(), json!([{"api_key": []}]));
+            }
+            (_, Some(_)) => {
+                operation.insert("security".into(), json!([{"bearer": []}, {"api_key": []}]));
+            }
+            (_, None) => {
+                operation.insert("security".into(), json!([{"bearer": []}]));
+            }
         }
         operation.insert("responses".into(), responses(rule, &method, &mut schemas));
         paths.entry(route.path.clone()).or_default().insert(route.method.clone(), Value::Object(operation));
@@ -162,7 +171,12 @@ pub fn document() -> anyhow::Result<Value> {
         "paths": paths,
         "components": {
             "schemas": schemas.map,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                           "description": "The access token of a user's session (Login)."},
+                "api_key": {"type": "http", "scheme": "bearer", "bearerFormat": "iak_<id>_<secret>",
+                            "description": "A service account's API key; the operation's 403 reply names the scope it needs."}
+            }
         }
     }))
 }
@@ -180,8 +194,17 @@ fn responses(rule: &RpcRule, method: &MethodDescriptor, schemas: &mut Schemas) -
     if rule.access != Access::Public {
         errors.insert(401, "Not authenticated: no valid bearer token, or its session has ended");
     }
-    if rule.access == Access::Admin {
-        errors.insert(403, "Admin privileges required");
+    let forbidden = match (rule.access, rule.scope) {
+        (Access::Service, Some(scope)) => Some(format!("Needs an API key with the {scope} scope")),
+        (Access::Admin, Some(scope)) => Some(format!("Needs an admin's session, or an API key with the {scope} scope")),
+        (Access::Admin, None) => Some("Needs an admin's session (API keys may not call this)".to_owned()),
+        (Access::Session, _) => Some("Needs a user's session (API keys may not call this)".to_owned()),
+        _ => None,
+    };
+    let forbidden_text;
+    if let Some(text) = forbidden {
+        forbidden_text = text;
+        errors.insert(403, forbidden_text.as_str());
     }
     errors.extend(rule.errors.iter().map(|refusal| (refusal.http, refusal.when)));
     let mut out = Map::new();
@@ -326,8 +349,11 @@ mod tests {
             assert_eq!(successes, [rule.success_http], "{what}: success");
             let unauthenticated = rule.access != Access::Public || rule.errors.iter().any(|e| e.http == 401);
             assert_eq!(statuses.contains(&401), unauthenticated, "{what}: 401");
-            if rule.access == Access::Admin {
-                assert!(statuses.contains(&403), "{what}: admin only, 403 undocumented");
+            if matches!(rule.access, Access::Admin | Access::Service | Access::Session) {
+                assert!(statuses.contains(&403), "{what}: 403 undocumented");
+            }
+            if let Some(scope) = rule.scope {
+                assert!(responses["403"]["description"].as_str().unwrap().contains(scope.as_str()), "{what}: scope");
             }
             for refusal in rule.errors {
                 assert_eq!(responses[&refusal.http.to_string()]["description"], refusal.when, "{what}");

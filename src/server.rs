@@ -25,6 +25,7 @@ use crate::grpc::audit::AuditApi;
 use crate::grpc::auth::AuthApi;
 use crate::grpc::health::HealthApi;
 use crate::grpc::keys::KeysApi;
+use crate::grpc::service_accounts::ServiceAccountApi;
 use crate::grpc::user::UserApi;
 use crate::grpc::{AccessLayer, ClientIpPolicy};
 use crate::pb;
@@ -32,6 +33,7 @@ use crate::pb::audit_service_server::AuditServiceServer;
 use crate::pb::auth_service_server::AuthServiceServer;
 use crate::pb::health_service_server::HealthServiceServer;
 use crate::pb::keys_service_server::KeysServiceServer;
+use crate::pb::service_account_service_server::ServiceAccountServiceServer;
 use crate::pb::user_service_server::UserServiceServer;
 use crate::telemetry::{RpcTelemetryLayer, Transport};
 
@@ -125,11 +127,12 @@ pub async fn build_app(settings: &Settings) -> anyhow::Result<App> {
     )
     .await?;
     // On PostgreSQL other replicas change sessions too: trust the cache only while listening.
-    let cache =
-        crate::domain::cache::PrincipalCache::new(settings.session_cache_ttl, matches!(target, DbTarget::Postgres(_)));
+    let replicated = matches!(target, DbTarget::Postgres(_));
+    let cache = crate::domain::cache::PrincipalCache::new(settings.session_cache_ttl, replicated);
+    let key_cache = crate::domain::cache::KeyCache::new(settings.session_cache_ttl, replicated);
     let keys = settings.keys.clone();
     let crypto = crate::domain::Crypto { hasher, jwt: keys.jwt, cipher: keys.cipher, names: keys.names };
-    let app = App::new(pool, crypto, settings.sessions, settings.security, cache);
+    let app = App::new(pool, crypto, settings.sessions, settings.security, (cache, key_cache));
     check_stored_tokens(&app, settings.app_env).await?;
     Ok(app)
 }
@@ -220,7 +223,10 @@ async fn serve(
 
     let auth =
         AuthServiceServer::new(AuthApi::new(app.clone(), ips.clone())).max_decoding_message_size(MAX_REQUEST_BYTES);
-    let users = UserServiceServer::new(UserApi::new(app.clone(), ips)).max_decoding_message_size(MAX_REQUEST_BYTES);
+    let users =
+        UserServiceServer::new(UserApi::new(app.clone(), ips.clone())).max_decoding_message_size(MAX_REQUEST_BYTES);
+    let service_accounts = ServiceAccountServiceServer::new(ServiceAccountApi::new(app.clone(), ips.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
     let audit = AuditServiceServer::new(AuditApi::new(app.clone())).max_decoding_message_size(MAX_REQUEST_BYTES);
     let health = HealthServiceServer::new(HealthApi::new(app.clone()));
     let keys = KeysServiceServer::new(KeysApi::new(app.clone()));
@@ -239,12 +245,13 @@ async fn serve(
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(RpcTelemetryLayer)
         // Innermost: every call is authenticated and authorized here (grpc::access).
-        .layer(AccessLayer::new(app.clone()))
+        .layer(AccessLayer::new(app.clone(), ips.clone()))
         .add_service(auth)
         .add_service(users)
         .add_service(audit)
         .add_service(health)
         .add_service(keys)
+        .add_service(service_accounts)
         .add_service(grpc_health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);

@@ -102,6 +102,7 @@ impl Settings {
             security: SecurityPolicy {
                 login_per_minute: config.rate_limit_login_per_minute,
                 api_per_minute: config.rate_limit_api_per_minute,
+                api_key_per_minute: config.rate_limit_api_key_per_minute,
                 throttle_threshold: config.login_throttle_threshold,
                 throttle_cooldown: chrono::Duration::seconds(i64::from(config.login_throttle_cooldown_seconds)),
                 allow_registration: config.allow_registration,
@@ -263,6 +264,9 @@ fn risky_settings(
     }
     if config.rate_limit_api_per_minute == 0 {
         add(false, "RATE_LIMIT_API_PER_MINUTE=0: authenticated requests per user are not limited".into());
+    }
+    if config.rate_limit_api_key_per_minute == 0 {
+        add(false, "RATE_LIMIT_API_KEY_PER_MINUTE=0: requests per API key are not limited".into());
     }
     found
 }

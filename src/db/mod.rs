@@ -310,6 +310,8 @@ pub fn map_err(e: DieselError) -> Error {
                 "email"
             } else if text.contains("username") {
                 "username"
+            } else if text.contains("service_accounts") {
+                "name"
             } else {
                 "record"
             };

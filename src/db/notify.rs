@@ -28,6 +28,20 @@ pub async fn user_changed(conn: &mut DbConn, user_id: UserId) -> Result<()> {
     Ok(())
 }
 
+/// The payload that says "some API key changed" (user ids are numbers, so it cannot clash).
+const API_KEYS: &str = "api_keys";
+
+/// Tells every replica that an API key was revoked, rotated or deleted (PostgreSQL only).
+pub async fn api_keys_changed(conn: &mut DbConn) -> Result<()> {
+    let started = std::time::Instant::now();
+    if let DbConn::Postgres(conn) = conn {
+        let conn: &mut AsyncPgConnection = &mut *conn;
+        diesel::select(pg_notify(CHANNEL, API_KEYS)).execute(conn).await.map_err(map_err)?;
+        crate::metrics::db_query("notify::api_keys_changed", started.elapsed());
+    }
+    Ok(())
+}
+
 /// What the listener reports.
 pub enum Event {
     /// Listening (again): anything may have changed while not listening.
@@ -35,6 +49,8 @@ pub enum Event {
     /// The connection dropped: changes may go unnoticed until `Connected`.
     Disconnected,
     UserChanged(UserId),
+    /// Some API key changed: drop every cached key.
+    ApiKeysChanged,
 }
 
 /// Listens forever, reconnecting after failures, and reports to `on_event`.
@@ -49,6 +65,7 @@ pub async fn listen(url: String, on_event: impl Fn(Event) + Send + 'static) {
                     let mut stream = std::pin::pin!(conn.notifications_stream());
                     while let Some(item) = stream.next().await {
                         match item {
+                            Ok(n) if n.payload == API_KEYS => on_event(Event::ApiKeysChanged),
                             Ok(n) => match n.payload.parse() {
                                 Ok(user_id) => on_event(Event::UserChanged(UserId(user_id))),
                                 Err(_) => tracing::warn!(payload = %n.payload, "ignoring a malformed invalidation"),

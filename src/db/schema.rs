@@ -54,6 +54,33 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    service_accounts (id) {
+        id -> Integer,
+        name -> Text,
+        description -> Text,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    api_keys (id) {
+        id -> Text,
+        service_account_id -> Integer,
+        name -> Text,
+        secret_sha256 -> Text,
+        scopes -> Text,
+        allowed_cidrs -> Text,
+        expires_at -> Nullable<Timestamp>,
+        created_at -> Timestamp,
+        revoked_at -> Nullable<Timestamp>,
+        last_used_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::joinable!(api_keys -> service_accounts (service_account_id));
+diesel::allow_tables_to_appear_in_same_query!(api_keys, service_accounts);
+
 diesel::joinable!(user_backends -> users (user_id));
 diesel::joinable!(sessions -> users (user_id));
 diesel::allow_tables_to_appear_in_same_query!(users, user_backends, sessions, audit_logs);

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::types::{ClientInfo, UserId};
+use super::types::{ClientInfo, Scope, UserId};
 use crate::db::DbConn;
 use crate::db::models::audit;
 use crate::error::Result;
@@ -26,6 +26,13 @@ pub enum Action {
     UserUnlock,
     SessionRevoke,
     TokensReencrypted,
+    ServiceAccountCreate,
+    ServiceAccountDelete,
+    ApiKeyCreate,
+    ApiKeyRevoke,
+    ApiKeyRotate,
+    /// A key whose public id exists was refused (wrong secret, ended, wrong address).
+    ApiKeyRefused,
 }
 
 impl Action {
@@ -44,6 +51,11 @@ impl Action {
         )
     }
 
+    /// Whether the event ends or changes API keys that replicas may have cached.
+    pub fn changes_api_keys(self) -> bool {
+        matches!(self, Self::ServiceAccountDelete | Self::ApiKeyRevoke | Self::ApiKeyRotate)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::LoginSuccess => "login_success",
@@ -60,6 +72,12 @@ impl Action {
             Self::UserUnlock => "user_unlock",
             Self::SessionRevoke => "session_revoke",
             Self::TokensReencrypted => "tokens_reencrypted",
+            Self::ServiceAccountCreate => "service_account_create",
+            Self::ServiceAccountDelete => "service_account_delete",
+            Self::ApiKeyCreate => "api_key_create",
+            Self::ApiKeyRevoke => "api_key_revoke",
+            Self::ApiKeyRotate => "api_key_rotate",
+            Self::ApiKeyRefused => "api_key_refused",
         }
     }
 }
@@ -107,12 +125,16 @@ const USER_AGENT_MAX: usize = 512;
 #[derive(Debug, Clone, Copy)]
 pub struct Recorded {
     invalidates: Option<UserId>,
+    api_keys: bool,
 }
 
 impl Recorded {
     /// For a caller whose event cannot make a cached session stale.
     pub fn nothing_cached(self) {
-        debug_assert!(self.invalidates.is_none(), "a session-changing event must reach the cache");
+        debug_assert!(
+            self.invalidates.is_none() && !self.api_keys,
+            "a session- or key-changing event must reach the cache"
+        );
     }
 }
 
@@ -121,9 +143,12 @@ impl Recorded {
 /// delivered on commit) and returns what this replica must drop after the commit.
 pub async fn record(conn: &mut DbConn, event: Event, client: &ClientInfo, now: DateTime<Utc>) -> Result<Recorded> {
     let user_agent = client.user_agent.as_deref().map(|ua| ua.chars().take(USER_AGENT_MAX).collect::<String>());
-    let recorded = Recorded { invalidates: event.invalidates };
+    let recorded = Recorded { invalidates: event.invalidates, api_keys: event.action.changes_api_keys() };
     if let Some(user_id) = recorded.invalidates {
         crate::db::notify::user_changed(conn, user_id).await?;
+    }
+    if recorded.api_keys {
+        crate::db::notify::api_keys_changed(conn).await?;
     }
     let entry = AuditEntry {
         id: 0,
@@ -156,6 +181,9 @@ impl super::App {
         if let Some(user_id) = recorded.invalidates {
             self.cache().bump(user_id);
         }
+        if recorded.api_keys {
+            self.key_cache().invalidate_all();
+        }
     }
 
     /// Admin: a page of audit rows, newest first, and the number of matches.
@@ -166,7 +194,7 @@ impl super::App {
         limit: i64,
         offset: i64,
     ) -> crate::error::Result<(Vec<AuditEntry>, i64)> {
-        actor.require_admin()?;
+        actor.require(Scope::AuditRead)?;
         let (limit, offset) = super::page(limit, offset)?;
         let mut conn = self.db().get().await?;
         audit::query(&mut conn, filter, limit, offset).await

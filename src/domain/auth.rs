@@ -8,8 +8,11 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::App;
 use super::audit::{self, Action, Event};
+use super::cache::TokenTimes;
 use super::sessions::user_subject;
-use super::types::{ClientInfo, IssuedToken, LoginOutcome, Principal, Session, SessionId, User, UserId, UserView};
+use super::types::{
+    ClientInfo, IssuedToken, LoginOutcome, Principal, Role, Scope, Session, SessionId, User, UserId, UserView,
+};
 use crate::crypto::jwt::{Claims, Subject};
 use crate::db::models::audit as audit_rows;
 use crate::db::models::{sessions, throttles, users};
@@ -132,7 +135,7 @@ impl App {
             .ok_or(Error::Unauthenticated("Session has ended; sign in again"))?;
         drop(conn);
         let principal = Arc::new(Principal { user, backend, session });
-        self.admit(&principal, user_id)?;
+        admit(&principal, user_id)?;
         Ok(principal)
     }
 
@@ -140,27 +143,40 @@ impl App {
     /// request: from the cache when it holds this exact token, else JWT verification and one
     /// query.
     pub async fn authenticate_token(&self, token: &str, now: DateTime<Utc>) -> Result<Arc<Principal>> {
-        if let Some(principal) = self.cache().get(token, now) {
-            self.admit(&principal, principal.user.id)?;
-            return Ok(principal);
+        let (principal, _) = self.resolve_token(token, now).await?;
+        self.inner.api_limiter.check(principal.user.id)?;
+        Ok(principal)
+    }
+
+    /// The live principal behind `token` and the token's times, without counting a request of
+    /// the user (introspection asks about a token; its holder is not calling).
+    async fn resolve_token(&self, token: &str, now: DateTime<Utc>) -> Result<(Arc<Principal>, TokenTimes)> {
+        if let Some((principal, times)) = self.cache().get(token, now) {
+            admit(&principal, principal.user.id)?;
+            return Ok((principal, times));
         }
         let claims = self.jwt().verify(token, now)?;
         // Read before the query: a change committed meanwhile leaves the entry stale.
         let generation = self.cache().generation_before_read(claims.user_id()?);
         let principal = self.authenticate(&claims, now).await?;
-        self.cache().put(token, claims.exp, Arc::clone(&principal), generation);
-        Ok(principal)
+        let times = TokenTimes { iat: claims.iat, exp: claims.exp };
+        self.cache().put(token, times, Arc::clone(&principal), generation);
+        Ok((principal, times))
     }
 
-    /// The checks every authenticated request passes, cached or not.
-    fn admit(&self, principal: &Principal, token_user: UserId) -> Result<()> {
-        if principal.session.user_id != token_user {
-            return Err(Error::Unauthenticated("Invalid token"));
+    /// RFC 7662: what a service may know about `token`, or `None` when it is not a live access
+    /// token (forged, expired, its session ended, its user inactive or gone, or not a token at
+    /// all: the caller learns nothing about why). Served from the session cache like any
+    /// request.
+    pub async fn introspect(&self, token: &str, now: DateTime<Utc>) -> Result<Option<Introspection>> {
+        match self.resolve_token(token, now).await {
+            Ok((principal, times)) => Ok(Some(Introspection { principal, times })),
+            // Not knowing is not "inactive": the service may retry.
+            Err(e @ (Error::Unavailable(_) | Error::Overloaded { .. } | Error::Internal(_) | Error::Contention)) => {
+                Err(e)
+            }
+            Err(_) => Ok(None),
         }
-        if !principal.user.is_active {
-            return Err(Error::Unauthenticated("Account is inactive"));
-        }
-        self.inner.api_limiter.check(token_user)
     }
 
     /// Issues a new token for the session behind `token`, which may have expired within the
@@ -337,6 +353,39 @@ impl App {
                 Err(e) => tracing::warn!(user_id = user_id.get(), error = ?e, "password re-hash failed"),
             }
         });
+    }
+}
+
+/// The checks every resolved token passes, cached or not.
+fn admit(principal: &Principal, token_user: UserId) -> Result<()> {
+    if principal.session.user_id != token_user {
+        return Err(Error::Unauthenticated("Invalid token"));
+    }
+    if !principal.user.is_active {
+        return Err(Error::Unauthenticated("Account is inactive"));
+    }
+    Ok(())
+}
+
+/// A live token as introspection reports it.
+#[derive(Debug, Clone)]
+pub struct Introspection {
+    pub principal: Arc<Principal>,
+    pub times: TokenTimes,
+}
+
+impl Introspection {
+    /// What the token may call, space-separated (RFC 7662 `scope`): its user's own account,
+    /// and for an admin what the admin scopes allow.
+    pub fn scope(&self) -> String {
+        let mut scope = String::from("session");
+        if self.principal.role() == Role::Admin {
+            for s in [Scope::UsersRead, Scope::UsersWrite, Scope::AuditRead] {
+                scope.push(' ');
+                scope.push_str(s.as_str());
+            }
+        }
+        scope
     }
 }
 

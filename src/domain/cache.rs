@@ -13,14 +13,20 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::types::{Principal, UserId};
+use super::types::{Principal, ServiceCaller, UserId};
+
+/// A verified token's times (Unix seconds), which introspection reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenTimes {
+    pub iat: i64,
+    pub exp: i64,
+}
 
 #[derive(Clone)]
 struct Entry {
     principal: Arc<Principal>,
     generation: u64,
-    /// The token's `exp` (Unix seconds).
-    expires: i64,
+    times: TokenTimes,
 }
 
 /// Generations come from one monotonic counter. A user's generation is the larger of the
@@ -73,25 +79,25 @@ impl PrincipalCache {
 
     /// The principal behind `token` if it was verified and is still valid at `now`: token not
     /// expired, session not ended, no change to the user since it was read.
-    pub fn get(&self, token: &str, now: DateTime<Utc>) -> Option<Arc<Principal>> {
+    pub fn get(&self, token: &str, now: DateTime<Utc>) -> Option<(Arc<Principal>, TokenTimes)> {
         let entries = self.entries.as_ref()?;
         if !self.trustworthy.load(Ordering::Acquire) {
             return None;
         }
         let entry = entries.get(token)?;
-        let fresh = entry.expires > now.timestamp()
+        let fresh = entry.times.exp > now.timestamp()
             && entry.principal.session.expires_at > now
             && entry.generation == self.generation(entry.principal.user.id);
         crate::metrics::cache_lookup(fresh);
-        fresh.then_some(entry.principal)
+        fresh.then_some((entry.principal, entry.times))
     }
 
     /// Remembers a verified token and the principal read from the database under
     /// `generation` (read before the query, so a change committed meanwhile makes the entry
     /// stale, never wrongly fresh).
-    pub fn put(&self, token: &str, expires: i64, principal: Arc<Principal>, generation: u64) {
+    pub fn put(&self, token: &str, times: TokenTimes, principal: Arc<Principal>, generation: u64) {
         if let Some(entries) = &self.entries {
-            entries.insert(token.to_owned(), Entry { principal, generation, expires });
+            entries.insert(token.to_owned(), Entry { principal, generation, times });
         }
     }
 
@@ -120,10 +126,95 @@ impl PrincipalCache {
     }
 }
 
+/// Verified API keys by public id, so a service's call needs no database round trip. An entry
+/// holds the stored key (its hash, scopes, expiry, allow-list), so every check but the lookup
+/// still runs per request. Any revocation, rotation or deletion drops every entry, here after
+/// commit and on every replica through NOTIFY: key changes are rare, so coarse is cheap. An
+/// entry filled under an older generation is a miss, like [`PrincipalCache`]'s.
+pub struct KeyCache {
+    entries: Option<moka::sync::Cache<String, (Arc<ServiceCaller>, u64)>>,
+    generation: AtomicU64,
+    trustworthy: AtomicBool,
+    /// Keys whose use this replica wrote in the last minute (`last_used_at` is coalesced).
+    touched: moka::sync::Cache<String, ()>,
+    /// Keys whose refusal this replica audited in the last minute (a flood of bad secrets for
+    /// one known id writes one row a minute, not one per attempt).
+    refusals: moka::sync::Cache<String, ()>,
+}
+
+/// How often a key's `last_used_at` (and its refusals' audit rows) are written, per replica.
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
+const MAX_KEYS: u64 = 10_000;
+
+impl KeyCache {
+    /// `ttl` zero disables caching. `needs_listener`: trust entries only once `set_trustworthy`.
+    pub fn new(ttl: Duration, needs_listener: bool) -> Self {
+        let entries =
+            (!ttl.is_zero()).then(|| moka::sync::Cache::builder().max_capacity(MAX_KEYS).time_to_live(ttl).build());
+        let once_a_minute = || moka::sync::Cache::builder().max_capacity(MAX_KEYS).time_to_live(TOUCH_EVERY).build();
+        Self {
+            entries,
+            generation: AtomicU64::new(1),
+            trustworthy: AtomicBool::new(!needs_listener),
+            touched: once_a_minute(),
+            refusals: once_a_minute(),
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<ServiceCaller>> {
+        let entries = self.entries.as_ref()?;
+        if !self.trustworthy.load(Ordering::Acquire) {
+            return None;
+        }
+        let (caller, generation) = entries.get(id)?;
+        (generation == self.generation.load(Ordering::Acquire)).then_some(caller)
+    }
+
+    /// The generation to pass to [`put`](Self::put) for a read about to start.
+    pub fn generation_before_read(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn put(&self, caller: Arc<ServiceCaller>, generation: u64) {
+        if let Some(entries) = &self.entries {
+            entries.insert(caller.key.id.clone(), (caller, generation));
+        }
+    }
+
+    pub fn invalidate_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        if let Some(entries) = &self.entries {
+            entries.invalidate_all();
+        }
+    }
+
+    /// Whether other replicas' key changes reach this cache (the PostgreSQL listener is up).
+    pub fn set_trustworthy(&self, yes: bool) {
+        if yes {
+            self.invalidate_all();
+        }
+        self.trustworthy.store(yes, Ordering::Release);
+    }
+
+    /// True once a minute per key: time to write its `last_used_at`.
+    pub fn due_for_touch(&self, id: &str) -> bool {
+        self.touched.entry(id.to_owned()).or_insert(()).is_fresh()
+    }
+
+    /// True once a minute per key: time to audit its refusal.
+    pub fn due_for_refusal_audit(&self, id: &str) -> bool {
+        self.refusals.entry(id.to_owned()).or_insert(()).is_fresh()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::{Role, Session, SessionId, User};
+
+    fn times(exp: i64) -> TokenTimes {
+        TokenTimes { iat: exp - 60, exp }
+    }
 
     fn principal(user_id: i32, sid: &str) -> Principal {
         let t = chrono::Utc::now();
@@ -160,14 +251,14 @@ mod tests {
         let cache = PrincipalCache::new(Duration::from_secs(60), false);
         let now = chrono::Utc::now();
         let exp = now.timestamp() + 3600;
-        cache.put("ta", exp, Arc::new(principal(1, "a")), cache.generation_before_read(UserId(1)));
-        cache.put("tb", exp, Arc::new(principal(2, "b")), cache.generation_before_read(UserId(2)));
+        cache.put("ta", times(exp), Arc::new(principal(1, "a")), cache.generation_before_read(UserId(1)));
+        cache.put("tb", times(exp), Arc::new(principal(2, "b")), cache.generation_before_read(UserId(2)));
         assert!(cache.get("ta", now).is_some());
         assert!(cache.get("tx", now).is_none(), "only the exact token hits");
         // A read that began before a change must not fill a fresh-looking entry.
         let before = cache.generation_before_read(UserId(1));
         cache.bump(UserId(1));
-        cache.put("ta", exp, Arc::new(principal(1, "a")), before);
+        cache.put("ta", times(exp), Arc::new(principal(1, "a")), before);
         assert!(cache.get("ta", now).is_none());
         assert!(cache.get("tb", now).is_some(), "other users keep their entries");
         cache.bump_all();
@@ -179,13 +270,18 @@ mod tests {
         let cache = PrincipalCache::new(Duration::from_secs(60), true);
         let now = chrono::Utc::now();
         let exp = now.timestamp() + 60;
-        cache.put("ta", exp, Arc::new(principal(1, "a")), cache.generation_before_read(UserId(1)));
+        cache.put("ta", times(exp), Arc::new(principal(1, "a")), cache.generation_before_read(UserId(1)));
         assert!(cache.get("ta", now).is_none());
         cache.set_trustworthy(true);
-        cache.put("ta", exp, Arc::new(principal(1, "a")), cache.generation_before_read(UserId(1)));
+        cache.put("ta", times(exp), Arc::new(principal(1, "a")), cache.generation_before_read(UserId(1)));
         assert!(cache.get("ta", now).is_some());
         assert!(cache.get("ta", now + chrono::Duration::seconds(61)).is_none(), "past the token's exp");
-        cache.put("tb", now.timestamp() + 7200, Arc::new(principal(1, "b")), cache.generation_before_read(UserId(1)));
+        cache.put(
+            "tb",
+            times(now.timestamp() + 7200),
+            Arc::new(principal(1, "b")),
+            cache.generation_before_read(UserId(1)),
+        );
         assert!(
             cache.get("tb", now + chrono::Duration::hours(1) + chrono::Duration::seconds(1)).is_none(),
             "past the session's end"

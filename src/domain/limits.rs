@@ -19,20 +19,20 @@ use crate::error::{Error, Result};
 
 const MINUTE_US: i64 = 60_000_000;
 
-/// The in-memory per-user limiter (None when disabled).
-pub struct ApiLimiter {
-    limiter: Option<DefaultKeyedRateLimiter<UserId>>,
+/// An in-memory per-caller limiter (None when disabled): per user, or per API key.
+pub struct ApiLimiter<K: std::hash::Hash + Eq + Clone = UserId> {
+    limiter: Option<DefaultKeyedRateLimiter<K>>,
 }
 
-impl ApiLimiter {
+impl<K: std::hash::Hash + Eq + Clone> ApiLimiter<K> {
     pub fn new(per_minute: u32) -> Self {
         Self { limiter: NonZeroU32::new(per_minute).map(|n| RateLimiter::keyed(Quota::per_minute(n))) }
     }
 
-    /// Admits one request of `user_id` or says how long to wait.
-    pub fn check(&self, user_id: UserId) -> Result<()> {
+    /// Admits one request of `caller` or says how long to wait.
+    pub fn check(&self, caller: K) -> Result<()> {
         let Some(limiter) = &self.limiter else { return Ok(()) };
-        limiter.check_key(&user_id).map_err(|not_until| Error::TooManyRequests {
+        limiter.check_key(&caller).map_err(|not_until| Error::TooManyRequests {
             message: "Too many requests; slow down",
             retry_after: not_until.wait_time_from(DefaultClock::default().now()),
         })

@@ -53,6 +53,7 @@ impl App {
     /// One round of cleanup; safe to run on every replica at once.
     pub async fn housekeeping(&self, now: DateTime<Utc>) -> Result<()> {
         self.inner.api_limiter.shrink();
+        self.inner.key_limiter.shrink();
         let mut conn = self.db().get().await?;
         rate_limits::purge(&mut conn, now.timestamp_micros()).await?;
         throttles::purge(&mut conn, now - Duration::days(1), now).await?;

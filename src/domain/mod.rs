@@ -3,8 +3,9 @@
 //! vocabulary of `crate::model` (rows never leave `db`). As in kanidm, time is a parameter: every
 //! rule takes `now`, so tests can move the clock.
 
+pub mod api_keys;
 pub mod audit;
-mod auth;
+pub mod auth;
 pub mod cache;
 pub mod keys;
 mod limits;
@@ -44,6 +45,8 @@ pub struct SecurityPolicy {
     pub login_per_minute: u32,
     /// Authenticated requests per minute per user; 0 disables.
     pub api_per_minute: u32,
+    /// Requests per minute per API key (per replica); 0 disables.
+    pub api_key_per_minute: u32,
     /// Consecutive failures of one account from one address before a cool-down.
     pub throttle_threshold: u32,
     pub throttle_cooldown: Duration,
@@ -72,7 +75,9 @@ pub struct AppInner {
     pub sessions: SessionPolicy,
     pub security: SecurityPolicy,
     pub(crate) api_limiter: limits::ApiLimiter,
+    pub(crate) key_limiter: limits::ApiLimiter<String>,
     pub cache: cache::PrincipalCache,
+    pub key_cache: cache::KeyCache,
     pub(crate) names: NameHasher,
     /// Set by the start-up key check when stored backend tokens do not decrypt.
     pub(crate) keys_unreadable: std::sync::atomic::AtomicBool,
@@ -84,10 +89,12 @@ impl App {
         crypto: Crypto,
         sessions: SessionPolicy,
         security: SecurityPolicy,
-        cache: cache::PrincipalCache,
+        caches: (cache::PrincipalCache, cache::KeyCache),
     ) -> Self {
         let Crypto { hasher, jwt, cipher, names } = crypto;
+        let (cache, key_cache) = caches;
         let api_limiter = limits::ApiLimiter::new(security.api_per_minute);
+        let key_limiter = limits::ApiLimiter::new(security.api_key_per_minute);
         Self {
             inner: Arc::new(AppInner {
                 db,
@@ -97,7 +104,9 @@ impl App {
                 sessions,
                 security,
                 api_limiter,
+                key_limiter,
                 cache,
+                key_cache,
                 names,
                 keys_unreadable: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -106,6 +115,10 @@ impl App {
 
     pub fn cache(&self) -> &cache::PrincipalCache {
         &self.inner.cache
+    }
+
+    pub fn key_cache(&self) -> &cache::KeyCache {
+        &self.inner.key_cache
     }
 
     pub fn security(&self) -> SecurityPolicy {

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 
 use super::App;
 use super::audit::{Action, Event};
-use super::types::{Actor, ClientInfo, Principal, Session, SessionId, UserId};
+use super::types::{Actor, ClientInfo, Principal, Scope, Session, SessionId, UserId};
 use super::writes::{Acting, Target};
 use crate::db::models::{sessions, throttles};
 use crate::error::{Error, Result};
@@ -88,7 +88,7 @@ impl App {
         client: &ClientInfo,
         now: DateTime<Utc>,
     ) -> Result<usize> {
-        actor.require_admin()?;
+        actor.require(Scope::UsersWrite)?;
         self.change_user(
             Acting::admin(actor),
             Target::user(user_id),
@@ -115,7 +115,7 @@ impl App {
         client: &ClientInfo,
         now: DateTime<Utc>,
     ) -> Result<usize> {
-        actor.require_admin()?;
+        actor.require(Scope::UsersWrite)?;
         self.change_user(
             Acting::admin(actor),
             Target::user(user_id),

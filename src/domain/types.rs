@@ -6,7 +6,9 @@ use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 
 use crate::error::{Error, Result};
-pub use crate::model::{AuditQuery, Backend, Role, Session, SessionId, User, UserId};
+pub use crate::model::{
+    ApiKey, AuditQuery, Backend, Role, Scope, ServiceAccount, ServiceAccountId, Session, SessionId, User, UserId,
+};
 
 /// Where a request came from, for audit rows (and rate limits).
 #[derive(Debug, Clone, Default)]
@@ -29,27 +31,53 @@ impl Principal {
     }
 }
 
+/// An authenticated service: a live API key of a service account, used from an address its
+/// allow-list admits.
+#[derive(Debug, Clone)]
+pub struct ServiceCaller {
+    pub key: ApiKey,
+}
+
+impl ServiceCaller {
+    pub fn has(&self, scope: Scope) -> bool {
+        self.key.scopes.contains(&scope)
+    }
+}
+
 /// Who performs an administrative action.
 #[derive(Debug, Clone, Copy)]
 pub enum Actor<'a> {
     /// A signed-in user (must be an admin for admin actions).
     User(&'a Principal),
+    /// A service with an API key: only what its scopes allow.
+    Service(&'a ServiceCaller),
     /// The operator at the CLI or the start-up bootstrap.
     System(&'static str),
 }
 
 impl Actor<'_> {
+    /// Admin actions only a person may take (managing service accounts and their keys).
     pub fn require_admin(&self) -> Result<()> {
         match self {
             Self::User(p) if p.role() != Role::Admin => Err(Error::PermissionDenied("Admin privileges required")),
+            Self::Service(_) => Err(Error::PermissionDenied("This call needs an admin's session, not an API key")),
             _ => Ok(()),
+        }
+    }
+
+    /// An admin action a service may also take with `scope`.
+    pub fn require(&self, scope: Scope) -> Result<()> {
+        match self {
+            Self::Service(caller) if !caller.has(scope) => Err(Error::PermissionDenied("API key lacks the scope")),
+            Self::Service(_) => Ok(()),
+            _ => self.require_admin(),
         }
     }
 
     pub fn user_id(&self) -> Option<UserId> {
         match self {
             Self::User(p) => Some(p.user.id),
-            Self::System(_) => None,
+            Self::Service(_) | Self::System(_) => None,
         }
     }
 
@@ -57,7 +85,7 @@ impl Actor<'_> {
     pub fn via(&self) -> Option<&'static str> {
         match self {
             Self::System(via) => Some(via),
-            Self::User(_) => None,
+            Self::User(_) | Self::Service(_) => None,
         }
     }
 }

@@ -8,8 +8,8 @@ use super::App;
 use super::audit::{Action, Event};
 use super::sessions::user_subject;
 use super::types::{
-    Actor, Backend, BackendChange, BackendInput, BackendView, ClientInfo, NewUser, Principal, Role, UserId, UserPatch,
-    UserView,
+    Actor, Backend, BackendChange, BackendInput, BackendView, ClientInfo, NewUser, Principal, Role, Scope, UserId,
+    UserPatch, UserView,
 };
 use super::writes::{Acting, Target};
 use crate::crypto::password;
@@ -38,7 +38,7 @@ impl App {
         client: &ClientInfo,
         now: DateTime<Utc>,
     ) -> Result<UserView> {
-        actor.require_admin()?;
+        actor.require(Scope::UsersWrite)?;
         password::check_policy("password", new.password.expose_secret())?;
         let hash = self
             .hasher()
@@ -202,7 +202,7 @@ impl App {
 
     /// Admin: a page of users by id, and the total count.
     pub async fn list_users(&self, actor: &Actor<'_>, limit: i64, offset: i64) -> Result<(Vec<UserView>, i64)> {
-        actor.require_admin()?;
+        actor.require(Scope::UsersRead)?;
         let (limit, offset) = super::page(limit, offset)?;
         let mut conn = self.db().get().await?;
         let rows = users::list(&mut conn, limit, offset).await?;
@@ -212,7 +212,7 @@ impl App {
 
     /// Admin: one user.
     pub async fn get_user(&self, actor: &Actor<'_>, id: UserId) -> Result<UserView> {
-        actor.require_admin()?;
+        actor.require(Scope::UsersRead)?;
         let mut conn = self.db().get().await?;
         users::find(&mut conn, id).await?.as_ref().map(view).ok_or(Error::NotFound("user"))
     }
@@ -232,7 +232,7 @@ impl App {
         client: &ClientInfo,
         now: DateTime<Utc>,
     ) -> Result<UserView> {
-        actor.require_admin()?;
+        actor.require(Scope::UsersWrite)?;
         let demotes = patch.role == Some(Role::User) || patch.is_active == Some(false);
         if demotes && actor.user_id() == Some(id) {
             return Err(Error::FailedPrecondition("You cannot deactivate or demote your own account"));
@@ -306,7 +306,7 @@ impl App {
         client: &ClientInfo,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        actor.require_admin()?;
+        actor.require(Scope::UsersWrite)?;
         if actor.user_id() == Some(id) {
             return Err(Error::FailedPrecondition("You cannot delete your own account"));
         }
@@ -345,7 +345,7 @@ impl App {
         client: &ClientInfo,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        actor.require_admin()?;
+        actor.require(Scope::UsersWrite)?;
         password::check_policy("new_password", new.expose_secret())?;
         let hash = self
             .hasher()

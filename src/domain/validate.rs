@@ -96,6 +96,88 @@ pub fn instagram_username(value: &str) -> Result<String> {
     Ok(v.to_owned())
 }
 
+pub const SERVICE_ACCOUNT_NAME_MAX: usize = 64;
+pub const DESCRIPTION_MAX: usize = 256;
+pub const KEY_NAME_MAX: usize = 64;
+pub const CIDRS_MAX: usize = 32;
+
+/// A service account's name: 1-64 ASCII letters, digits, `_`, `.` or `-` (unique,
+/// case-insensitively).
+pub fn service_account_name(value: &str) -> Result<String> {
+    let v = value.trim();
+    if v.is_empty() || v.len() > SERVICE_ACCOUNT_NAME_MAX {
+        return Err(Error::invalid("name", "must be 1 to 64 characters"));
+    }
+    if !v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+        return Err(Error::invalid("name", "may contain only letters, digits, '_', '.' and '-'"));
+    }
+    Ok(v.to_owned())
+}
+
+/// Free text of at most 256 characters, without control characters.
+pub fn description(value: &str) -> Result<String> {
+    let v = value.trim();
+    if v.chars().count() > DESCRIPTION_MAX {
+        return Err(Error::invalid("description", "must be at most 256 characters"));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(Error::invalid("description", "must not contain control characters"));
+    }
+    Ok(v.to_owned())
+}
+
+/// An API key's name: 1-64 ASCII letters, digits, spaces, `_`, `.` or `-`.
+pub fn key_name(value: &str) -> Result<String> {
+    let v = value.trim();
+    if v.is_empty() || v.len() > KEY_NAME_MAX {
+        return Err(Error::invalid("name", "must be 1 to 64 characters"));
+    }
+    if !v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, ' ' | '_' | '.' | '-')) {
+        return Err(Error::invalid("name", "may contain only letters, digits, spaces, '_', '.' and '-'"));
+    }
+    Ok(v.to_owned())
+}
+
+/// One or more scopes from the closed list, each once, in a stable order.
+pub fn scopes(values: &[String]) -> Result<Vec<crate::model::Scope>> {
+    use crate::model::Scope;
+    let mut scopes = Vec::new();
+    for value in values {
+        let scope = Scope::from_name(value.trim()).ok_or_else(|| {
+            Error::invalid(
+                "scopes",
+                "each must be one of \"introspect\", \"users:read\", \"users:write\", \"audit:read\"",
+            )
+        })?;
+        scopes.push(scope);
+    }
+    scopes.sort_unstable();
+    scopes.dedup();
+    if scopes.is_empty() {
+        return Err(Error::invalid("scopes", "must name at least one scope"));
+    }
+    Ok(scopes)
+}
+
+/// At most 32 networks in CIDR form, or single addresses (a /32 or /128), host bits cleared.
+pub fn cidrs(values: &[String]) -> Result<Vec<ipnet::IpNet>> {
+    if values.len() > CIDRS_MAX {
+        return Err(Error::invalid("allowed_cidrs", "must hold at most 32 networks"));
+    }
+    let mut nets = Vec::with_capacity(values.len());
+    for value in values {
+        let v = value.trim();
+        let net = v
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| v.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| Error::invalid("allowed_cidrs", "each must be a CIDR such as 10.0.0.0/8 or an address"))?;
+        nets.push(net.trunc());
+    }
+    nets.sort_unstable();
+    nets.dedup();
+    Ok(nets)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,9 +19,9 @@ use futures_util::future::BoxFuture;
 
 use super::App;
 use super::audit::{self, Event};
-use super::types::{Actor, ClientInfo, Role, SessionId, UserId};
+use super::types::{Actor, ClientInfo, Role, ServiceAccountId, SessionId, UserId};
 use crate::db::DbConn;
-use crate::db::models::{sessions, users};
+use crate::db::models::{api_keys, sessions, users};
 use crate::error::{Error, Result};
 use crate::model::UserWithBackend;
 
@@ -30,6 +30,8 @@ use crate::model::UserWithBackend;
 pub(super) enum Acting {
     /// A signed-in user through one session; `admin` when the change needs an admin.
     Session { user_id: UserId, session_id: SessionId, admin: bool },
+    /// A service through one API key (its scope already checked).
+    Service { key_id: String, account: ServiceAccountId },
     /// The operator at the CLI, start-up bootstrap, or self-registration.
     System(&'static str),
 }
@@ -39,6 +41,9 @@ impl Acting {
     pub(super) fn admin(actor: &Actor<'_>) -> Self {
         match actor {
             Actor::User(p) => Self::Session { user_id: p.user.id, session_id: p.session.id.clone(), admin: true },
+            Actor::Service(caller) => {
+                Self::Service { key_id: caller.key.id.clone(), account: caller.key.service_account_id }
+            }
             Actor::System(via) => Self::System(via),
         }
     }
@@ -48,16 +53,22 @@ impl Acting {
         Self::Session { user_id: principal.user.id, session_id: principal.session.id.clone(), admin: false }
     }
 
-    fn user_id(&self) -> Option<UserId> {
+    pub(super) fn user_id(&self) -> Option<UserId> {
         match self {
             Self::Session { user_id, .. } => Some(*user_id),
-            Self::System(_) => None,
+            Self::Service { .. } | Self::System(_) => None,
         }
     }
 
     /// Inside the transaction, after the locks: the acting session is still live, its user
-    /// active, and an admin when the change needs one.
-    async fn recheck(&self, c: &mut DbConn, now: DateTime<Utc>) -> Result<()> {
+    /// active, and an admin when the change needs one; or the acting API key still live (a
+    /// revocation that committed first wins: it locks the same account row).
+    pub(super) async fn recheck(&self, c: &mut DbConn, now: DateTime<Utc>) -> Result<()> {
+        if let Self::Service { key_id, account } = self {
+            api_keys::lock_account(c, *account).await?;
+            let live = api_keys::find_key(c, key_id).await?.is_some_and(|k| k.is_live(now));
+            return if live { Ok(()) } else { Err(Error::Unauthenticated("API key has been revoked or has expired")) };
+        }
         let Self::Session { user_id, session_id, admin } = self else { return Ok(()) };
         let ended = Error::Unauthenticated("Session has ended; sign in again");
         let (session, user, _) = sessions::find_live(c, session_id, now).await?.ok_or(ended)?;
@@ -126,8 +137,13 @@ impl App {
                     if let Acting::Session { user_id, admin: true, .. } = acting {
                         event.actor_id = Some(user_id);
                     }
-                    if let Acting::System(via) = acting {
-                        event = event.with("via", via);
+                    match &acting {
+                        Acting::System(via) => event = event.with("via", *via),
+                        Acting::Service { key_id, account } => {
+                            event.actor_id = None;
+                            event = event.with("api_key_id", key_id.as_str()).with("service_account_id", account.get());
+                        }
+                        Acting::Session { .. } => {}
                     }
                     let recorded = audit::record(c, event, &client, now).await?;
                     Ok((value, recorded))

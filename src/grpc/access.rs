@@ -15,8 +15,10 @@ use chrono::Utc;
 use tonic::Status;
 use tower::{Layer, Service};
 
+use super::meta::ClientIpPolicy;
 use crate::domain::App;
-use crate::domain::types::{Principal, Role};
+use crate::domain::api_keys::is_api_key;
+use crate::domain::types::{Actor, Principal, Role, Scope, ServiceCaller};
 use crate::error::Error;
 
 /// What a call needs.
@@ -29,8 +31,10 @@ pub enum Access {
     OwnToken,
     /// A live session of an active user.
     Session,
-    /// A live session of an active admin.
+    /// A live session of an active admin, or an API key with the rule's scope.
     Admin,
+    /// Only an API key with the rule's scope (introspection: a service's question).
+    Service,
 }
 
 /// Everything the service states about one RPC, in one place: who may call it (the access
@@ -39,6 +43,8 @@ pub enum Access {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RpcRule {
     pub access: Access,
+    /// The scope that lets an API key call it (`Admin` and `Service` RPCs); `None`: no key may.
+    pub scope: Option<Scope>,
     /// Status of a successful JSON reply; Envoy answers 200 unless hinted otherwise.
     pub success_http: u16,
     /// Error replies of this RPC beyond those every RPC may give (400, 429, 500, 503) and
@@ -60,13 +66,21 @@ const REGISTRATION_OFF: Refusal = Refusal { http: 403, when: "Registration is di
 const NO_SUCH_USER: Refusal = Refusal { http: 404, when: "No such user" };
 const NO_SUCH_SESSION: Refusal = Refusal { http: 404, when: "No such session of yours" };
 const TAKEN: Refusal = Refusal { http: 409, when: "Username or email already exists" };
+const NO_SUCH_ACCOUNT: Refusal = Refusal { http: 404, when: "No such service account" };
+const NO_SUCH_KEY: Refusal = Refusal { http: 404, when: "No such service account, or no such live key of it" };
+const NAME_TAKEN: Refusal = Refusal { http: 409, when: "A service account of that name exists" };
 
 const fn rule(access: Access, errors: &'static [Refusal]) -> RpcRule {
-    RpcRule { access, success_http: 200, errors }
+    RpcRule { access, scope: None, success_http: 200, errors }
 }
 
 const fn created(access: Access, errors: &'static [Refusal]) -> RpcRule {
-    RpcRule { access, success_http: 201, errors }
+    RpcRule { access, scope: None, success_http: 201, errors }
+}
+
+/// The same rule, open to API keys with `scope` too.
+const fn or_key(rule: RpcRule, scope: Scope) -> RpcRule {
+    RpcRule { scope: Some(scope), ..rule }
 }
 
 /// The rule of an RPC missing from [`RPCS`]: a new RPC is closed until someone opens it there.
@@ -75,12 +89,14 @@ pub const CLOSED: RpcRule = rule(Access::Admin, &[]);
 /// Every RPC the server serves, by gRPC path. A unit test checks it against the descriptor sets.
 #[rustfmt::skip]
 pub const RPCS: &[(&str, RpcRule)] = {
-    use Access::{Admin, OwnToken, Public, Session};
+    use Access::{Admin, OwnToken, Public, Service, Session};
+    use Scope::{AuditRead, Introspect, UsersRead, UsersWrite};
     &[
         ("/instachatico.auth.v1.AuthService/Login", rule(Public, &[BAD_CREDENTIALS, INACTIVE])),
         ("/instachatico.auth.v1.AuthService/Register", created(Public, &[REGISTRATION_OFF, TAKEN])),
         ("/instachatico.auth.v1.AuthService/Refresh", rule(OwnToken, &[])),
         ("/instachatico.auth.v1.AuthService/Logout", rule(OwnToken, &[])),
+        ("/instachatico.auth.v1.AuthService/Introspect", or_key(rule(Service, &[]), Introspect)),
         ("/instachatico.auth.v1.HealthService/Check", rule(Public, &[])),
         ("/instachatico.auth.v1.KeysService/GetJwks", rule(Public, &[])),
         ("/instachatico.auth.v1.KeysService/GetOpenIdConfiguration", rule(Public, &[])),
@@ -89,15 +105,22 @@ pub const RPCS: &[(&str, RpcRule)] = {
         ("/instachatico.auth.v1.UserService/ChangeMyPassword", rule(Session, &[])),
         ("/instachatico.auth.v1.UserService/ListMySessions", rule(Session, &[])),
         ("/instachatico.auth.v1.UserService/RevokeMySession", rule(Session, &[NO_SUCH_SESSION])),
-        ("/instachatico.auth.v1.UserService/CreateUser", created(Admin, &[TAKEN])),
-        ("/instachatico.auth.v1.UserService/ListUsers", rule(Admin, &[])),
-        ("/instachatico.auth.v1.UserService/GetUser", rule(Admin, &[NO_SUCH_USER])),
-        ("/instachatico.auth.v1.UserService/UpdateUser", rule(Admin, &[NO_SUCH_USER, TAKEN])),
-        ("/instachatico.auth.v1.UserService/DeleteUser", rule(Admin, &[NO_SUCH_USER])),
-        ("/instachatico.auth.v1.UserService/ResetPassword", rule(Admin, &[NO_SUCH_USER])),
-        ("/instachatico.auth.v1.UserService/RevokeUserSessions", rule(Admin, &[NO_SUCH_USER])),
-        ("/instachatico.auth.v1.UserService/UnlockUser", rule(Admin, &[NO_SUCH_USER])),
-        ("/instachatico.auth.v1.AuditService/ListAuditLogs", rule(Admin, &[])),
+        ("/instachatico.auth.v1.UserService/CreateUser", or_key(created(Admin, &[TAKEN]), UsersWrite)),
+        ("/instachatico.auth.v1.UserService/ListUsers", or_key(rule(Admin, &[]), UsersRead)),
+        ("/instachatico.auth.v1.UserService/GetUser", or_key(rule(Admin, &[NO_SUCH_USER]), UsersRead)),
+        ("/instachatico.auth.v1.UserService/UpdateUser", or_key(rule(Admin, &[NO_SUCH_USER, TAKEN]), UsersWrite)),
+        ("/instachatico.auth.v1.UserService/DeleteUser", or_key(rule(Admin, &[NO_SUCH_USER]), UsersWrite)),
+        ("/instachatico.auth.v1.UserService/ResetPassword", or_key(rule(Admin, &[NO_SUCH_USER]), UsersWrite)),
+        ("/instachatico.auth.v1.UserService/RevokeUserSessions", or_key(rule(Admin, &[NO_SUCH_USER]), UsersWrite)),
+        ("/instachatico.auth.v1.UserService/UnlockUser", or_key(rule(Admin, &[NO_SUCH_USER]), UsersWrite)),
+        ("/instachatico.auth.v1.AuditService/ListAuditLogs", or_key(rule(Admin, &[]), AuditRead)),
+        ("/instachatico.auth.v1.ServiceAccountService/CreateServiceAccount", created(Admin, &[NAME_TAKEN])),
+        ("/instachatico.auth.v1.ServiceAccountService/ListServiceAccounts", rule(Admin, &[])),
+        ("/instachatico.auth.v1.ServiceAccountService/DeleteServiceAccount", rule(Admin, &[NO_SUCH_ACCOUNT])),
+        ("/instachatico.auth.v1.ServiceAccountService/CreateApiKey", created(Admin, &[NO_SUCH_ACCOUNT])),
+        ("/instachatico.auth.v1.ServiceAccountService/ListApiKeys", rule(Admin, &[NO_SUCH_ACCOUNT])),
+        ("/instachatico.auth.v1.ServiceAccountService/RevokeApiKey", rule(Admin, &[NO_SUCH_KEY])),
+        ("/instachatico.auth.v1.ServiceAccountService/RotateApiKey", created(Admin, &[NO_SUCH_KEY])),
         // Standard services beside ours (tonic-health, tonic-reflection).
         ("/grpc.health.v1.Health/Check", rule(Public, &[])),
         ("/grpc.health.v1.Health/Watch", rule(Public, &[])),
@@ -116,11 +139,39 @@ pub fn access(path: &str) -> Access {
     rpc_rule(path).access
 }
 
-/// The authenticated caller of a request that passed [`AccessLayer`].
+/// Who passed [`AccessLayer`]: a user's live session, or a service's API key.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    User(Arc<Principal>),
+    Service(Arc<ServiceCaller>),
+}
+
+impl Caller {
+    /// The caller as the domain's actor of an admin action.
+    pub fn actor(&self) -> Actor<'_> {
+        match self {
+            Self::User(p) => Actor::User(p),
+            Self::Service(s) => Actor::Service(s),
+        }
+    }
+}
+
+/// The authenticated user of a request that passed [`AccessLayer`] (`Session` RPCs: a user
+/// session, never an API key).
 pub fn principal<T>(request: &tonic::Request<T>) -> Result<Arc<Principal>, Status> {
+    match caller(request)? {
+        Caller::User(principal) => Ok(principal),
+        Caller::Service(_) => {
+            Err(Status::from(Error::PermissionDenied("This call needs a user session, not an API key")))
+        }
+    }
+}
+
+/// The authenticated caller of a request that passed [`AccessLayer`].
+pub fn caller<T>(request: &tonic::Request<T>) -> Result<Caller, Status> {
     request
         .extensions()
-        .get::<Arc<Principal>>()
+        .get::<Caller>()
         .cloned()
         .ok_or_else(|| Status::from(Error::Unauthenticated("Not authenticated")))
 }
@@ -129,11 +180,12 @@ pub fn principal<T>(request: &tonic::Request<T>) -> Result<Arc<Principal>, Statu
 #[derive(Clone)]
 pub struct AccessLayer {
     app: App,
+    ips: ClientIpPolicy,
 }
 
 impl AccessLayer {
-    pub fn new(app: App) -> Self {
-        Self { app }
+    pub fn new(app: App, ips: ClientIpPolicy) -> Self {
+        Self { app, ips }
     }
 }
 
@@ -141,13 +193,14 @@ impl<S> Layer<S> for AccessLayer {
     type Service = AccessService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AccessService { app: self.app.clone(), inner }
+        AccessService { app: self.app.clone(), ips: self.ips.clone(), inner }
     }
 }
 
 #[derive(Clone)]
 pub struct AccessService<S> {
     app: App,
+    ips: ClientIpPolicy,
     inner: S,
 }
 
@@ -169,28 +222,16 @@ where
         // The clone that was polled ready serves this call (tower's usual swap).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let app = self.app.clone();
+        let (app, ips) = (self.app.clone(), self.ips.clone());
         Box::pin(async move {
             let rule = rpc_rule(request.uri().path());
             if request.method() == http::Method::OPTIONS {
                 return inner.call(request).await;
             }
             if rule.access != Access::Public {
-                let headers = request.headers();
-                let checked = async {
-                    let token = super::meta::bearer_from_headers(headers)?;
-                    if rule.access == Access::OwnToken {
-                        return Ok(None);
-                    }
-                    let principal = app.authenticate_token(token, Utc::now()).await?;
-                    if rule.access == Access::Admin && principal.role() != Role::Admin {
-                        return Err(Error::PermissionDenied("Admin privileges required"));
-                    }
-                    Ok(Some(principal))
-                };
-                match checked.await {
-                    Ok(Some(principal)) => {
-                        request.extensions_mut().insert(principal);
+                match authorize(&app, &ips, rule, request.headers(), request.extensions()).await {
+                    Ok(Some(caller)) => {
+                        request.extensions_mut().insert(caller);
                     }
                     Ok(None) => {}
                     Err(e) => return Ok(Status::from(e).into_http()),
@@ -200,6 +241,37 @@ where
             hint_success_status(rule, &mut response);
             Ok(response)
         })
+    }
+}
+
+/// Authenticates the bearer credential of a non-public call and checks it against `rule`:
+/// an API key (`iak_...`) needs the rule's scope, a user token a live session (of an admin for
+/// `Admin` RPCs). `None` for `OwnToken` RPCs, whose handler verifies the token itself.
+async fn authorize(
+    app: &App,
+    ips: &ClientIpPolicy,
+    rule: &RpcRule,
+    headers: &http::HeaderMap,
+    extensions: &http::Extensions,
+) -> Result<Option<Caller>, Error> {
+    let token = super::meta::bearer_from_headers(headers)?;
+    if rule.access == Access::OwnToken {
+        return Ok(None);
+    }
+    let now = Utc::now();
+    if is_api_key(token) {
+        let service = app.authenticate_api_key(token, &ips.client_info_http(headers, extensions), now).await?;
+        return match rule.scope {
+            Some(scope) if service.has(scope) => Ok(Some(Caller::Service(service))),
+            Some(_) => Err(Error::PermissionDenied("API key lacks the scope this call needs")),
+            None => Err(Error::PermissionDenied("This call needs a user session, not an API key")),
+        };
+    }
+    let principal = app.authenticate_token(token, now).await?;
+    match rule.access {
+        Access::Service => Err(Error::PermissionDenied("This call needs an API key with the introspect scope")),
+        Access::Admin if principal.role() != Role::Admin => Err(Error::PermissionDenied("Admin privileges required")),
+        _ => Ok(Some(Caller::User(principal))),
     }
 }
 

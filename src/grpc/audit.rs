@@ -2,10 +2,9 @@
 
 use tonic::{Request, Response, Status};
 
+use super::caller;
 use super::convert::audit_query;
-use super::principal;
 use crate::domain::App;
-use crate::domain::types::Actor;
 use crate::pb;
 use crate::pb::audit_service_server::AuditService;
 
@@ -25,11 +24,11 @@ impl AuditService for AuditApi {
         &self,
         request: Request<pb::ListAuditLogsRequest>,
     ) -> Result<Response<pb::ListAuditLogsResponse>, Status> {
-        let me = principal(&request)?;
+        let me = caller(&request)?;
         let body = super::text::body(request)?;
         let query = audit_query(&body)?;
         let (entries, total) =
-            self.app.list_audit(&Actor::User(&me), &query, i64::from(body.limit), i64::from(body.offset)).await?;
+            self.app.list_audit(&me.actor(), &query, i64::from(body.limit), i64::from(body.offset)).await?;
         Ok(Response::new(pb::ListAuditLogsResponse {
             entries: entries.into_iter().map(pb::AuditLog::from).collect(),
             total: i32::try_from(total).unwrap_or(i32::MAX),

@@ -61,6 +61,29 @@ impl AuthService for AuthApi {
         Ok(Response::new(pb::LogoutResponse { message: "Successfully logged out".to_owned() }))
     }
 
+    async fn introspect(
+        &self,
+        request: Request<pb::IntrospectRequest>,
+    ) -> Result<Response<pb::IntrospectResponse>, Status> {
+        let token = super::text::body(request)?.token;
+        let Some(found) = self.app.introspect(token.trim(), Utc::now()).await? else {
+            return Ok(Response::new(pb::IntrospectResponse { active: false, ..Default::default() }));
+        };
+        let (user, times) = (&found.principal.user, found.times);
+        let unix = |t: i64| u32::try_from(t).ok();
+        Ok(Response::new(pb::IntrospectResponse {
+            active: true,
+            sub: Some(user.id.to_string()),
+            username: Some(user.username.clone()),
+            role: Some(user.role.as_str().to_owned()),
+            sid: Some(found.principal.session.id.to_string()),
+            exp: unix(times.exp),
+            iat: unix(times.iat),
+            scope: Some(found.scope()),
+            token_type: Some("access_token".to_owned()),
+        }))
+    }
+
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::User>, Status> {
         let client = self.ips.client_info(&request);
         let new = NewUser::try_from(super::text::body(request)?)?;

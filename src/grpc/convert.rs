@@ -164,7 +164,7 @@ const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_4
 
 /// A request's timestamp, refused outside the range protobuf defines (beyond it the two
 /// databases would compare it differently) or with nanos outside 0..1e9.
-fn timestamp_in_range(field: &'static str, t: prost_types::Timestamp) -> Result<DateTime<Utc>> {
+pub fn timestamp_in_range(field: &'static str, t: prost_types::Timestamp) -> Result<DateTime<Utc>> {
     let out_of_range = || Error::invalid(field, "must be a time between 0001-01-01 and 9999-12-31 (UTC)");
     if !TIMESTAMP_SECONDS.contains(&t.seconds) {
         return Err(out_of_range());

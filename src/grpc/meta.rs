@@ -51,20 +51,28 @@ impl ClientIpPolicy {
     }
 
     pub fn client_info<T>(&self, request: &tonic::Request<T>) -> ClientInfo {
-        let user_agent = request.metadata().get("user-agent").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let ip = if via_proxy_socket(request) {
-            last_forwarded(request.metadata())
+        self.client_info_parts(request.extensions(), request.metadata())
+    }
+
+    /// The same, from the HTTP request (the access layer runs before tonic has metadata; the
+    /// transport has already put the connection's info in the extensions).
+    pub fn client_info_http(&self, headers: &http::HeaderMap, extensions: &http::Extensions) -> ClientInfo {
+        let metadata = MetadataMap::from_headers(headers.clone());
+        self.client_info_parts(extensions, &metadata)
+    }
+
+    fn client_info_parts(&self, extensions: &http::Extensions, metadata: &MetadataMap) -> ClientInfo {
+        let user_agent = metadata.get("user-agent").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        // Over the sidecar's Unix socket (PROXY_SOCKET), which only the proxy can open, the
+        // proxy is the peer, and the address it appended is the client's.
+        let ip = if extensions.get::<tonic::transport::server::UdsConnectInfo>().is_some() {
+            last_forwarded(metadata)
         } else {
-            self.client_ip(request.remote_addr(), request.metadata())
+            let peer = extensions.get::<tonic::transport::server::TcpConnectInfo>().and_then(|info| info.remote_addr());
+            self.client_ip(peer, metadata)
         };
         ClientInfo { ip, user_agent }
     }
-}
-
-/// The request came over the sidecar's Unix socket (PROXY_SOCKET), which only the proxy can
-/// open: the proxy is the peer, and the address it appended is the client's.
-fn via_proxy_socket<T>(request: &tonic::Request<T>) -> bool {
-    request.extensions().get::<tonic::transport::server::UdsConnectInfo>().is_some()
 }
 
 /// The last address in `x-forwarded-for`: the one the nearest proxy appended.

@@ -10,9 +10,10 @@ pub mod convert;
 pub mod health;
 pub mod keys;
 pub mod meta;
+pub mod service_accounts;
 pub mod status;
 pub mod text;
 pub mod user;
 
-pub use access::{AccessLayer, principal};
+pub use access::{AccessLayer, caller, principal};
 pub use meta::ClientIpPolicy;

@@ -7,9 +7,9 @@ use tonic::{Request, Response, Status};
 
 use super::convert::user_id;
 use super::meta::ClientIpPolicy;
-use super::principal;
+use super::{caller, principal};
 use crate::domain::App;
-use crate::domain::types::{Actor, BackendInput, NewUser, UserPatch};
+use crate::domain::types::{BackendInput, NewUser, UserPatch};
 use crate::pb;
 use crate::pb::user_service_server::UserService;
 
@@ -31,10 +31,10 @@ fn message(text: &str) -> Response<pb::MessageResponse> {
 #[tonic::async_trait]
 impl UserService for UserApi {
     async fn create_user(&self, request: Request<pb::CreateUserRequest>) -> Result<Response<pb::User>, Status> {
-        let me = principal(&request)?;
+        let me = caller(&request)?;
         let client = self.ips.client_info(&request);
         let new = NewUser::try_from(super::text::body(request)?)?;
-        let user = self.app.create_user(&Actor::User(&me), new, &client, Utc::now()).await?;
+        let user = self.app.create_user(&me.actor(), new, &client, Utc::now()).await?;
         Ok(Response::new(pb::User::from(&user)))
     }
 
@@ -73,10 +73,9 @@ impl UserService for UserApi {
         &self,
         request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
-        let me = principal(&request)?;
+        let me = caller(&request)?;
         let body = super::text::body(request)?;
-        let (users, total) =
-            self.app.list_users(&Actor::User(&me), i64::from(body.limit), i64::from(body.offset)).await?;
+        let (users, total) = self.app.list_users(&me.actor(), i64::from(body.limit), i64::from(body.offset)).await?;
         Ok(Response::new(pb::ListUsersResponse {
             users: users.iter().map(pb::User::from).collect(),
             total: i32::try_from(total).unwrap_or(i32::MAX),
@@ -84,19 +83,19 @@ impl UserService for UserApi {
     }
 
     async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::User>, Status> {
-        let me = principal(&request)?;
+        let me = caller(&request)?;
         let id = user_id(super::text::body(request)?.id)?;
-        let user = self.app.get_user(&Actor::User(&me), id).await?;
+        let user = self.app.get_user(&me.actor(), id).await?;
         Ok(Response::new(pb::User::from(&user)))
     }
 
     async fn update_user(&self, request: Request<pb::UpdateUserRequest>) -> Result<Response<pb::User>, Status> {
-        let me = principal(&request)?;
+        let me = caller(&request)?;
         let client = self.ips.client_info(&request);
         let body = super::text::body(request)?;
         let id = user_id(body.id)?;
         let patch = UserPatch::try_from(body)?;
-        let user = self.app.update_user(&Actor::User(&me), id, patch, &client, Utc::now()).await?;
+        let user = self.app.update_user(&me.actor(), id, patch, &client, Utc::now()).await?;
         Ok(Response::new(pb::User::from(&user)))
     }
 
@@ -104,10 +103,10 @@ impl UserService for UserApi {
         &self,
         request: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<pb::MessageResponse>, Status> {
-        let me = principal(&request)?;
+        let me = caller(&request)?;
         let client = self.ips.client_info(&request);
         let id = user_id(super::text::body(request)?.id)?;
-        self.app.delete_user(&Actor::User(&me), id, &client, Utc::now()).await?;
+        self.app.delete_user(&me.actor(), id, &client, Utc::now()).await?;
         Ok(message("User deleted successfully"))
     }
 
@@ -115,12 +114,12 @@ impl UserService for UserApi {
         &self,
         request: Request<pb::ResetPasswordRequest>,
     ) -> Result<Response<pb::MessageResponse>, Status> {
-        let me = principal(&request)?;
+        let me = caller(&request)?;
         let client = self.ips.client_info(&request);
         let body = super::text::body(request)?;
         let id = user_id(body.id)?;
         let new = SecretString::from(body.new_password);
-        self.app.reset_password(&Actor::User(&me), id, &new, &client, Utc::now()).await?;
+        self.app.reset_password(&me.actor(), id, &new, &client, Utc::now()).await?;
         Ok(message("Password reset successfully"))
     }
 
@@ -148,10 +147,10 @@ impl UserService for UserApi {
         &self,
         request: Request<pb::RevokeUserSessionsRequest>,
     ) -> Result<Response<pb::RevokeSessionsResponse>, Status> {
-        let me = principal(&request)?;
+        let me = caller(&request)?;
         let client = self.ips.client_info(&request);
         let id = user_id(super::text::body(request)?.id)?;
-        let revoked = self.app.revoke_user_sessions(&Actor::User(&me), id, &client, Utc::now()).await?;
+        let revoked = self.app.revoke_user_sessions(&me.actor(), id, &client, Utc::now()).await?;
         Ok(Response::new(pb::RevokeSessionsResponse {
             message: "Sessions revoked".to_owned(),
             revoked: i32::try_from(revoked).unwrap_or(i32::MAX),
@@ -162,10 +161,10 @@ impl UserService for UserApi {
         &self,
         request: Request<pb::UnlockUserRequest>,
     ) -> Result<Response<pb::MessageResponse>, Status> {
-        let me = principal(&request)?;
+        let me = caller(&request)?;
         let client = self.ips.client_info(&request);
         let id = user_id(super::text::body(request)?.id)?;
-        self.app.unlock_user(&Actor::User(&me), id, &client, Utc::now()).await?;
+        self.app.unlock_user(&me.actor(), id, &client, Utc::now()).await?;
         Ok(message("Login throttling cleared"))
     }
 }

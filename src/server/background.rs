@@ -43,9 +43,16 @@ pub async fn probe_database(app: App, reporter: tonic_health::server::HealthRepo
 pub async fn listen_for_invalidations(app: App, url: String) {
     use crate::db::notify::{Event, listen};
     listen(url, move |event| match event {
-        Event::Connected => app.cache().set_trustworthy(true),
-        Event::Disconnected => app.cache().set_trustworthy(false),
+        Event::Connected => {
+            app.cache().set_trustworthy(true);
+            app.key_cache().set_trustworthy(true);
+        }
+        Event::Disconnected => {
+            app.cache().set_trustworthy(false);
+            app.key_cache().set_trustworthy(false);
+        }
         Event::UserChanged(user_id) => app.cache().bump(user_id),
+        Event::ApiKeysChanged => app.key_cache().invalidate_all(),
     })
     .await;
 }

@@ -64,6 +64,7 @@ async fn admin_rpcs_refuse_users_in_one_place(s: TestServer) {
                 admins += 1;
                 assert_eq!((code, message.as_str()), (7, "Admin privileges required"), "{name}");
             }
+            Access::Service => assert_eq!(code, 7, "{name}: a service's call, refused to a user: {message}"),
             _ => assert!(!matches!(code, 7 | 16), "{name} refused a signed-in user: {code} {message:?}"),
         }
     }

@@ -416,7 +416,11 @@ async fn docs_and_every_documented_route_is_served(s: TestServer) {
     let mut count = 0;
     for (path, operations) in paths {
         for method in operations.as_object().unwrap().keys() {
-            let concrete = path.replace("{id}", "99999").replace("{session_id}", "no-such-session");
+            let concrete = path
+                .replace("{id}", "99999")
+                .replace("{session_id}", "no-such-session")
+                .replace("{service_account_id}", "99999")
+                .replace("{key_id}", "0123456789abcdef");
             let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let body = matches!(method, Method::POST | Method::PUT | Method::PATCH).then(|| json!({}));
             let token = if path.ends_with("/logout") { None } else { Some(admin.as_str()) };
@@ -426,7 +430,7 @@ async fn docs_and_every_documented_route_is_served(s: TestServer) {
             count += 1;
         }
     }
-    assert_eq!(count, 22);
+    assert_eq!(count, 30);
     s.stop().await;
 }
 

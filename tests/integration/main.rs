@@ -8,6 +8,7 @@ mod common;
 
 mod admin;
 mod api_docs;
+mod api_keys;
 mod at_rest;
 mod auth;
 mod bench_smoke;

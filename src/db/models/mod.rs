@@ -2,6 +2,7 @@
 //! both backends. Rows stay in here: callers pass and get the vocabulary of `crate::model`, and
 //! domain errors (unique violations already mapped).
 
+pub mod api_keys;
 pub mod audit;
 pub mod backends;
 pub mod rate_limits;
