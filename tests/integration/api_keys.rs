@@ -464,6 +464,7 @@ crate::on_both_backends!(
     keys_expire_and_keep_to_their_addresses,
     bad_key_requests_are_refused_and_change_nothing,
     a_revoked_key_writes_nothing_under_any_interleaving,
+    service_calls_in_json_through_envoy,
 );
 
 /// Each key has its own budget; one key's flood does not slow another.
@@ -491,4 +492,70 @@ async fn each_key_is_rate_limited_on_its_own_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_key_is_rate_limited_on_its_own_postgres() {
     each_key_is_rate_limited_on_its_own(crate::common::Backend::Postgres).await;
+}
+
+/// The JSON face through a real Envoy: what a service written in any language sees.
+async fn service_calls_in_json_through_envoy(s: TestServer) {
+    use serde_json::json;
+    let Some(envoy) = crate::common::Envoy::start(&[s.upstream()]).await else { return };
+    let api = crate::common::Json::new(&envoy.url);
+    let admin = api.login(crate::common::ADMIN_USERNAME, crate::common::ADMIN_PASSWORD).await;
+    let r =
+        api.post("/api/v1/service-accounts", Some(&admin), json!({"name": "search", "description": "indexer"})).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let account = r.body["id"].as_i64().unwrap();
+    assert_eq!(r.body["name"], "search");
+    let r = api
+        .post(
+            &format!("/api/v1/service-accounts/{account}/keys"),
+            Some(&admin),
+            json!({"name": "prod", "scopes": ["introspect", "users:read"]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let key = r.body["key"].as_str().unwrap().to_owned();
+    assert_eq!(r.body["api_key"]["scopes"], json!(["introspect", "users:read"]));
+    assert_eq!(r.body["api_key"]["allowed_cidrs"], json!([]));
+    // Through Envoy the client's address is the one Envoy appended to X-Forwarded-For.
+    let r = api
+        .post(
+            &format!("/api/v1/service-accounts/{account}/keys"),
+            Some(&admin),
+            json!({"name": "elsewhere", "scopes": ["users:read"], "allowed_cidrs": ["10.0.0.0/8", "2001:db8::1"]}),
+        )
+        .await;
+    assert_eq!(r.body["api_key"]["allowed_cidrs"], json!(["10.0.0.0/8", "2001:db8::1/128"]));
+    let elsewhere = r.body["key"].as_str().unwrap().to_owned();
+    let mut spoofed = api.request(reqwest::Method::GET, "/api/v1/users").bearer_auth(&elsewhere);
+    spoofed = spoofed.header("x-forwarded-for", "10.9.9.9");
+    let r = api.send(spoofed).await;
+    assert_eq!(r.detail(403), "API key is not allowed from this address");
+    let listed = api.get(&format!("/api/v1/service-accounts/{account}/keys"), Some(&admin)).await;
+    assert_eq!(listed.status, 200);
+    assert!(!listed.body.to_string().contains(key.rsplit_once('_').unwrap().1), "the secret is never listed");
+
+    s.create_user(&admin, "vera", None).await;
+    let token = api.login("vera", USER_PASSWORD).await;
+    let live = api.post("/api/v1/auth/introspect", Some(&key), json!({"token": token})).await;
+    assert_eq!(live.status, 200, "{live:?}");
+    let mut fields: Vec<&str> = live.body.as_object().unwrap().keys().map(String::as_str).collect();
+    fields.sort_unstable();
+    assert_eq!(fields, ["active", "exp", "iat", "role", "scope", "sid", "sub", "token_type", "username"]);
+    assert_eq!(live.body["active"], true);
+    assert!(live.body["exp"].is_u64() && live.body["iat"].is_u64(), "RFC 7662 times are numbers: {}", live.body);
+    assert!(live.body["sub"].is_string(), "sub is a string (RFC 7519)");
+    for dead in ["", "nope", key.as_str()] {
+        let r = api.post("/api/v1/auth/introspect", Some(&key), json!({"token": dead})).await;
+        assert_eq!((r.status, &r.body), (200, &json!({"active": false})), "{dead:?}");
+    }
+    // A user's token may not introspect; a key may not read the caller's own account.
+    let r = api.post("/api/v1/auth/introspect", Some(&admin), json!({"token": token})).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(api.get("/api/v1/users/me", Some(&key)).await.status, 403);
+    assert_eq!(api.get("/api/v1/users", Some(&key)).await.status, 200);
+    let r = api.call(reqwest::Method::DELETE, &format!("/api/v1/service-accounts/{account}"), Some(&admin), None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(api.get("/api/v1/users", Some(&key)).await.status, 401);
+    drop(envoy);
+    s.stop().await;
 }

@@ -90,6 +90,24 @@ async fn cli_manages_users(s: TestServer) {
     s.login("bob", "Reset_password789!").await;
     assert!(!cli(&["reset-password", "--username", "nobody"], "Reset_password789!\n").status.success());
 
+    // A service's key: printed once on stdout (the only line there), nothing secret on argv.
+    let out = cli(&["create-api-key", "--service-account", "billing", "--name", "prod", "--scope", "users:read"], "");
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let key = stdout.trim();
+    assert!(key.starts_with("iak_") && stdout.lines().count() == 1, "{stdout:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("created service account billing"), "{}", text(&out));
+    let mut users = s.users().await;
+    users.list_users(crate::common::authed(key, instachatico_auth::pb::ListUsersRequest::default())).await.unwrap();
+    expect_code(
+        users.get_me(crate::common::authed(key, instachatico_auth::pb::GetMeRequest {})).await,
+        Code::PermissionDenied,
+    );
+    let bad = cli(&["create-api-key", "--service-account", "billing", "--name", "x", "--scope", "root"], "");
+    assert!(!bad.status.success() && text(&bad).contains("scopes"), "{}", text(&bad));
+    let second = cli(&["create-api-key", "--service-account", "BILLING", "--name", "two", "--scope", "audit:read"], "");
+    assert!(second.status.success() && !text(&second).contains("created service account"), "{}", text(&second));
+
     let out = cli(&["create-admin", "--username", "root2", "--email", "root2@example.com"], "Root_password123!\n");
     assert!(out.status.success(), "{}", text(&out));
     let token = s.login("root2", "Root_password123!").await;

@@ -93,4 +93,53 @@ async fn revocation_reaches_every_replica() {
     refused_within(&b, &tess, limit).await;
     let r = api.post("/api/v1/auth/login", None, json!({"username": "tess", "password": USER_PASSWORD})).await;
     assert_eq!(r.detail(403), "Account is inactive");
+
+    // A service's view: B introspects (cached) and then sees A's logout within the second.
+    let mut sa_a = pb::service_account_service_client::ServiceAccountServiceClient::new(a.channel().await);
+    let account = sa_a
+        .create_service_account(authed(
+            &admin,
+            pb::CreateServiceAccountRequest { name: "gw".into(), ..Default::default() },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let create = |scopes: &[&str]| pb::CreateApiKeyRequest {
+        service_account_id: account.id,
+        name: "gw".into(),
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        ..Default::default()
+    };
+    let key = sa_a.create_api_key(authed(&admin, create(&["introspect", "users:read"]))).await.unwrap().into_inner();
+    let mut auth_b = pb::auth_service_client::AuthServiceClient::new(b.channel().await);
+    let sol = api.login("sol", "Changed_password123!").await;
+    let ask = |token: &str| authed(&key.key, pb::IntrospectRequest { token: token.into() });
+    assert!(auth_b.introspect(ask(&sol)).await.unwrap().into_inner().active);
+    assert!(auth_b.introspect(ask(&sol)).await.unwrap().into_inner().active, "from B's cache");
+    auth_a.logout(authed(&sol, pb::LogoutRequest {})).await.unwrap();
+    let started = Instant::now();
+    while auth_b.introspect(ask(&sol)).await.unwrap().into_inner().active {
+        assert!(started.elapsed() < limit, "B still calls the token active after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("logout on A seen by B's introspection after {:?}", started.elapsed());
+
+    // A key revoked through A stops working on B, which had it cached, within the second.
+    users_b.list_users(authed(&key.key, pb::ListUsersRequest::default())).await.unwrap();
+    users_b.list_users(authed(&key.key, pb::ListUsersRequest::default())).await.unwrap();
+    let key_id = key.api_key.unwrap().id;
+    let revoke = pb::RevokeApiKeyRequest { service_account_id: account.id, key_id };
+    sa_a.revoke_api_key(authed(&admin, revoke)).await.unwrap();
+    let started = Instant::now();
+    loop {
+        match users_b.list_users(authed(&key.key, pb::ListUsersRequest::default())).await {
+            Err(status) if status.code() == Code::Unauthenticated => break,
+            Err(status) => panic!("unexpected {status:?}"),
+            Ok(_) => {
+                assert!(started.elapsed() < limit, "B still accepts the revoked key after {limit:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    eprintln!("key revoked on A refused on B after {:?}", started.elapsed());
 }
