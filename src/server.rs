@@ -199,14 +199,17 @@ async fn serve(
     };
     let cors = cors_layer(settings.cors_origins);
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    // The standard services under their canonical file names (pb::STANDARD_FILE_DESCRIPTOR_SET),
+    // not the crates' own sets (`health.proto`, `reflection_v1alpha.proto`): both reflection
+    // versions serve the same files and list every service this server answers.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .include_reflection_service(false)
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(pb::STANDARD_FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let (health_reporter, grpc_health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<AuthServiceServer<AuthApi>>().await;

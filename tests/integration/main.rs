@@ -23,6 +23,7 @@ mod json;
 mod observability;
 mod proxy_socket;
 mod races;
+mod reflection;
 mod refusals;
 mod replicas;
 mod security;
