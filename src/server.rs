@@ -23,6 +23,7 @@ use crate::db::{self, DbPool, DbTarget};
 use crate::domain::{App, BootstrapOutcome};
 use crate::grpc::audit::AuditApi;
 use crate::grpc::auth::AuthApi;
+use crate::grpc::codec::{CodecLayer, PlainMessageLayer};
 use crate::grpc::health::HealthApi;
 use crate::grpc::keys::KeysApi;
 use crate::grpc::user::UserApi;
@@ -240,9 +241,14 @@ async fn serve(
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(tower::util::MapRequestLayer::new(Transport::tag))
         .layer(tonic_web::GrpcWebLayer::new())
+        // Outside every layer that sets a status: grpc-message as Connect clients can read it.
+        .layer(PlainMessageLayer)
         .layer(RpcTelemetryLayer)
-        // Innermost: every call is authenticated and authorized here (grpc::access).
+        // Every call is authenticated and authorized here (grpc::access).
         .layer(AccessLayer::new(app.clone()))
+        // Innermost: only gRPC bodies are read; JSON messages (Connect JSON through Envoy)
+        // become protobuf for tonic.
+        .layer(CodecLayer::new(MAX_REQUEST_BYTES))
         .add_service(auth)
         .add_service(users)
         .add_service(audit)

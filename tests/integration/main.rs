@@ -15,6 +15,7 @@ mod browser;
 mod cli;
 mod closed_by_default;
 mod compat;
+mod connect;
 mod generated_input;
 mod health;
 mod hostile;
