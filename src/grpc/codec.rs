@@ -106,7 +106,8 @@ fn json_to_proto(body: Bytes, input: &MessageDescriptor) -> Option<Bytes> {
     let mut deserializer = serde_json::Deserializer::from_slice(&json);
     let message =
         DynamicMessage::deserialize_with_options(input.clone(), &mut deserializer, &DeserializeOptions::new())
-            .map_err(|e| tracing::debug!(error = %e, "grpc+json request is not the message's JSON"))
+            // Not the error's text: serde quotes the offending value, which may be a password.
+            .map_err(|_| tracing::debug!(message = input.full_name(), "grpc+json request is not the message's JSON"))
             .ok()?;
     deserializer.end().ok()?;
     framed(&prost::Message::encode_to_vec(&message))

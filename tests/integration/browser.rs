@@ -27,6 +27,20 @@ fn ready() -> bool {
     false
 }
 
+/// Runs `script` with node from the repository root; fails the test with its output (and
+/// Envoy's log) unless it exits 0.
+async fn run_node(script: &'static str, env: Vec<(&'static str, std::ffi::OsString)>, envoy: &Envoy) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let run = tokio::task::spawn_blocking(move || {
+        Command::new("node").current_dir(root).arg(script).envs(env).output().expect("node runs")
+    })
+    .await
+    .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+    eprintln!("{text}");
+    assert!(run.status.success(), "{script} failed:\n{text}\nenvoy log:\n{}", envoy.log());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_auth_flow_and_grpc_web_in_chromium() {
     if !ready() {
@@ -34,29 +48,21 @@ async fn seed_auth_flow_and_grpc_web_in_chromium() {
     }
     let Some(s) = TestServer::start(Backend::Sqlite).await else { return };
     let Some(envoy) = Envoy::start(&[s.upstream()]).await else { return };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let output = root.join("tests/output/browser");
-    let run = tokio::task::spawn_blocking({
-        let (envoy_url, grpc_url, output) = (envoy.url.clone(), s.url.clone(), output.clone());
-        move || {
-            Command::new("node")
-                .current_dir(root)
-                .arg("tests/browser/run.mjs")
-                .env("ENVOY_URL", envoy_url)
-                .env("GRPC_WEB_URL", grpc_url)
-                .env("ADMIN_USERNAME", ADMIN_USERNAME)
-                .env("ADMIN_PASSWORD", ADMIN_PASSWORD)
-                .env("OUTPUT_DIR", &output)
-                .env("DESCRIPTOR_PATH", root.join("envoy/instachatico_auth.pb"))
-                .output()
-                .expect("node runs")
-        }
-    })
-    .await
-    .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
-    eprintln!("{text}");
-    assert!(run.status.success(), "browser test failed:\n{text}\nenvoy log:\n{}", envoy.log());
+    let output = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/output/browser");
+    let descriptor = Path::new(env!("CARGO_MANIFEST_DIR")).join("envoy/instachatico_auth.pb");
+    run_node(
+        "tests/browser/run.mjs",
+        vec![
+            ("ENVOY_URL", envoy.url.clone().into()),
+            ("GRPC_WEB_URL", s.url.clone().into()),
+            ("ADMIN_USERNAME", ADMIN_USERNAME.into()),
+            ("ADMIN_PASSWORD", ADMIN_PASSWORD.into()),
+            ("OUTPUT_DIR", output.clone().into()),
+            ("DESCRIPTOR_PATH", descriptor.into()),
+        ],
+        &envoy,
+    )
+    .await;
     assert!(output.join("browser-flow.png").exists(), "screenshot saved");
     s.stop().await;
 }
@@ -72,26 +78,14 @@ async fn api_docs_work_offline_in_chromium() {
     }
     let Some(s) = TestServer::start(Backend::Sqlite).await else { return };
     let Some(envoy) = Envoy::start(&[s.upstream()]).await else { return };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let output = root.join("tests/output/browser");
+    let output = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/output/browser");
     let _ = std::fs::remove_file(output.join("docs.png"));
-    let run = tokio::task::spawn_blocking({
-        let (envoy_url, output) = (envoy.url.clone(), output.clone());
-        move || {
-            Command::new("node")
-                .current_dir(root)
-                .arg("tests/browser/docs.mjs")
-                .env("ENVOY_URL", envoy_url)
-                .env("OUTPUT_DIR", &output)
-                .output()
-                .expect("node runs")
-        }
-    })
-    .await
-    .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
-    eprintln!("{text}");
-    assert!(run.status.success(), "docs test failed:\n{text}\nenvoy log:\n{}", envoy.log());
+    run_node(
+        "tests/browser/docs.mjs",
+        vec![("ENVOY_URL", envoy.url.clone().into()), ("OUTPUT_DIR", output.clone().into())],
+        &envoy,
+    )
+    .await;
     assert!(output.join("docs.png").exists(), "screenshot saved");
     s.stop().await;
 }
