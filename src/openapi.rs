@@ -167,7 +167,8 @@ pub fn document() -> anyhow::Result<Value> {
                             ids and counts are numbers; timestamps are RFC 3339 UTC. Errors are \
                             {\"detail\": \"...\"}. Generated from the descriptor set by `instachatico-auth export-api`."
         },
-        "servers": [{"url": "http://localhost:8080"}],
+        // Relative: Try-it-out calls whatever host and port served the document.
+        "servers": [{"url": "/"}],
         "paths": paths,
         "components": {
             "schemas": schemas.map,

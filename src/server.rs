@@ -23,6 +23,7 @@ use crate::db::{self, DbPool, DbTarget};
 use crate::domain::{App, BootstrapOutcome};
 use crate::grpc::audit::AuditApi;
 use crate::grpc::auth::AuthApi;
+use crate::grpc::codec::{CodecLayer, PlainMessageLayer};
 use crate::grpc::health::HealthApi;
 use crate::grpc::keys::KeysApi;
 use crate::grpc::service_accounts::ServiceAccountApi;
@@ -202,14 +203,17 @@ async fn serve(
     };
     let cors = cors_layer(settings.cors_origins);
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    // The standard services under their canonical file names (pb::STANDARD_FILE_DESCRIPTOR_SET),
+    // not the crates' own sets (`health.proto`, `reflection_v1alpha.proto`): both reflection
+    // versions serve the same files and list every service this server answers.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .include_reflection_service(false)
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(pb::STANDARD_FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let (health_reporter, grpc_health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<AuthServiceServer<AuthApi>>().await;
@@ -243,9 +247,14 @@ async fn serve(
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(tower::util::MapRequestLayer::new(Transport::tag))
         .layer(tonic_web::GrpcWebLayer::new())
+        // Outside every layer that sets a status: grpc-message as Connect clients can read it.
+        .layer(PlainMessageLayer)
         .layer(RpcTelemetryLayer)
-        // Innermost: every call is authenticated and authorized here (grpc::access).
+        // Every call is authenticated and authorized here (grpc::access).
         .layer(AccessLayer::new(app.clone(), ips.clone()))
+        // Innermost: only gRPC bodies are read; JSON messages (Connect JSON through Envoy)
+        // become protobuf for tonic.
+        .layer(CodecLayer::new(MAX_REQUEST_BYTES))
         .add_service(auth)
         .add_service(users)
         .add_service(audit)

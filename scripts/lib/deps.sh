@@ -32,7 +32,8 @@ ensure_pyjwt() {
 }
 
 # Debian's Chromium (browser test), wrk (JSON load) and openssl (the TLS test's certificate and
-# client), and the browser test's npm packages.
+# client), and the npm packages of the browser test (tests/browser: playwright-core, connect-web,
+# swagger-ui-dist) and of the third-party client test (tests/clients: connect-node, buf).
 ensure_test_deps() {
   local missing=()
   [ -x /usr/bin/chromium ] || missing+=(chromium chromium-driver)
@@ -46,7 +47,10 @@ ensure_test_deps() {
       echo "warning: ${missing[*]} missing and cannot be installed here (needs root + apt-get)" >&2
     fi
   fi
-  if [ -f tests/browser/package-lock.json ]; then
-    (cd tests/browser && npm ci --silent --no-audit --no-fund)
-  fi
+  local dir
+  for dir in tests/browser tests/clients; do
+    if [ -f "$dir/package-lock.json" ]; then
+      (cd "$dir" && npm ci --silent --no-audit --no-fund)
+    fi
+  done
 }

@@ -6,6 +6,7 @@
 pub mod access;
 pub mod audit;
 pub mod auth;
+pub mod codec;
 pub mod convert;
 pub mod health;
 pub mod keys;

@@ -20,7 +20,7 @@ async fn envoy(s: &TestServer) -> Option<(Envoy, Json)> {
 }
 
 /// The admin's (user 1) failed logins so far: each is a password check.
-async fn admin_login_failures(s: &TestServer) -> usize {
+pub(crate) async fn admin_login_failures(s: &TestServer) -> usize {
     let mut conn = s.app().db().get().await.unwrap();
     let rows = audit::list_for_user(&mut conn, Some(UserId(1)), 1000).await.unwrap();
     rows.iter().filter(|r| r.action.starts_with("login_fail")).count()

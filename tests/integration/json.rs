@@ -404,10 +404,27 @@ async fn docs_and_every_documented_route_is_served(s: TestServer) {
     let docs = api.client.get(format!("{}/docs", api.base)).send().await.unwrap();
     assert_eq!(docs.status(), 200);
     assert!(docs.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
-    assert!(docs.text().await.unwrap().contains("/openapi.json"));
+    // Everything the page loads is served here (it works offline), and its CSP names no host.
+    let csp = docs.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(!csp.contains("http") && !csp.contains('*') && csp.contains("script-src 'self'"), "{csp}");
+    let page = docs.text().await.unwrap();
+    for (asset, content_type, needle) in [
+        ("/docs/swagger-ui-bundle.js", "text/javascript", "SwaggerUIBundle"),
+        ("/docs/swagger-ui.css", "text/css", ".swagger-ui"),
+        ("/docs/docs.js", "text/javascript", "/openapi.json"),
+    ] {
+        assert!(page.contains(asset), "/docs does not load {asset}");
+        let r = api.client.get(format!("{}{asset}", api.base)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{asset}");
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with(content_type), "{asset}");
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff", "{asset}");
+        assert!(r.text().await.unwrap().contains(needle), "{asset}");
+    }
     let spec = api.get("/openapi.json", None).await;
     assert_eq!(spec.status, 200);
     assert_eq!(spec.body["openapi"], "3.0.3");
+    // Relative: Try-it-out calls whichever host and port served the document.
+    assert_eq!(spec.body["servers"], serde_json::json!([{"url": "/"}]));
 
     // Every documented route reaches the service (no Envoy 404/405): unauthenticated calls get
     // the service's own answer.
