@@ -20,7 +20,7 @@ use std::time::Duration;
 use clap::Parser;
 use harness::{Report, RssSampler, Target, WrkCall};
 use process::{Envoy, ServiceProcess, Upstream};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 const JWT_SECRET: &str = "loadgen-jwt-secret-0123456789-abcdefghijklmnop";
 const FERNET_KEY: &str = "KSDEUmaWmBWPfjVWm8Pkru5oXPd2OaHkVt0xXkx-Qbg=";
@@ -31,7 +31,9 @@ struct Args {
     /// Databases to run on.
     #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
     db: Vec<String>,
-    /// Scenarios: null, getme, json, login, storm, sustained.
+    /// Scenarios: null, getme, json, login, storm, sustained; also getme-eddsa (GetMe with
+    /// EdDSA-signed tokens), introspect (RFC 7662 by an API key) and apikey (GetUser by an API
+    /// key and by an admin session).
     #[arg(long, value_delimiter = ',', default_value = "null,getme,json,login,storm,sustained")]
     scenarios: Vec<String>,
     /// Seconds per closed-loop run.
@@ -103,12 +105,12 @@ async fn run(args: Args) {
     let mut sustained_windows = Vec::new();
     for db in &args.db {
         let database = Database::create(db, &args.pg_url).await;
-        let (users, tokens) = database.seed(args.users, args.bcrypt_cost).await;
+        let seeded = database.seed(args.users, args.bcrypt_cost).await;
         for scenario in &args.scenarios {
             if scenario == "sustained" && !args.sustained_on.contains(db) {
                 continue;
             }
-            for report in run_scenario(scenario, &database, &users, &tokens, &args, &mut sustained_windows).await {
+            for report in run_scenario(scenario, &database, &seeded, &args, &mut sustained_windows).await {
                 println!("[{db}] {}", report.summary());
                 for note in &report.notes {
                     println!("         {note}");
@@ -124,21 +126,22 @@ async fn run(args: Args) {
 async fn run_scenario(
     scenario: &str,
     database: &Database,
-    users: &[(String, String)],
-    tokens: &[String],
+    seeded: &Seeded,
     args: &Args,
     windows: &mut Vec<(String, harness::Window)>,
 ) -> Vec<Report> {
     let seconds = Duration::from_secs(args.seconds);
     let mut reports = Vec::new();
     let runs: Vec<Option<usize>> = match scenario {
-        "null" | "getme" | "json" => args.concurrency.iter().copied().map(Some).collect(),
+        "null" | "getme" | "json" | "getme-eddsa" | "introspect" | "apikey" => {
+            args.concurrency.iter().copied().map(Some).collect()
+        }
         "login" => vec![Some(1), Some(8), Some(64)],
         _ => vec![None],
     };
     for c in runs {
         // A fresh service per run: one run's leftovers never colour the next.
-        let service = ServiceProcess::spawn(&database.service_env());
+        let service = ServiceProcess::spawn(&database.service_env(scenario == "getme-eddsa"));
         let upstream = if args.envoy_upstream == "tcp" {
             Upstream::Tcp(service.addr)
         } else {
@@ -152,9 +155,11 @@ async fn run_scenario(
         let target = Target {
             grpc_url: service.url(),
             json_url: envoy.as_ref().map(|e| e.url.clone()),
-            users: users.to_vec(),
-            tokens: tokens.to_vec(),
+            users: seeded.users.clone(),
+            tokens: if scenario == "getme-eddsa" { seeded.eddsa_tokens.clone() } else { seeded.tokens.clone() },
             pid: Some(service.pid()),
+            api_key: Some(seeded.api_key.clone()),
+            admin_token: Some(seeded.admin_token.clone()),
         };
         // Warm up connections, caches and the allocator.
         if scenario != "login" && scenario != "storm" {
@@ -164,6 +169,19 @@ async fn run_scenario(
         let mut produced = match (scenario, c) {
             ("null", Some(c)) => vec![harness::null_rpc(&target, c, seconds).await],
             ("getme", Some(c)) => vec![harness::getme_grpc(&target, c, seconds).await],
+            ("getme-eddsa", Some(c)) => {
+                let mut report = harness::getme_grpc(&target, c, seconds).await;
+                report.scenario = format!("getme grpc, EdDSA tokens c={c}");
+                vec![report]
+            }
+            ("introspect", Some(c)) => vec![harness::introspect_grpc(&target, c, seconds).await],
+            ("apikey", Some(c)) => {
+                let mut reports = Vec::new();
+                for (credential, what) in [(&seeded.api_key, "api key"), (&seeded.admin_token, "admin session")] {
+                    reports.push(harness::get_user_grpc(&target, credential, what, c, seconds).await);
+                }
+                reports
+            }
             ("json", Some(c)) => {
                 let envoy = envoy.as_ref().expect("Envoy running");
                 let watched = [("Envoy", envoy.pid()), ("service", service.pid())];
@@ -247,12 +265,23 @@ async fn envoy_ceiling(target: &Target, connections: usize, seconds: Duration) -
     Some(report)
 }
 
-/// A throwaway database with the schema applied.
+/// A throwaway database with the schema applied, and the Ed25519 key of the EdDSA runs.
 struct Database {
     kind: String,
     url: String,
     pg_admin: Option<(String, String)>,
+    signing_key: instachatico_auth::crypto::jwt::Ed25519SigningKey,
     _dir: tempfile::TempDir,
+}
+
+/// What the seeding made: users and their tokens (HS256, and the same sessions' EdDSA tokens),
+/// an admin's token and a service's API key.
+struct Seeded {
+    users: Vec<(String, String)>,
+    tokens: Vec<String>,
+    eddsa_tokens: Vec<String>,
+    admin_token: String,
+    api_key: String,
 }
 
 impl Database {
@@ -274,20 +303,57 @@ impl Database {
         };
         let target = instachatico_auth::db::DbTarget::parse(&url).unwrap();
         instachatico_auth::db::migrate(&target).await.unwrap();
-        Self { kind: kind.to_owned(), url, pg_admin, _dir: dir }
+        let signing_key = instachatico_auth::crypto::jwt::Ed25519SigningKey::generate();
+        Self { kind: kind.to_owned(), url, pg_admin, signing_key, _dir: dir }
     }
 
-    async fn seed(&self, n: usize, cost: u32) -> (Vec<(String, String)>, Vec<String>) {
+    async fn seed(&self, n: usize, cost: u32) -> Seeded {
         let target = instachatico_auth::db::DbTarget::parse(&self.url).unwrap();
         let options = instachatico_auth::db::PoolOptions { max_size: 2, wait_timeout: Duration::from_secs(10) };
         let pool = instachatico_auth::db::DbPool::connect(&target, options).await.unwrap();
         let jwt =
             instachatico_auth::crypto::jwt::JwtKeys::new(&SecretString::from(JWT_SECRET.to_owned()), &[]).unwrap();
         let hash = tokio::task::spawn_blocking(move || bcrypt::hash(harness::PASSWORD, cost).unwrap()).await.unwrap();
-        harness::seed(&pool, &jwt, n, &hash).await
+        let (users, tokens) = harness::seed(&pool, &jwt, n, &hash).await;
+        let (admin_token, api_key) = harness::seed_service(&pool, &jwt, &hash).await;
+        // The same sessions, signed as a service with JWT_ALGORITHM=EdDSA signs them.
+        let secret = SecretString::from(JWT_SECRET.to_owned());
+        let eddsa = instachatico_auth::crypto::jwt::JwtKeys::from_config(&instachatico_auth::crypto::jwt::KeyConfig {
+            algorithm: instachatico_auth::crypto::jwt::SigningAlgorithm::EdDsa,
+            secret: Some(&secret),
+            previous_secrets: &[],
+            signing_key: Some(&self.signing_key),
+            previous_public_keys: &[],
+        })
+        .unwrap();
+        let now = chrono::Utc::now();
+        let eddsa_tokens = tokens
+            .iter()
+            .map(|token| {
+                let claims = jwt.verify(token, now).unwrap();
+                let session = claims.session_id();
+                let subject = instachatico_auth::crypto::jwt::Subject {
+                    user_id: claims.user_id().unwrap(),
+                    username: &claims.username,
+                    role: instachatico_auth::model::Role::User,
+                    session: &session,
+                };
+                eddsa.issue(&subject, now, now + chrono::Duration::hours(24)).unwrap()
+            })
+            .collect();
+        Seeded { users, tokens, eddsa_tokens, admin_token, api_key }
     }
 
-    fn service_env(&self) -> Vec<(&'static str, String)> {
+    fn service_env(&self, eddsa: bool) -> Vec<(&'static str, String)> {
+        let mut env = self.base_env();
+        if eddsa {
+            env.push(("JWT_ALGORITHM", "EdDSA".to_owned()));
+            env.push(("JWT_SIGNING_KEY", self.signing_key.to_pem().unwrap().expose_secret().to_owned()));
+        }
+        env
+    }
+
+    fn base_env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("DATABASE_URL", self.url.clone()),
             ("JWT_SECRET_KEY", JWT_SECRET.to_owned()),
@@ -296,6 +362,7 @@ impl Database {
             // The harness's own run: limits off, so they do not cap the measurement.
             ("RATE_LIMIT_LOGIN_PER_MINUTE", "0".to_owned()),
             ("RATE_LIMIT_API_PER_MINUTE", "0".to_owned()),
+            ("RATE_LIMIT_API_KEY_PER_MINUTE", "0".to_owned()),
             ("LOGIN_THROTTLE_THRESHOLD", "1000".to_owned()),
             ("LOG_LEVEL", "warn,instachatico_auth::server=info".to_owned()),
         ]

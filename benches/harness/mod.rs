@@ -29,6 +29,9 @@ pub struct Target {
     pub tokens: Vec<String>,
     /// The service's pid, for RSS samples.
     pub pid: Option<u32>,
+    /// A service's API key with every scope, and an admin's access token (see [`seed_service`]).
+    pub api_key: Option<String>,
+    pub admin_token: Option<String>,
 }
 
 /// The outcome of one scenario run.
@@ -228,6 +231,49 @@ pub async fn getme_grpc(target: &Target, concurrency: usize, duration: Duration)
         let mut client = UserServiceClient::new(channels[w % channels.len()].clone());
         let token = tokens[(w + n as usize * 7919) % tokens.len()].clone();
         async move { outcome(client.get_me(authed(&token, pb::GetMeRequest {})).await) }
+    })
+    .await
+}
+
+/// Introspection of many users' tokens by a service with an API key (RFC 7662, over gRPC).
+pub async fn introspect_grpc(target: &Target, concurrency: usize, duration: Duration) -> Report {
+    let channels = channels(&target.grpc_url, concurrency.clamp(1, 8)).await;
+    let tokens = Arc::new(target.tokens.clone());
+    let key = target.api_key.clone().expect("an API key (seed_service)");
+    let name = format!("introspect grpc c={concurrency}");
+    closed_loop(&name, concurrency, duration, move |w, n| {
+        let mut client = AuthServiceClient::new(channels[w % channels.len()].clone());
+        let token = tokens[(w + n as usize * 7919) % tokens.len()].clone();
+        let request = authed(&key, pb::IntrospectRequest { token });
+        async move {
+            match client.introspect(request).await {
+                Ok(reply) if reply.get_ref().active => Outcome::Ok,
+                Ok(_) => Outcome::Error,
+                Err(status) => shed_after(&status).map_or(Outcome::Error, Outcome::Shed),
+            }
+        }
+    })
+    .await
+}
+
+/// GetUser of many users with one `credential` (`what` names it): an API key with users:read
+/// against an admin's session, the same call and query behind each kind of caller.
+pub async fn get_user_grpc(
+    target: &Target,
+    credential: &str,
+    what: &str,
+    concurrency: usize,
+    duration: Duration,
+) -> Report {
+    let channels = channels(&target.grpc_url, concurrency.clamp(1, 8)).await;
+    let users = i32::try_from(target.users.len()).unwrap_or(i32::MAX).max(1);
+    let credential = credential.to_owned();
+    let name = format!("getuser grpc by {what} c={concurrency}");
+    closed_loop(&name, concurrency, duration, move |w, n| {
+        let mut client = UserServiceClient::new(channels[w % channels.len()].clone());
+        let id = 1 + i32::try_from((w + n as usize * 7919) % users as usize).unwrap_or(0);
+        let request = authed(&credential, pb::GetUserRequest { id });
+        async move { outcome(client.get_user(request).await) }
     })
     .await
 }
@@ -594,6 +640,60 @@ impl RssSampler {
 }
 
 pub const PASSWORD: &str = "Secure_password123!";
+
+/// Seeds one admin (with a live session) and one service account with an API key of every
+/// scope, through the crate's storage code; returns (admin access token, API key).
+pub async fn seed_service(
+    db: &instachatico_auth::db::DbPool,
+    jwt: &instachatico_auth::crypto::jwt::JwtKeys,
+    password_hash: &str,
+) -> (String, String) {
+    use instachatico_auth::crypto::jwt::Subject;
+    use instachatico_auth::db::models::{api_keys, sessions, users};
+    use instachatico_auth::model::{ApiKey, NewUserRecord, Role, Scope, Session, SessionId};
+    use sha2::Digest;
+    let now = chrono::Utc::now();
+    let mut conn = db.get().await.expect("db");
+    let record = NewUserRecord {
+        username: "benchadmin".into(),
+        email: "benchadmin@example.com".into(),
+        password_hash: password_hash.to_owned(),
+        role: Role::Admin,
+        created_at: now,
+    };
+    let admin = users::insert(&mut conn, &record).await.expect("seed admin");
+    let session = Session {
+        id: SessionId::random(),
+        user_id: admin.id,
+        created_at: now,
+        refreshed_at: now,
+        expires_at: now + chrono::Duration::hours(24),
+        revoked_at: None,
+        ip_address: None,
+        user_agent: Some("loadgen".into()),
+    };
+    sessions::insert(&mut conn, &session).await.expect("seed admin session");
+    let subject = Subject { user_id: admin.id, username: "benchadmin", role: Role::Admin, session: &session.id };
+    let token = jwt.issue(&subject, now, now + chrono::Duration::hours(24)).expect("token");
+    let account = api_keys::insert_account(&mut conn, "loadgen", "", now).await.expect("seed account");
+    // A fixed, well-formed key: 16 hex digits of id, 43 base64url characters of secret.
+    let (id, secret) = ("0123456789abcdef", "b".repeat(43));
+    let hash: String = sha2::Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    let key = ApiKey {
+        id: id.to_owned(),
+        service_account_id: account.id,
+        name: "loadgen".into(),
+        secret_sha256: hash,
+        scopes: Scope::ALL.to_vec(),
+        allowed_cidrs: Vec::new(),
+        expires_at: None,
+        created_at: now,
+        revoked_at: None,
+        last_used_at: None,
+    };
+    api_keys::insert_key(&mut conn, &key).await.expect("seed key");
+    (token, format!("iak_{id}_{secret}"))
+}
 
 /// Seeds `n` users (all with `password_hash`, a hash of [`PASSWORD`]) and one live session
 /// each, through the crate's own storage code; returns their credentials and access tokens

@@ -13,6 +13,7 @@ use harness::WrkCall;
 async fn target(s: &TestServer, json: bool) -> (harness::Target, Option<Envoy>) {
     let hash = bcrypt::hash(harness::PASSWORD, 10).unwrap();
     let (users, tokens) = harness::seed(s.app().db(), s.app().jwt(), 20, &hash).await;
+    let (admin_token, api_key) = harness::seed_service(s.app().db(), s.app().jwt(), &hash).await;
     let envoy = if json { Envoy::start(&[s.upstream()]).await } else { None };
     let target = harness::Target {
         grpc_url: s.url.clone(),
@@ -20,6 +21,8 @@ async fn target(s: &TestServer, json: bool) -> (harness::Target, Option<Envoy>) 
         users,
         tokens,
         pid: Some(std::process::id()),
+        api_key: Some(api_key),
+        admin_token: Some(admin_token),
     };
     (target, envoy)
 }
@@ -45,6 +48,10 @@ async fn every_scenario_runs(s: TestServer) {
     flows(&harness::null_rpc(&target, 4, second).await);
     flows(&harness::getme_grpc(&target, 4, second).await);
     flows(&harness::login(&target, 2, second).await);
+    flows(&harness::introspect_grpc(&target, 4, second).await);
+    for (credential, what) in [(&target.api_key, "api key"), (&target.admin_token, "admin session")] {
+        flows(&harness::get_user_grpc(&target, credential.as_deref().unwrap(), what, 4, second).await);
+    }
 
     let (logins, probes) = harness::storm(&target, 40, 2, Duration::from_secs(10)).await;
     assert_eq!(logins.ok + logins.shed + logins.errors, 40, "every login answered: {}", logins.summary());
