@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fails when the test suite's logs contain a secret the suite used: a password, a backend
-# bearer token, a JWT, a signing or encryption key, or a password hash. Run after the tests.
+# bearer token, a JWT, an API key, a signing or encryption key, or a password hash. Run after the tests.
 set -euo pipefail
 log="${1:-target/tmp/integration.log}"
 [ -s "$log" ] || { echo "check-logs: $log is missing or empty: the suite logged nothing to check" >&2; exit 1; }
@@ -12,6 +12,7 @@ patterns=(
   'Hunter2_secret'                          # the password inside a malformed JSON body
   'bearer_token_[0-9]+|[a-z]+-backend-token|mia-token|rita-token|new_token_456'   # backend bearer tokens
   'eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}'   # JWTs
+  'iak_[0-9a-f]{16}_[A-Za-z0-9_-]{20,}'       # API keys (their secret part)
   'integration-test-jwt-secret|the-next-jwt-secret-key'   # JWT signing keys
   'g602nvWSC-IbC-O3i9E48oG5l8cHoY9ppxtX898Nk0o|KSDEUmaWmBWPfjVWm8Pkru5oXPd2OaHkVt0xXkx-Qbg'   # Fernet keys
   'gAAAAA[A-Za-z0-9_=-]{20,}'               # Fernet tokens (encrypted bearer tokens)
