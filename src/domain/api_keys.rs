@@ -123,10 +123,18 @@ impl App {
         let caller = match self.key_cache().get(id) {
             Some(caller) => caller,
             None => {
+                let invalid = Error::Unauthenticated("Invalid API key");
+                if self.key_cache().is_known_unknown(id) {
+                    return Err(invalid);
+                }
                 let generation = self.key_cache().generation_before_read();
                 let mut conn = self.db().get().await?;
-                let key = api_keys::find_key(&mut conn, id).await?.ok_or(Error::Unauthenticated("Invalid API key"))?;
+                let found = api_keys::find_key(&mut conn, id).await?;
                 drop(conn);
+                let Some(key) = found else {
+                    self.key_cache().put_unknown(id, generation);
+                    return Err(invalid);
+                };
                 let caller = Arc::new(ServiceCaller { key });
                 self.key_cache().put(Arc::clone(&caller), generation);
                 caller

@@ -51,9 +51,10 @@ impl Action {
         )
     }
 
-    /// Whether the event ends or changes API keys that replicas may have cached.
+    /// Whether the event ends, changes or creates API keys that replicas may have cached (a
+    /// new key's id may be cached as unknown).
     pub fn changes_api_keys(self) -> bool {
-        matches!(self, Self::ServiceAccountDelete | Self::ApiKeyRevoke | Self::ApiKeyRotate)
+        matches!(self, Self::ServiceAccountDelete | Self::ApiKeyCreate | Self::ApiKeyRevoke | Self::ApiKeyRotate)
     }
 
     pub fn as_str(self) -> &'static str {

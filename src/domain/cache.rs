@@ -133,6 +133,9 @@ impl PrincipalCache {
 /// entry filled under an older generation is a miss, like [`PrincipalCache`]'s.
 pub struct KeyCache {
     entries: Option<moka::sync::Cache<String, (Arc<ServiceCaller>, u64)>>,
+    /// Ids no key has, so a flood of made-up keys costs no query each (kept apart from the
+    /// entries, so it cannot evict them). A new key drops them all, like any key change.
+    unknown: Option<moka::sync::Cache<String, u64>>,
     generation: AtomicU64,
     trustworthy: AtomicBool,
     /// Keys whose use this replica wrote in the last minute (`last_used_at` is coalesced).
@@ -151,9 +154,12 @@ impl KeyCache {
     pub fn new(ttl: Duration, needs_listener: bool) -> Self {
         let entries =
             (!ttl.is_zero()).then(|| moka::sync::Cache::builder().max_capacity(MAX_KEYS).time_to_live(ttl).build());
+        let unknown =
+            (!ttl.is_zero()).then(|| moka::sync::Cache::builder().max_capacity(MAX_KEYS).time_to_live(ttl).build());
         let once_a_minute = || moka::sync::Cache::builder().max_capacity(MAX_KEYS).time_to_live(TOUCH_EVERY).build();
         Self {
             entries,
+            unknown,
             generation: AtomicU64::new(1),
             trustworthy: AtomicBool::new(!needs_listener),
             touched: once_a_minute(),
@@ -175,6 +181,19 @@ impl KeyCache {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// Whether `id` was looked up and found to be no key's (since the last key change).
+    pub fn is_known_unknown(&self, id: &str) -> bool {
+        let Some(unknown) = &self.unknown else { return false };
+        self.trustworthy.load(Ordering::Acquire)
+            && unknown.get(id).is_some_and(|generation| generation == self.generation.load(Ordering::Acquire))
+    }
+
+    pub fn put_unknown(&self, id: &str, generation: u64) {
+        if let Some(unknown) = &self.unknown {
+            unknown.insert(id.to_owned(), generation);
+        }
+    }
+
     pub fn put(&self, caller: Arc<ServiceCaller>, generation: u64) {
         if let Some(entries) = &self.entries {
             entries.insert(caller.key.id.clone(), (caller, generation));
@@ -185,6 +204,9 @@ impl KeyCache {
         self.generation.fetch_add(1, Ordering::AcqRel);
         if let Some(entries) = &self.entries {
             entries.invalidate_all();
+        }
+        if let Some(unknown) = &self.unknown {
+            unknown.invalidate_all();
         }
     }
 
@@ -287,5 +309,41 @@ mod tests {
             "past the session's end"
         );
         assert!(PrincipalCache::new(Duration::ZERO, false).get("ta", now).is_none());
+    }
+
+    #[test]
+    fn key_cache_drops_everything_on_any_key_change_and_stale_reads_never_fill_it() {
+        let cache = KeyCache::new(Duration::from_secs(60), false);
+        let now = chrono::Utc::now();
+        let key = crate::model::ApiKey {
+            id: "0123456789abcdef".into(),
+            service_account_id: crate::model::ServiceAccountId(1),
+            name: "k".into(),
+            secret_sha256: String::new(),
+            scopes: vec![],
+            allowed_cidrs: vec![],
+            expires_at: None,
+            created_at: now,
+            revoked_at: None,
+            last_used_at: None,
+        };
+        let caller = Arc::new(ServiceCaller { key });
+        cache.put(Arc::clone(&caller), cache.generation_before_read());
+        cache.put_unknown("fedcba9876543210", cache.generation_before_read());
+        assert!(cache.get("0123456789abcdef").is_some());
+        assert!(cache.is_known_unknown("fedcba9876543210"));
+        // A read that began before a revocation must not fill a fresh-looking entry.
+        let before = cache.generation_before_read();
+        cache.invalidate_all();
+        assert!(cache.get("0123456789abcdef").is_none());
+        assert!(!cache.is_known_unknown("fedcba9876543210"), "a new key may have that id now");
+        cache.put(Arc::clone(&caller), before);
+        cache.put_unknown("fedcba9876543210", before);
+        assert!(cache.get("0123456789abcdef").is_none());
+        assert!(!cache.is_known_unknown("fedcba9876543210"));
+        // Untrusted (listener down): nothing is served from memory.
+        cache.put(Arc::clone(&caller), cache.generation_before_read());
+        cache.set_trustworthy(false);
+        assert!(cache.get("0123456789abcdef").is_none());
     }
 }
