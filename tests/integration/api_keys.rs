@@ -553,6 +553,27 @@ async fn service_calls_in_json_through_envoy(s: TestServer) {
     assert_eq!(r.status, 403, "{r:?}");
     assert_eq!(api.get("/api/v1/users/me", Some(&key)).await.status, 403);
     assert_eq!(api.get("/api/v1/users", Some(&key)).await.status, 200);
+    // grpc-web through Envoy: the same key, the same rules.
+    let grpc_web = |method: &str| {
+        reqwest::Client::builder()
+            .http1_only()
+            .build()
+            .unwrap()
+            .post(format!("{}/instachatico.auth.v1.UserService/{method}", envoy.url))
+            .header("content-type", "application/grpc-web+proto")
+            .header("authorization", format!("Bearer {key}"))
+            .body(vec![0u8; 5])
+    };
+    for (method, expected) in [("ListUsers", "grpc-status:0"), ("GetMe", "grpc-status:7")] {
+        let reply = grpc_web(method).send().await.unwrap();
+        assert_eq!(reply.status(), 200);
+        let in_headers = reply.headers().get("grpc-status").map(|v| format!("grpc-status:{}", v.to_str().unwrap()));
+        let body = String::from_utf8_lossy(&reply.bytes().await.unwrap()).into_owned();
+        assert!(
+            in_headers.as_deref() == Some(expected) || body.contains(expected),
+            "{method}: {in_headers:?} {body:?}"
+        );
+    }
     let r = api.call(reqwest::Method::DELETE, &format!("/api/v1/service-accounts/{account}"), Some(&admin), None).await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(api.get("/api/v1/users", Some(&key)).await.status, 401);
