@@ -166,6 +166,7 @@ async fn run_scenario(
             let _ = harness::getme_grpc(&target, 8, Duration::from_secs(2)).await;
         }
         let sampler = RssSampler::start(service.pid());
+        let cpu_before = harness::cpu_time(service.pid());
         let mut produced = match (scenario, c) {
             ("null", Some(c)) => vec![harness::null_rpc(&target, c, seconds).await],
             ("getme", Some(c)) => vec![harness::getme_grpc(&target, c, seconds).await],
@@ -216,6 +217,13 @@ async fn run_scenario(
         let peak = sampler.finish();
         for report in produced.iter_mut().filter(|r| r.measures_service) {
             report.peak_rss_kib = Some(peak);
+        }
+        // The service's CPU per request of a closed-loop run (one report per service): what the
+        // call costs the service, apart from the load generator sharing the machine.
+        if let [report] = produced.as_mut_slice()
+            && matches!(scenario, "null" | "getme" | "getme-eddsa" | "introspect")
+        {
+            report.notes.push(harness::cpu_per_request(report, &[("service", service.pid(), cpu_before)]));
         }
         reports.extend(produced);
     }

@@ -50,8 +50,18 @@ fn parse(token: &str) -> Option<(&str, &str)> {
 }
 
 fn secret_sha256(secret: &str) -> String {
-    let digest = Sha256::digest(secret.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    hex(&Sha256::digest(secret.as_bytes()))
+}
+
+/// Lowercase hex, in one allocation (it runs on every API-key call).
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
 }
 
 /// A fresh key: its public id and the whole key (shown once).
@@ -61,7 +71,7 @@ fn generate() -> (String, SecretString, String) {
     rng.fill_bytes(&mut id);
     let mut secret = [0u8; SECRET_BYTES];
     rng.fill_bytes(&mut secret);
-    let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let id = hex(&id);
     let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
     let hash = secret_sha256(&secret);
     let token = SecretString::from(format!("{KEY_PREFIX}{id}_{secret}"));
@@ -112,11 +122,12 @@ impl Refusal {
 
 impl App {
     /// The service behind `token` (`iak_...`), if the key is live, its secret right, the client
-    /// address allowed and the key within its rate limit.
+    /// address allowed and the key within its rate limit. `client` is asked only when the key
+    /// has an allow-list or is refused (the hot path reads no header).
     pub async fn authenticate_api_key(
         &self,
         token: &str,
-        client: &ClientInfo,
+        client: impl Fn() -> ClientInfo + Send,
         now: DateTime<Utc>,
     ) -> Result<Arc<ServiceCaller>> {
         let (id, secret) = parse(token).ok_or(Error::Unauthenticated("Invalid API key"))?;
@@ -146,14 +157,14 @@ impl App {
             Some(Refusal::BadSecret)
         } else if !key.is_live(now) {
             Some(Refusal::Ended)
-        } else if !address_allowed(&key.allowed_cidrs, client.ip) {
+        } else if !key.allowed_cidrs.is_empty() && !address_allowed(&key.allowed_cidrs, client().ip) {
             Some(Refusal::Address)
         } else {
             None
         };
         if let Some(refusal) = refusal {
             crate::metrics::api_key_refused(refusal.reason());
-            self.audit_refusal(key, refusal, client, now).await;
+            self.audit_refusal(key, refusal, &client(), now).await;
             return Err(refusal.error());
         }
         self.inner.key_limiter.check(key.id.clone()).inspect_err(|_| crate::metrics::rate_limited("api_key"))?;
@@ -449,6 +460,7 @@ mod tests {
         assert_eq!(parsed_id, id);
         assert_eq!(secret_sha256(secret), hash);
         assert_ne!(generate().0, id, "ids are random");
+        assert_eq!(secret_sha256("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
     #[test]

@@ -220,7 +220,8 @@ impl KeyCache {
 
     /// True once a minute per key: time to write its `last_used_at`.
     pub fn due_for_touch(&self, id: &str) -> bool {
-        self.touched.entry(id.to_owned()).or_insert(()).is_fresh()
+        // The common answer (no) with a read only, no allocation.
+        !self.touched.contains_key(id) && self.touched.entry(id.to_owned()).or_insert(()).is_fresh()
     }
 
     /// True once a minute per key: time to audit its refusal.

@@ -260,7 +260,7 @@ async fn authorize(
     }
     let now = Utc::now();
     if is_api_key(token) {
-        let service = app.authenticate_api_key(token, &ips.client_info_http(headers, extensions), now).await?;
+        let service = app.authenticate_api_key(token, || ips.client_info_http(headers, extensions), now).await?;
         return match rule.scope {
             Some(scope) if service.has(scope) => Ok(Some(Caller::Service(service))),
             Some(_) => Err(Error::PermissionDenied("API key lacks the scope this call needs")),
