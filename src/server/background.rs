@@ -10,7 +10,7 @@ use crate::domain::App;
 
 /// How often `grpc.health.v1` re-checks the database (and the start-up key check's outcome).
 const HEALTH_PROBE_EVERY: Duration = Duration::from_secs(5);
-/// How often expired rate-limit, throttling and session rows are dropped.
+/// How often expired rate-limit, throttling, session and (with a retention) audit rows are dropped.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 
 /// Keeps `grpc.health.v1` truthful about the database.
