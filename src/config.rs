@@ -225,6 +225,11 @@ pub struct Config {
     #[arg(long, env = "BCRYPT_MAX_WAIT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=60000), global = true)]
     pub bcrypt_max_wait_ms: u64,
 
+    /// Days audit entries are kept; older ones are dropped by the periodic housekeeping. Unset or
+    /// 0 keeps them forever.
+    #[arg(long, env = "AUDIT_RETENTION_DAYS", global = true)]
+    pub audit_retention_days: Option<String>,
+
     /// Database connections per process.
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=512), global = true)]
     pub db_pool_size: u32,

@@ -37,6 +37,11 @@ pub fn suspicious_address() {
     metrics::counter!("auth_suspicious_address_alerts_total").increment(1);
 }
 
+/// Rows the housekeeping purges deleted from `table`.
+pub fn purged_rows(table: &'static str, rows: usize) {
+    metrics::counter!("auth_purged_rows_total", "table" => table).increment(rows as u64);
+}
+
 pub fn active_sessions(count: i64) {
     #[expect(clippy::cast_precision_loss, reason = "a gauge; exact beyond 2^53 sessions is moot")]
     metrics::gauge!("auth_active_sessions").set(count as f64);

@@ -133,7 +133,7 @@ pub async fn build_app(settings: &Settings) -> anyhow::Result<App> {
     let key_cache = crate::domain::cache::KeyCache::new(settings.session_cache_ttl, replicated);
     let keys = settings.keys.clone();
     let crypto = crate::domain::Crypto { hasher, jwt: keys.jwt, cipher: keys.cipher, names: keys.names };
-    let app = App::new(pool, crypto, settings.sessions, settings.security, (cache, key_cache));
+    let app = App::new(pool, crypto, settings.sessions, settings.security, settings.retention, (cache, key_cache));
     check_stored_tokens(&app, settings.app_env).await?;
     Ok(app)
 }

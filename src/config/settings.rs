@@ -14,7 +14,7 @@ use super::keys::{Keys, Resolved};
 use super::{AppEnv, Config};
 use crate::crypto::password::{MAX_COST, MIN_COST};
 use crate::db::{DbTarget, PoolOptions};
-use crate::domain::{SecurityPolicy, SessionPolicy};
+use crate::domain::{RetentionPolicy, SecurityPolicy, SessionPolicy};
 
 /// Longest Unix socket path (`sun_path` holds 108 bytes with the terminating NUL).
 const MAX_SOCKET_PATH_BYTES: usize = 107;
@@ -31,6 +31,7 @@ pub struct Settings {
     pub sessions: SessionPolicy,
     pub security: SecurityPolicy,
     pub hashing: Hashing,
+    pub retention: RetentionPolicy,
     /// How long an authenticated session may be served from memory; zero is off.
     pub session_cache_ttl: Duration,
     /// The first admin (ADMIN_*), created at start-up unless the username exists.
@@ -81,6 +82,7 @@ impl Settings {
         let cors_origins = cors_origins(&config.frontend_url)?;
         let trusted_proxies = trusted_proxies(&config.trusted_proxies)?;
         let hashing = hashing(config)?;
+        let retention = RetentionPolicy { audit: audit_retention(config.audit_retention_days.as_deref())? };
         let admin = admin_account(config)?;
         let keys = Resolved::read(config)?;
         for risk in risky_settings(config, &keys, &trusted_proxies, metrics) {
@@ -108,6 +110,7 @@ impl Settings {
                 allow_registration: config.allow_registration,
             },
             hashing,
+            retention,
             session_cache_ttl: Duration::from_millis(config.session_cache_ttl_ms),
             admin,
             listen,
@@ -117,6 +120,24 @@ impl Settings {
             trusted_proxies,
             request_timeout: Duration::from_secs(config.request_timeout_seconds),
         })
+    }
+}
+
+/// Longest AUDIT_RETENTION_DAYS: a century (and far from where `now - days` would overflow).
+const MAX_AUDIT_RETENTION_DAYS: u32 = 36_500;
+
+/// AUDIT_RETENTION_DAYS: `None` (keep forever) when unset, empty or 0.
+fn audit_retention(value: Option<&str>) -> anyhow::Result<Option<chrono::Duration>> {
+    let value = value.unwrap_or_default().trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    match value.parse::<u32>() {
+        Ok(0) => Ok(None),
+        Ok(days) if days <= MAX_AUDIT_RETENTION_DAYS => Ok(Some(chrono::Duration::days(i64::from(days)))),
+        _ => bail!(
+            "AUDIT_RETENTION_DAYS must be a whole number of days from 1 to {MAX_AUDIT_RETENTION_DAYS}, or 0 (or unset) to keep audit entries forever; got {value:?}"
+        ),
     }
 }
 
@@ -329,10 +350,23 @@ mod tests {
         assert_eq!(nets, ["10.0.0.0/8", "192.168.1.7/32"]);
     }
 
+    /// Audit entries are kept forever unless AUDIT_RETENTION_DAYS says otherwise.
+    #[test]
+    fn audit_retention_defaults_to_forever() {
+        let retention = |args: &[&str]| Settings::from_config(&config(args)).unwrap().retention.audit;
+        assert_eq!(retention(&[]), None);
+        assert_eq!(retention(&["--audit-retention-days", "0"]), None);
+        assert_eq!(retention(&["--audit-retention-days", " 30 "]), Some(chrono::Duration::days(30)));
+        assert_eq!(retention(&["--audit-retention-days", "36500"]), Some(chrono::Duration::days(36_500)));
+    }
+
     #[test]
     fn a_bad_setting_is_named() {
         let long = format!("/tmp/{}/proxy.sock", "d".repeat(120));
-        let cases: [(&[&str], &str); 9] = [
+        let cases: [(&[&str], &str); 12] = [
+            (&["--audit-retention-days=-3"], "AUDIT_RETENTION_DAYS must be a whole number of days"),
+            (&["--audit-retention-days", "90d"], "AUDIT_RETENTION_DAYS must be a whole number of days"),
+            (&["--audit-retention-days", "99999999"], "AUDIT_RETENTION_DAYS must be a whole number of days"),
             (&["--host", "localhost"], "HOST must be an IP address"),
             (&["--metrics-addr", "9464"], "METRICS_ADDR must be host:port"),
             (&["--frontend-url", "localhost:5173"], "FRONTEND_URL"),

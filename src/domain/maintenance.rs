@@ -1,18 +1,40 @@
 //! Upkeep: periodic cleanup of state that only grows (drained rate-limit keys, old throttling
-//! rows, long-ended sessions), and re-encryption of backend tokens after a key rotation.
+//! rows, long-ended sessions, audit entries past AUDIT_RETENTION_DAYS), and re-encryption of
+//! backend tokens after a key rotation.
+
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
+use futures_util::future::BoxFuture;
 
 use super::App;
 use super::audit::{self, Action, Event};
 use super::types::{ClientInfo, UserId};
 use crate::crypto::secrets::KeyUsed;
-use crate::db::models::{backends, rate_limits, sessions, throttles};
+use crate::db::DbConn;
+use crate::db::models::{audit as audit_rows, backends, rate_limits, sessions, throttles};
 use crate::error::Result;
 use secrecy::ExposeSecret;
 
 /// Ended sessions are kept this long (the audit log keeps the history).
 const KEEP_ENDED_SESSIONS: i64 = 7;
+
+/// Rows one purge statement deletes at most. Each batch is its own short transaction, so a
+/// purge of millions of rows never holds a lock for long (on SQLite, the one write lock: the
+/// service's own writes take their turn between batches).
+pub const PURGE_BATCH: i64 = 2000;
+
+/// What one round of housekeeping deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub sessions: usize,
+    pub rate_limits: usize,
+    pub throttles: usize,
+    pub audit: usize,
+}
+
+/// One batch of a purge: deletes at most `limit` rows, returns how many.
+type Batch = Arc<dyn for<'c> Fn(&'c mut DbConn, i64) -> BoxFuture<'c, Result<usize>> + Send + Sync>;
 
 /// What the start-up key check found.
 #[derive(Debug, Clone, Default)]
@@ -51,16 +73,73 @@ impl App {
     }
 
     /// One round of cleanup; safe to run on every replica at once.
-    pub async fn housekeeping(&self, now: DateTime<Utc>) -> Result<()> {
+    pub async fn housekeeping(&self, now: DateTime<Utc>) -> Result<Purged> {
         self.inner.api_limiter.shrink();
         self.inner.key_limiter.shrink();
+        let purged = self.purge(now, PURGE_BATCH).await?;
         let mut conn = self.db().get().await?;
-        rate_limits::purge(&mut conn, now.timestamp_micros()).await?;
-        throttles::purge(&mut conn, now - Duration::days(1), now).await?;
-        sessions::purge_ended(&mut conn, now - Duration::days(KEEP_ENDED_SESSIONS)).await?;
         let live = sessions::count_live(&mut conn, now).await?;
         crate::metrics::active_sessions(live);
-        Ok(())
+        Ok(purged)
+    }
+
+    /// Deletes what has outlived its use as of `now`, `batch` rows per statement: drained
+    /// rate-limit keys, throttling rows untouched for a day (lock over), sessions ended
+    /// [`KEEP_ENDED_SESSIONS`] days ago, audit entries older than AUDIT_RETENTION_DAYS (if set).
+    pub async fn purge(&self, now: DateTime<Utc>, batch: i64) -> Result<Purged> {
+        let at = now.timestamp_micros();
+        let rate_limits = self
+            .purge_in_batches("rate_limits", batch, Arc::new(move |c, n| Box::pin(rate_limits::purge(c, at, n))))
+            .await?;
+        let idle = now - Duration::days(1);
+        let throttles = self
+            .purge_in_batches(
+                "login_throttles",
+                batch,
+                Arc::new(move |c, n| Box::pin(throttles::purge(c, idle, now, n))),
+            )
+            .await?;
+        let ended = now - Duration::days(KEEP_ENDED_SESSIONS);
+        let sessions = self
+            .purge_in_batches("sessions", batch, Arc::new(move |c, n| Box::pin(sessions::purge_ended(c, ended, n))))
+            .await?;
+        let audit = match self.inner.retention.audit {
+            Some(keep) => {
+                let before = now - keep;
+                self.purge_in_batches(
+                    "audit_logs",
+                    batch,
+                    Arc::new(move |c, n| Box::pin(audit_rows::purge_before(c, before, n))),
+                )
+                .await?
+            }
+            None => 0,
+        };
+        Ok(Purged { sessions, rate_limits, throttles, audit })
+    }
+
+    /// Runs `delete` until a batch comes back short, each batch in its own write transaction,
+    /// letting other tasks run in between; logs and counts what went.
+    async fn purge_in_batches(&self, table: &'static str, batch: i64, delete: Batch) -> Result<usize> {
+        let batch = batch.max(1);
+        let (started, mut total, mut batches) = (std::time::Instant::now(), 0, 0);
+        loop {
+            let delete = Arc::clone(&delete);
+            let deleted = self.db().write(Box::new(move |c| delete(c, batch))).await?;
+            total += deleted;
+            batches += 1;
+            crate::metrics::purged_rows(table, deleted);
+            if i64::try_from(deleted).map_or(true, |d| d < batch) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        if total > 0 {
+            tracing::info!(table, rows = total, batches, elapsed_ms = started.elapsed().as_millis(), "purged");
+        } else {
+            tracing::debug!(table, "nothing to purge");
+        }
+        Ok(total)
     }
 
     /// Re-encrypts every stored backend token that is not under the current `ENCRYPTION_KEY`,

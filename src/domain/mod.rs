@@ -53,6 +53,13 @@ pub struct SecurityPolicy {
     pub allow_registration: bool,
 }
 
+/// What housekeeping keeps.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RetentionPolicy {
+    /// How long audit entries are kept (AUDIT_RETENTION_DAYS); `None` keeps them forever.
+    pub audit: Option<Duration>,
+}
+
 /// The keys and hashing the rules use.
 pub struct Crypto {
     pub hasher: PasswordHasher,
@@ -74,6 +81,7 @@ pub struct AppInner {
     pub cipher: TokenCipher,
     pub sessions: SessionPolicy,
     pub security: SecurityPolicy,
+    pub retention: RetentionPolicy,
     pub(crate) api_limiter: limits::ApiLimiter,
     pub(crate) key_limiter: limits::ApiLimiter<String>,
     pub cache: cache::PrincipalCache,
@@ -89,6 +97,7 @@ impl App {
         crypto: Crypto,
         sessions: SessionPolicy,
         security: SecurityPolicy,
+        retention: RetentionPolicy,
         caches: (cache::PrincipalCache, cache::KeyCache),
     ) -> Self {
         let Crypto { hasher, jwt, cipher, names } = crypto;
@@ -103,6 +112,7 @@ impl App {
                 cipher,
                 sessions,
                 security,
+                retention,
                 api_limiter,
                 key_limiter,
                 cache,

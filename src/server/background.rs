@@ -10,7 +10,7 @@ use crate::domain::App;
 
 /// How often `grpc.health.v1` re-checks the database (and the start-up key check's outcome).
 const HEALTH_PROBE_EVERY: Duration = Duration::from_secs(5);
-/// How often expired rate-limit, throttling and session rows are dropped.
+/// How often expired rate-limit, throttling, session and (with a retention) audit rows are dropped.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 
 /// Keeps `grpc.health.v1` truthful about the database.
@@ -60,6 +60,9 @@ pub async fn listen_for_invalidations(app: App, url: String) {
 /// Periodic cleanup of growing state (see `App::housekeeping`).
 pub async fn housekeeping(app: App) {
     let mut every = tokio::time::interval(HOUSEKEEPING_EVERY);
+    // A round working off a large backlog may outlast the period: start the next one a full
+    // period after it ends, not at once to catch up.
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
         if let Err(e) = app.housekeeping(Utc::now()).await {

@@ -31,5 +31,6 @@ mod replicas;
 mod security;
 mod signing;
 mod tokens;
+mod upkeep;
 mod validation;
 mod web;

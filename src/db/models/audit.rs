@@ -2,8 +2,10 @@
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
+use diesel::sql_types::Timestamp;
 use diesel_async::RunQueryDsl;
 
+use crate::db::models::delete_batch;
 use crate::db::schema::audit_logs;
 use crate::db::{DbConn, map_err};
 use crate::db_run;
@@ -69,6 +71,14 @@ pub async fn insert(conn: &mut DbConn, entry: &AuditEntry) -> Result<()> {
             .await
             .map(drop)
             .map_err(map_err)
+    })
+}
+
+/// Deletes up to `limit` entries written before `before`; returns how many.
+pub async fn purge_before(conn: &mut DbConn, before: DateTime<Utc>, limit: i64) -> Result<usize> {
+    let before = before.naive_utc();
+    db_run!(conn, "audit::purge_before": {
+        delete_batch!(conn, "audit_logs", "created_at < {p}1", limit, Timestamp = before)
     })
 }
 

@@ -4,9 +4,10 @@
 
 use diesel::dsl::case_when;
 use diesel::prelude::*;
-
+use diesel::sql_types::BigInt;
 use diesel_async::RunQueryDsl;
 
+use crate::db::models::delete_batch;
 use crate::db::schema::rate_limits;
 use crate::db::{DbConn, map_err};
 use crate::db_run;
@@ -40,12 +41,10 @@ pub async fn acquire(conn: &mut DbConn, key: &str, now: i64, interval: i64, tole
     Ok(Some((tat - tolerance - now).max(1)))
 }
 
-/// Drops keys whose state has fully drained (a missing row means a full bucket).
-pub async fn purge(conn: &mut DbConn, now: i64) -> Result<usize> {
+/// Drops up to `limit` keys whose state has fully drained (a missing row means a full bucket);
+/// returns how many.
+pub async fn purge(conn: &mut DbConn, now: i64, limit: i64) -> Result<usize> {
     db_run!(conn, "rate_limits::purge": {
-        diesel::delete(rate_limits::table.filter(rate_limits::tat.lt(now)))
-            .execute(conn)
-            .await
-            .map_err(map_err)
+        delete_batch!(conn, "rate_limits", "tat < {p}1", limit, BigInt = now)
     })
 }

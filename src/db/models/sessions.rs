@@ -2,9 +2,11 @@
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
+use diesel::sql_types::Timestamp;
 use diesel_async::RunQueryDsl;
 
 use super::{BackendRow, UserRow};
+use crate::db::models::delete_batch;
 use crate::db::schema::{sessions, user_backends, users};
 use crate::db::{DbConn, map_err};
 use crate::db_run;
@@ -173,14 +175,12 @@ pub async fn revoke_owned(conn: &mut DbConn, id: &SessionId, user_id: UserId, no
     })
 }
 
-/// Deletes sessions that ended before `before` (revoked or expired).
-pub async fn purge_ended(conn: &mut DbConn, before: DateTime<Utc>) -> Result<usize> {
+/// Deletes up to `limit` sessions that ended before `before` (revoked or expired); returns how
+/// many.
+pub async fn purge_ended(conn: &mut DbConn, before: DateTime<Utc>, limit: i64) -> Result<usize> {
     let before = before.naive_utc();
     db_run!(conn, "sessions::purge_ended": {
-        diesel::delete(sessions::table.filter(sessions::expires_at.lt(before).or(sessions::revoked_at.lt(before))))
-            .execute(conn)
-            .await
-            .map_err(map_err)
+        delete_batch!(conn, "sessions", "expires_at < {p}1 OR revoked_at < {p}1", limit, Timestamp = before)
     })
 }
 

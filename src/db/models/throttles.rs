@@ -2,8 +2,10 @@
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
+use diesel::sql_types::Timestamp;
 use diesel_async::RunQueryDsl;
 
+use crate::db::models::delete_batch;
 use crate::db::schema::login_throttles;
 use crate::db::{DbConn, map_err};
 use crate::db_run;
@@ -85,17 +87,18 @@ pub async fn clear_subject(conn: &mut DbConn, subject: &str) -> Result<usize> {
     })
 }
 
-/// Drops rows untouched since `before` whose lock (if any) has ended.
-pub async fn purge(conn: &mut DbConn, before: DateTime<Utc>, now: DateTime<Utc>) -> Result<usize> {
+/// Drops up to `limit` rows untouched since `before` whose lock (if any) has ended; returns how
+/// many.
+pub async fn purge(conn: &mut DbConn, before: DateTime<Utc>, now: DateTime<Utc>, limit: i64) -> Result<usize> {
     let (before, now) = (before.naive_utc(), now.naive_utc());
     db_run!(conn, "throttles::purge": {
-        diesel::delete(
-            login_throttles::table
-                .filter(login_throttles::updated_at.lt(before))
-                .filter(login_throttles::locked_until.is_null().or(login_throttles::locked_until.lt(now))),
+        delete_batch!(
+            conn,
+            "login_throttles",
+            "updated_at < {p}1 AND (locked_until IS NULL OR locked_until < {p}2)",
+            limit,
+            Timestamp = before,
+            Timestamp = now,
         )
-        .execute(conn)
-        .await
-        .map_err(map_err)
     })
 }
