@@ -648,33 +648,12 @@ pub async fn seed_service(
     jwt: &instachatico_auth::crypto::jwt::JwtKeys,
     password_hash: &str,
 ) -> (String, String) {
-    use instachatico_auth::crypto::jwt::Subject;
-    use instachatico_auth::db::models::{api_keys, sessions, users};
-    use instachatico_auth::model::{ApiKey, NewUserRecord, Role, Scope, Session, SessionId};
+    use instachatico_auth::db::models::api_keys;
+    use instachatico_auth::model::{ApiKey, Role, Scope};
     use sha2::Digest;
     let now = chrono::Utc::now();
     let mut conn = db.get().await.expect("db");
-    let record = NewUserRecord {
-        username: "benchadmin".into(),
-        email: "benchadmin@example.com".into(),
-        password_hash: password_hash.to_owned(),
-        role: Role::Admin,
-        created_at: now,
-    };
-    let admin = users::insert(&mut conn, &record).await.expect("seed admin");
-    let session = Session {
-        id: SessionId::random(),
-        user_id: admin.id,
-        created_at: now,
-        refreshed_at: now,
-        expires_at: now + chrono::Duration::hours(24),
-        revoked_at: None,
-        ip_address: None,
-        user_agent: Some("loadgen".into()),
-    };
-    sessions::insert(&mut conn, &session).await.expect("seed admin session");
-    let subject = Subject { user_id: admin.id, username: "benchadmin", role: Role::Admin, session: &session.id };
-    let token = jwt.issue(&subject, now, now + chrono::Duration::hours(24)).expect("token");
+    let token = seed_account(&mut conn, jwt, "benchadmin", Role::Admin, password_hash, now).await;
     let account = api_keys::insert_account(&mut conn, "loadgen", "", now).await.expect("seed account");
     // A fixed, well-formed key: 16 hex digits of id, 43 base64url characters of secret.
     let (id, secret) = ("0123456789abcdef", "b".repeat(43));
@@ -704,42 +683,50 @@ pub async fn seed(
     n: usize,
     password_hash: &str,
 ) -> (Vec<(String, String)>, Vec<String>) {
-    use instachatico_auth::crypto::jwt::Subject;
-    use instachatico_auth::db::models::{sessions, users};
-    use instachatico_auth::model::{NewUserRecord, Role, Session, SessionId};
+    use instachatico_auth::model::Role;
     let now = chrono::Utc::now();
     let mut conn = db.get().await.expect("db");
     let (mut credentials, mut tokens) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..n {
         let username = format!("bench{i:04}");
-        let email = format!("{username}@example.com");
-        let user = users::insert(
-            &mut conn,
-            &NewUserRecord {
-                username: username.clone(),
-                email,
-                password_hash: password_hash.to_owned(),
-                role: Role::User,
-                created_at: now,
-            },
-        )
-        .await
-        .expect("seed user");
-        let session = Session {
-            id: SessionId::random(),
-            user_id: user.id,
-            created_at: now,
-            refreshed_at: now,
-            expires_at: now + chrono::Duration::hours(24),
-            revoked_at: None,
-            ip_address: None,
-            user_agent: Some("loadgen".into()),
-        };
-        sessions::insert(&mut conn, &session).await.expect("seed session");
-        let subject = Subject { user_id: user.id, username: &username, role: Role::User, session: &session.id };
-        let token = jwt.issue(&subject, now, now + chrono::Duration::hours(24)).expect("token");
+        let token = seed_account(&mut conn, jwt, &username, Role::User, password_hash, now).await;
         credentials.push((username, PASSWORD.to_owned()));
         tokens.push(token);
     }
     (credentials, tokens)
+}
+
+/// One account `username` with `role`, a live session of a day, and that session's token.
+async fn seed_account(
+    conn: &mut instachatico_auth::db::DbConn,
+    jwt: &instachatico_auth::crypto::jwt::JwtKeys,
+    username: &str,
+    role: instachatico_auth::model::Role,
+    password_hash: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> String {
+    use instachatico_auth::crypto::jwt::Subject;
+    use instachatico_auth::db::models::{sessions, users};
+    use instachatico_auth::model::{NewUserRecord, Session, SessionId};
+    let record = NewUserRecord {
+        username: username.to_owned(),
+        email: format!("{username}@example.com"),
+        password_hash: password_hash.to_owned(),
+        role,
+        created_at: now,
+    };
+    let user = users::insert(conn, &record).await.expect("seed user");
+    let session = Session {
+        id: SessionId::random(),
+        user_id: user.id,
+        created_at: now,
+        refreshed_at: now,
+        expires_at: now + chrono::Duration::hours(24),
+        revoked_at: None,
+        ip_address: None,
+        user_agent: Some("loadgen".into()),
+    };
+    sessions::insert(conn, &session).await.expect("seed session");
+    let subject = Subject { user_id: user.id, username, role, session: &session.id };
+    jwt.issue(&subject, now, now + chrono::Duration::hours(24)).expect("token")
 }

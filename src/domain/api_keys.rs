@@ -40,10 +40,15 @@ pub fn is_api_key(token: &str) -> bool {
     token.starts_with(KEY_PREFIX)
 }
 
+/// Whether `id` has the form of a key's public id: 16 lowercase hex digits.
+pub fn is_key_id(id: &str) -> bool {
+    id.len() == ID_HEX && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// The public id and secret of a well-formed key.
 fn parse(token: &str) -> Option<(&str, &str)> {
     let (id, secret) = token.strip_prefix(KEY_PREFIX)?.split_once('_')?;
-    let id_ok = id.len() == ID_HEX && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let id_ok = is_key_id(id);
     let secret_ok =
         secret.len() == SECRET_CHARS && secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     (id_ok && secret_ok).then_some((id, secret))

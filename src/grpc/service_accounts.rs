@@ -9,7 +9,7 @@ use super::convert::timestamp;
 use super::meta::ClientIpPolicy;
 use super::principal;
 use crate::domain::App;
-use crate::domain::api_keys::{IssuedKey, NewApiKey, ROTATION_GRACE_DEFAULT, ROTATION_GRACE_MAX};
+use crate::domain::api_keys::{IssuedKey, NewApiKey, ROTATION_GRACE_DEFAULT, ROTATION_GRACE_MAX, is_key_id};
 use crate::domain::types::{Actor, ApiKey, ServiceAccount, ServiceAccountId};
 use crate::domain::validate;
 use crate::error::{Error, Result};
@@ -65,8 +65,7 @@ fn account_id(field: &'static str, id: i32) -> Result<ServiceAccountId> {
 
 /// A key id as keys carry it: 16 lowercase hex digits.
 fn key_id(id: &str) -> Result<&str> {
-    let ok = id.len() == 16 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    if ok { Ok(id) } else { Err(Error::invalid("key_id", "must be a key's 16-hex-digit id")) }
+    if is_key_id(id) { Ok(id) } else { Err(Error::invalid("key_id", "must be a key's 16-hex-digit id")) }
 }
 
 impl TryFrom<pb::CreateApiKeyRequest> for NewApiKey {

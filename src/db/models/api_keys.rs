@@ -4,6 +4,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
+use super::lower;
 use crate::db::schema::{api_keys, service_accounts};
 use crate::db::{DbConn, map_err};
 use crate::db_run;
@@ -126,8 +127,6 @@ pub async fn find_account(conn: &mut DbConn, id: ServiceAccountId) -> Result<Opt
     })?;
     Ok(row.map(Into::into))
 }
-
-diesel::define_sql_function!(fn lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text);
 
 /// The account named `name`, case-insensitively.
 pub async fn find_account_by_name(conn: &mut DbConn, name: &str) -> Result<Option<ServiceAccount>> {

@@ -11,6 +11,9 @@ pub mod throttles;
 pub mod users;
 
 use backends::BackendRow;
+
+// SQL's lower(), for the case-insensitive lookups of names (both databases have it).
+diesel::define_sql_function!(fn lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text);
 use users::UserRow;
 
 /// What batched deletes need to know of a backend's SQL: the physical address of a row

@@ -4,14 +4,12 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use super::BackendRow;
+use super::{BackendRow, lower};
 use crate::db::schema::{user_backends, users};
 use crate::db::{DbConn, map_err};
 use crate::db_run;
 use crate::error::Result;
 use crate::model::{NewUserRecord, Role, User, UserEdit, UserId, UserWithBackend};
-
-diesel::define_sql_function!(fn lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text);
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = users)]
