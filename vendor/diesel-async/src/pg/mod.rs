@@ -167,6 +167,9 @@ const FAKE_OID: u32 = 0;
 pub struct AsyncPgConnection {
     conn: tokio_postgres::Client,
     stmt_cache: Mutex<StatementCache<diesel::pg::Pg, Statement>>,
+    // PATCH (PATCHES.md): set when the statement cache is disabled; statements then go out as
+    // one unnamed Parse/Bind/Execute/Sync pipeline instead of a named prepare + execute.
+    unnamed_statements: bool,
     transaction_state: Mutex<AnsiTransactionManager>,
     metadata_cache: Mutex<PgMetadataCache>,
     connection_future: Option<broadcast::Receiver<Arc<tokio_postgres::Error>>>,
@@ -324,6 +327,7 @@ impl AsyncConnection for AsyncPgConnection {
     }
 
     fn set_prepared_statement_cache_size(&mut self, size: CacheSize) {
+        self.unnamed_statements = matches!(size, CacheSize::Disabled);
         self.stmt_cache.get_mut().set_cache_size(size)
     }
 }
@@ -336,12 +340,23 @@ impl Drop for AsyncPgConnection {
     }
 }
 
+/// PATCH (PATCHES.md): what a query runs as: a (cached or not) named prepared statement, or the
+/// SQL and parameter types of an unnamed statement sent in the same pipeline as its execution.
+enum Prepared {
+    Named(Statement),
+    Unnamed(String, Vec<Type>),
+}
+
 async fn load_prepared(
     conn: &tokio_postgres::Client,
-    stmt: Statement,
+    stmt: Prepared,
     binds: Vec<ToSqlHelper>,
 ) -> QueryResult<BoxStream<'static, QueryResult<PgRow>>> {
-    let res = conn.query_raw(&stmt, binds).await.map_err(ErrorHelper)?;
+    let res = match stmt {
+        Prepared::Named(stmt) => conn.query_raw(&stmt, binds).await,
+        Prepared::Unnamed(sql, types) => conn.query_typed_raw(&sql, binds.into_iter().zip(types)).await,
+    }
+    .map_err(ErrorHelper)?;
 
     Ok(res
         .map_err(|e| diesel::result::Error::from(ErrorHelper(e)))
@@ -351,17 +366,27 @@ async fn load_prepared(
 
 async fn execute_prepared(
     conn: &tokio_postgres::Client,
-    stmt: Statement,
+    stmt: Prepared,
     binds: Vec<ToSqlHelper>,
 ) -> QueryResult<usize> {
-    let binds = binds
-        .iter()
-        .map(|b| b as &(dyn ToSql + Sync))
-        .collect::<Vec<_>>();
-
-    let res = tokio_postgres::Client::execute(conn, &stmt, &binds as &[_])
-        .await
-        .map_err(ErrorHelper)?;
+    let res = match stmt {
+        Prepared::Named(stmt) => {
+            let binds = binds
+                .iter()
+                .map(|b| b as &(dyn ToSql + Sync))
+                .collect::<Vec<_>>();
+            tokio_postgres::Client::execute(conn, &stmt, &binds as &[_]).await
+        }
+        Prepared::Unnamed(sql, types) => {
+            let binds = binds
+                .iter()
+                .zip(types)
+                .map(|(b, t)| (b as &(dyn ToSql + Sync), t))
+                .collect::<Vec<_>>();
+            conn.execute_typed(&sql, &binds).await
+        }
+    }
+    .map_err(ErrorHelper)?;
     res.try_into()
         .map_err(|e| diesel::result::Error::DeserializationError(Box::new(e)))
 }
@@ -506,6 +531,7 @@ impl AsyncPgConnection {
         let mut conn = Self {
             conn,
             stmt_cache: Mutex::new(StatementCache::new()),
+            unnamed_statements: false,
             transaction_state: Mutex::new(AnsiTransactionManager::default()),
             metadata_cache: Mutex::new(PgMetadataCache::new()),
             connection_future,
@@ -524,15 +550,10 @@ impl AsyncPgConnection {
         self.conn.cancel_token()
     }
 
+    // PATCH (PATCHES.md): one simple-protocol query instead of two prepared statements, which
+    // run before the statement cache can be disabled and would not survive a pooler.
     async fn set_config_options(&mut self) -> QueryResult<()> {
-        use crate::run_query_dsl::RunQueryDsl;
-
-        futures_util::future::try_join(
-            diesel::sql_query("SET TIME ZONE 'UTC'").execute(&mut &*self),
-            diesel::sql_query("SET CLIENT_ENCODING TO 'UTF8'").execute(&mut &*self),
-        )
-        .await?;
-        Ok(())
+        SimpleAsyncConnection::batch_execute(self, "SET TIME ZONE 'UTC'; SET CLIENT_ENCODING TO 'UTF8'").await
     }
 
     fn run_with_connection_future<'a, R: 'a>(
@@ -546,7 +567,7 @@ impl AsyncPgConnection {
     fn with_prepared_statement<'a, T, F, R>(
         &'a self,
         query: T,
-        callback: fn(&'a tokio_postgres::Client, Statement, Vec<ToSqlHelper>) -> F,
+        callback: fn(&'a tokio_postgres::Client, Prepared, Vec<ToSqlHelper>) -> F,
     ) -> BoxFuture<'a, QueryResult<R>>
     where
         T: QueryFragment<diesel::pg::Pg> + QueryId,
@@ -580,7 +601,7 @@ impl AsyncPgConnection {
 
     fn with_prepared_statement_after_sql_built<'a, F, R>(
         &'a self,
-        callback: fn(&'a tokio_postgres::Client, Statement, Vec<ToSqlHelper>) -> F,
+        callback: fn(&'a tokio_postgres::Client, Prepared, Vec<ToSqlHelper>) -> F,
         is_safe_to_cache_prepared: QueryResult<bool>,
         query_id: Option<std::any::TypeId>,
         to_sql_result: QueryResult<()>,
@@ -592,6 +613,7 @@ impl AsyncPgConnection {
         R: Send,
     {
         let raw_connection = &self.conn;
+        let unnamed_statements = self.unnamed_statements;
         let stmt_cache = &self.stmt_cache;
         let metadata_cache = &self.metadata_cache;
         let tm = &self.transaction_state;
@@ -661,14 +683,21 @@ impl AsyncPgConnection {
                         })?;
                 }
             }
-            let stmt = {
+            let stmt = if unnamed_statements {
+                let types = bind_collector
+                    .metadata
+                    .iter()
+                    .map(type_from_oid)
+                    .collect::<QueryResult<Vec<_>>>()?;
+                Prepared::Unnamed(sql.clone(), types)
+            } else {
                 let mut stmt_cache = stmt_cache.lock().await;
                 let helper = QueryFragmentHelper {
                     sql: sql.clone(),
                     safe_to_cache: is_safe_to_cache_prepared,
                 };
                 let instrumentation = Arc::clone(&instrumentation);
-                stmt_cache
+                let stmt = stmt_cache
                     .cached_statement_non_generic(
                         query_id,
                         &helper,
@@ -685,7 +714,8 @@ impl AsyncPgConnection {
                     )
                     .await?
                     .0
-                    .clone()
+                    .clone();
+                Prepared::Named(stmt)
             };
 
             let binds = bind_collector
@@ -694,7 +724,7 @@ impl AsyncPgConnection {
                 .zip(bind_collector.binds)
                 .map(|(meta, bind)| ToSqlHelper(meta, bind))
                 .collect::<Vec<_>>();
-                callback(raw_connection, stmt.clone(), binds).await
+                callback(raw_connection, stmt, binds).await
             };
             let res = res.await;
             let mut tm = tm.lock().await;
