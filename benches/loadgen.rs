@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use harness::{Report, RssSampler, Target, WrkCall};
-use process::{Envoy, ServiceProcess, Upstream};
+use process::{Envoy, PgBouncer, ServiceProcess, Upstream};
 use secrecy::{ExposeSecret, SecretString};
 
 const JWT_SECRET: &str = "loadgen-jwt-secret-0123456789-abcdefghijklmnop";
@@ -28,7 +28,8 @@ const FERNET_KEY: &str = "KSDEUmaWmBWPfjVWm8Pkru5oXPd2OaHkVt0xXkx-Qbg=";
 #[derive(Debug, Parser)]
 #[command(about = "Load scenarios against a real instachatico-auth (release build)")]
 struct Args {
-    /// Databases to run on.
+    /// Databases to run on: sqlite, postgres; also postgres-unnamed (DB_PREPARED_STATEMENTS=false,
+    /// direct) and pgbouncer (the same through a PgBouncer in transaction mode, LISTEN direct).
     #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
     db: Vec<String>,
     /// Scenarios: null, getme, json, login, storm, sustained; also getme-eddsa (GetMe with
@@ -66,6 +67,10 @@ struct Args {
     /// deployed) or `tcp` (its port), to compare the two.
     #[arg(long, default_value = "unix")]
     envoy_upstream: String,
+    /// KEY=VALUE settings added to every service's environment (e.g. SESSION_CACHE_TTL_MS=0, so
+    /// that every GetMe reads the database).
+    #[arg(long, value_delimiter = ',')]
+    service_env: Vec<String>,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -141,7 +146,12 @@ async fn run_scenario(
     };
     for c in runs {
         // A fresh service per run: one run's leftovers never colour the next.
-        let service = ServiceProcess::spawn(&database.service_env(scenario == "getme-eddsa"));
+        let mut env = database.service_env(scenario == "getme-eddsa");
+        env.extend(args.service_env.iter().map(|setting| {
+            let (key, value) = setting.split_once('=').expect("--service-env KEY=VALUE");
+            (key.to_owned(), value.to_owned())
+        }));
+        let service = ServiceProcess::spawn(&env);
         let upstream = if args.envoy_upstream == "tcp" {
             Upstream::Tcp(service.addr)
         } else {
@@ -276,7 +286,11 @@ async fn envoy_ceiling(target: &Target, connections: usize, seconds: Duration) -
 /// A throwaway database with the schema applied, and the Ed25519 key of the EdDSA runs.
 struct Database {
     kind: String,
+    /// Where the harness seeds it (directly).
     url: String,
+    /// The service's DATABASE_URL and its other database settings.
+    service_db: Vec<(&'static str, String)>,
+    _bouncer: Option<PgBouncer>,
     pg_admin: Option<(String, String)>,
     signing_key: instachatico_auth::crypto::jwt::Ed25519SigningKey,
     _dir: tempfile::TempDir,
@@ -298,7 +312,7 @@ impl Database {
         let dir = tempfile::tempdir().unwrap();
         let (url, pg_admin) = match kind {
             "sqlite" => (dir.path().join("bench.db").to_string_lossy().into_owned(), None),
-            "postgres" => {
+            "postgres" | "postgres-unnamed" | "pgbouncer" => {
                 let name = format!("ia_bench_{}", uuid::Uuid::new_v4().simple());
                 let mut conn =
                     diesel_async::AsyncPgConnection::establish(pg_url).await.expect("PostgreSQL for the benchmark");
@@ -307,17 +321,32 @@ impl Database {
                 url.set_path(&format!("/{name}"));
                 (url.to_string(), Some((pg_url.to_owned(), name)))
             }
-            other => panic!("unknown database {other}: sqlite or postgres"),
+            other => panic!("unknown database {other}: sqlite, postgres, postgres-unnamed or pgbouncer"),
         };
+        let mut service_db = vec![("DATABASE_URL", url.clone())];
+        let mut bouncer = None;
+        if kind == "pgbouncer" {
+            // As many server connections as the service's pool: this measures the hop, not a queue.
+            let started = PgBouncer::start(pg_url, 16).await.expect("pgbouncer for the benchmark");
+            service_db = vec![("DATABASE_URL", started.url_of(&url)), ("DATABASE_LISTEN_URL", url.clone())];
+            bouncer = Some(started);
+        }
+        if kind != "postgres" && kind != "sqlite" {
+            service_db.push(("DB_PREPARED_STATEMENTS", "false".to_owned()));
+        }
         let target = instachatico_auth::db::DbTarget::parse(&url).unwrap();
         instachatico_auth::db::migrate(&target).await.unwrap();
         let signing_key = instachatico_auth::crypto::jwt::Ed25519SigningKey::generate();
-        Self { kind: kind.to_owned(), url, pg_admin, signing_key, _dir: dir }
+        Self { kind: kind.to_owned(), url, service_db, _bouncer: bouncer, pg_admin, signing_key, _dir: dir }
     }
 
     async fn seed(&self, n: usize, cost: u32) -> Seeded {
         let target = instachatico_auth::db::DbTarget::parse(&self.url).unwrap();
-        let options = instachatico_auth::db::PoolOptions { max_size: 2, wait_timeout: Duration::from_secs(10) };
+        let options = instachatico_auth::db::PoolOptions {
+            max_size: 2,
+            wait_timeout: Duration::from_secs(10),
+            prepared_statements: true,
+        };
         let pool = instachatico_auth::db::DbPool::connect(&target, options).await.unwrap();
         let jwt =
             instachatico_auth::crypto::jwt::JwtKeys::new(&SecretString::from(JWT_SECRET.to_owned()), &[]).unwrap();
@@ -352,18 +381,18 @@ impl Database {
         Seeded { users, tokens, eddsa_tokens, admin_token, api_key }
     }
 
-    fn service_env(&self, eddsa: bool) -> Vec<(&'static str, String)> {
+    fn service_env(&self, eddsa: bool) -> Vec<(String, String)> {
         let mut env = self.base_env();
         if eddsa {
             env.push(("JWT_ALGORITHM", "EdDSA".to_owned()));
             env.push(("JWT_SIGNING_KEY", self.signing_key.to_pem().unwrap().expose_secret().to_owned()));
         }
-        env
+        env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
     }
 
     fn base_env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("DATABASE_URL", self.url.clone()),
+        let mut env = self.service_db.clone();
+        env.extend([
             ("JWT_SECRET_KEY", JWT_SECRET.to_owned()),
             ("ENCRYPTION_KEY", FERNET_KEY.to_owned()),
             ("BCRYPT_COST", "12".to_owned()),
@@ -373,7 +402,8 @@ impl Database {
             ("RATE_LIMIT_API_KEY_PER_MINUTE", "0".to_owned()),
             ("LOGIN_THROTTLE_THRESHOLD", "1000".to_owned()),
             ("LOG_LEVEL", "warn,instachatico_auth::server=info".to_owned()),
-        ]
+        ]);
+        env
     }
 
     async fn drop(self) {

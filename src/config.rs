@@ -79,6 +79,18 @@ pub struct Config {
     #[arg(long, env = "DATABASE_URL", value_parser = database_url, global = true, hide_env_values = true)]
     pub database_url: Option<DatabaseUrl>,
 
+    /// PostgreSQL for this replica's LISTEN (cross-replica cache invalidation), which needs a
+    /// session of its own: when DATABASE_URL goes through a PgBouncer in transaction mode,
+    /// point this at PostgreSQL directly. Default: DATABASE_URL.
+    #[arg(long, env = "DATABASE_LISTEN_URL", value_parser = database_url, global = true, hide_env_values = true)]
+    pub database_listen_url: Option<DatabaseUrl>,
+
+    /// PostgreSQL: keep named prepared statements per connection (parsed and planned once).
+    /// Set false behind a PgBouncer in transaction (or statement) pooling mode: every
+    /// statement then goes out unnamed, parsed with its execution in one round trip.
+    #[arg(long, env = "DB_PREPARED_STATEMENTS", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub db_prepared_statements: bool,
+
     /// Directory for the default SQLite database and generated development keys.
     #[arg(long, env = "DATA_DIR", default_value = "data", global = true)]
     pub data_dir: PathBuf,

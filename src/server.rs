@@ -220,9 +220,10 @@ async fn serve(
     health_reporter.set_serving::<UserServiceServer<UserApi>>().await;
     let probe = tokio::spawn(background::probe_database(app.clone(), health_reporter));
     let janitor = tokio::spawn(background::housekeeping(app.clone()));
-    let listener_task = match settings.database {
-        DbTarget::Postgres(url) => Some(tokio::spawn(background::listen_for_invalidations(app.clone(), url))),
-        DbTarget::Sqlite(_) => None,
+    // DATABASE_LISTEN_URL (default DATABASE_URL): LISTEN needs a session, not a pooler's turn.
+    let listener_task = match settings.listen_database {
+        Some(DbTarget::Postgres(url)) => Some(tokio::spawn(background::listen_for_invalidations(app.clone(), url))),
+        Some(DbTarget::Sqlite(_)) | None => None,
     };
 
     let auth =

@@ -125,6 +125,23 @@ impl Drop for ServiceProcess {
 /// Where a stopped process's log lines go (the test suite's secret scan).
 pub static LOG_SINK: std::sync::OnceLock<fn(&[String])> = std::sync::OnceLock::new();
 
+/// The first candidate binary that runs `--version`; `None` when none does, reported by
+/// [`skipped`] with `missing` (under CI=true that fails the test).
+fn first_that_runs(candidates: [Option<std::path::PathBuf>; 3], missing: &str) -> Option<std::path::PathBuf> {
+    let found = candidates.into_iter().flatten().find(|bin| {
+        std::process::Command::new(bin)
+            .arg("--version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if found.is_none() {
+        skipped(missing);
+    }
+    found
+}
+
 /// Where Envoy sends requests: a service's proxy socket (as deployed) or its TCP port (a proxy
 /// the service does not trust unless TRUSTED_PROXIES says so).
 #[derive(Clone, Debug)]
@@ -162,20 +179,10 @@ impl Envoy {
             Some(root.join(".venv/bin/envoy")),
             Some(std::path::PathBuf::from("envoy")),
         ];
-        let found = candidates.into_iter().flatten().find(|bin| {
-            std::process::Command::new(bin)
-                .arg("--version")
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        });
-        if found.is_none() {
-            skipped(
-                "no envoy binary ($ENVOY_BIN, .venv/bin/envoy or PATH; ./scripts/test installs it): what goes through Envoy did not run",
-            );
-        }
-        found
+        first_that_runs(
+            candidates,
+            "no envoy binary ($ENVOY_BIN, .venv/bin/envoy or PATH; ./scripts/test installs it): what goes through Envoy did not run",
+        )
     }
 
     pub async fn start<U: Clone + Into<Upstream>>(upstreams: &[U]) -> Option<Self> {
@@ -296,6 +303,112 @@ impl Envoy {
 }
 
 impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real PgBouncer (Debian's `pgbouncer`) in transaction pooling mode in front of the
+/// PostgreSQL server of a URL, on a free port: each database of that server is reachable through
+/// it under its own name, `pool_size` server connections per database. `server_reset_query` and
+/// the rest keep their defaults, as a fleet's PgBouncer would have them.
+pub struct PgBouncer {
+    pub port: u16,
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl PgBouncer {
+    /// $PGBOUNCER_BIN, `pgbouncer` on PATH or Debian's /usr/sbin/pgbouncer. `None` when there is
+    /// none, reported by [`skipped`] (under CI=true that fails the test).
+    pub fn binary() -> Option<std::path::PathBuf> {
+        let candidates = [
+            std::env::var_os("PGBOUNCER_BIN").map(std::path::PathBuf::from),
+            Some(std::path::PathBuf::from("pgbouncer")),
+            Some(std::path::PathBuf::from("/usr/sbin/pgbouncer")),
+        ];
+        first_that_runs(
+            candidates,
+            "no pgbouncer ($PGBOUNCER_BIN, PATH or /usr/sbin; ./scripts/test installs Debian's): what goes through PgBouncer did not run",
+        )
+    }
+
+    /// Starts one in front of the server `server_url` names (its host, port, user, password).
+    pub async fn start(server_url: &str, pool_size: usize) -> Option<Self> {
+        let bin = Self::binary()?;
+        let server = url::Url::parse(server_url).expect("a PostgreSQL URL");
+        let (host, pg_port) = (server.host_str().unwrap_or("127.0.0.1"), server.port().unwrap_or(5432));
+        let user = if server.username().is_empty() { "postgres" } else { server.username() };
+        // Clients are trusted; PgBouncer logs in to PostgreSQL with the auth_file's password.
+        let users = format!("\"{user}\" \"{}\"\n", server.password().unwrap_or_default());
+        // PgBouncer refuses to run as root; as root, it switches to the postgres user, which must
+        // then read its files.
+        let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
+        for _attempt in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let dir = tempfile::tempdir().unwrap();
+            let auth_file = dir.path().join("users.txt");
+            std::fs::write(&auth_file, &users).unwrap();
+            let config = format!(
+                "[databases]\n* = host={host} port={pg_port}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\nauth_type = trust\nauth_file = {}\npool_mode = transaction\ndefault_pool_size = {pool_size}\nmax_client_conn = 500\n{}",
+                auth_file.display(),
+                if root { "user = postgres\n" } else { "" }
+            );
+            let ini = dir.path().join("pgbouncer.ini");
+            std::fs::write(&ini, config).unwrap();
+            if root {
+                use std::os::unix::fs::PermissionsExt;
+                for (path, mode) in [(dir.path(), 0o755), (auth_file.as_path(), 0o644), (ini.as_path(), 0o644)] {
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+                }
+            }
+            let log = std::fs::File::create(dir.path().join("pgbouncer.log")).unwrap();
+            let child = std::process::Command::new(&bin)
+                .arg(&ini)
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn pgbouncer");
+            let mut bouncer = Self { port, child, dir };
+            if bouncer.wait_ready().await {
+                return Some(bouncer);
+            }
+            let _ = bouncer.child.kill();
+            let _ = bouncer.child.wait();
+        }
+        panic!("pgbouncer did not start");
+    }
+
+    /// Ready when its port accepts and it still runs (another process may have taken the port,
+    /// and then PgBouncer exits).
+    async fn wait_ready(&mut self) -> bool {
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                return matches!(self.child.try_wait(), Ok(None));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// `url`, a database of the server, as reached through this PgBouncer.
+    pub fn url_of(&self, url: &str) -> String {
+        let mut url = url::Url::parse(url).expect("a PostgreSQL URL");
+        url.set_host(Some("127.0.0.1")).unwrap();
+        url.set_port(Some(self.port)).unwrap();
+        url.to_string()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("pgbouncer.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PgBouncer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -31,14 +31,15 @@ ensure_pyjwt() {
   .venv/bin/pip install --quiet --disable-pip-version-check "PyJWT[crypto]==$PYJWT_VERSION"
 }
 
-# Debian's Chromium (browser test), wrk (JSON load) and openssl (the TLS test's certificate and
-# client), and the npm packages of the browser test (tests/browser: playwright-core, connect-web,
-# swagger-ui-dist) and of the third-party client test (tests/clients: connect-node, buf).
+# Debian's Chromium (browser test), wrk (JSON load), openssl (the TLS test's certificate and
+# client) and pgbouncer (the suites run again through PgBouncer in transaction mode), and the
+# npm packages of the browser test (tests/browser: playwright-core, connect-web, swagger-ui-dist) and of the third-party client test (tests/clients: connect-node, buf).
 ensure_test_deps() {
   local missing=()
   [ -x /usr/bin/chromium ] || missing+=(chromium chromium-driver)
   command -v wrk >/dev/null 2>&1 || missing+=(wrk)
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+  command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
       echo "Installing Debian ${missing[*]} ..." >&2

@@ -26,6 +26,9 @@ pub struct Settings {
     /// `production` refuses what `development` only warns about.
     pub app_env: AppEnv,
     pub database: DbTarget,
+    /// Where this replica LISTENs for the others' invalidations (DATABASE_LISTEN_URL, else
+    /// DATABASE_URL); `None` on SQLite, which has one process and no replicas.
+    pub listen_database: Option<DbTarget>,
     pub pool: PoolOptions,
     pub keys: Keys,
     pub sessions: SessionPolicy,
@@ -76,6 +79,7 @@ impl Settings {
     /// development without configured keys, the generated key file in DATA_DIR.
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
         let database = config.db_target()?;
+        let listen_database = listen_database(config, &database)?;
         let listen = listen_addr(config)?;
         let metrics = metrics_addr(&config.metrics_addr)?;
         let proxy_socket = proxy_socket_path(config)?;
@@ -94,7 +98,12 @@ impl Settings {
         Ok(Self {
             app_env: config.app_env,
             database,
-            pool: PoolOptions { max_size: config.db_pool_size as usize, wait_timeout: Duration::from_secs(5) },
+            listen_database,
+            pool: PoolOptions {
+                max_size: config.db_pool_size as usize,
+                wait_timeout: Duration::from_secs(5),
+                prepared_statements: config.db_prepared_statements,
+            },
             keys: keys.commit()?,
             sessions: SessionPolicy {
                 token_lifetime: chrono::Duration::minutes(i64::from(config.jwt_expiration_minutes)),
@@ -120,6 +129,26 @@ impl Settings {
             trusted_proxies,
             request_timeout: Duration::from_secs(config.request_timeout_seconds),
         })
+    }
+}
+
+/// DATABASE_LISTEN_URL: a PostgreSQL URL, for a PostgreSQL DATABASE_URL only.
+fn listen_database(config: &Config, database: &DbTarget) -> anyhow::Result<Option<DbTarget>> {
+    let given = config.database_listen_url.as_ref().map(|u| u.as_str().trim()).filter(|u| !u.is_empty());
+    match (database, given) {
+        (DbTarget::Sqlite(_), None) => Ok(None),
+        (DbTarget::Sqlite(_), Some(_)) => {
+            bail!(
+                "DATABASE_LISTEN_URL is for PostgreSQL replicas; DATABASE_URL is a SQLite file: unset DATABASE_LISTEN_URL"
+            )
+        }
+        (DbTarget::Postgres(_), None) => Ok(Some(database.clone())),
+        (DbTarget::Postgres(_), Some(url)) => match DbTarget::parse(url) {
+            Ok(target @ DbTarget::Postgres(_)) => Ok(Some(target)),
+            _ => bail!(
+                "DATABASE_LISTEN_URL must be a postgres:// or postgresql:// URL of the same database as DATABASE_URL, reached directly (not through a transaction-pooling PgBouncer)"
+            ),
+        },
     }
 }
 
@@ -289,6 +318,13 @@ fn risky_settings(
     if config.rate_limit_api_key_per_minute == 0 {
         add(false, "RATE_LIMIT_API_KEY_PER_MINUTE=0: requests per API key are not limited".into());
     }
+    let postgres = matches!(config.db_target(), Ok(DbTarget::Postgres(_)));
+    if postgres && !config.db_prepared_statements && config.database_listen_url.is_none() {
+        add(
+            false,
+            "DB_PREPARED_STATEMENTS=false without DATABASE_LISTEN_URL: if DATABASE_URL is a PgBouncer in transaction mode, LISTEN hears nothing and revocations reach other replicas only when their cache expires; point DATABASE_LISTEN_URL at PostgreSQL directly".into(),
+        );
+    }
     found
 }
 
@@ -324,6 +360,34 @@ mod tests {
         assert!(!format!("{settings:#?}").contains(FERNET));
         let DbTarget::Postgres(real) = &settings.database else { panic!("postgres") };
         assert_eq!(real, &url, "only the printing is redacted");
+    }
+
+    /// LISTEN needs a session: its URL defaults to DATABASE_URL, must be PostgreSQL, means
+    /// nothing on SQLite; DB_PREPARED_STATEMENTS reaches the pool.
+    #[test]
+    fn listen_url_and_prepared_statements() {
+        let direct = "postgres://postgres@10.0.0.5:5432/auth";
+        let bouncer = "postgres://postgres@127.0.0.1:6432/auth";
+        let settings = Settings::from_config(&config(&["--database-url", direct])).unwrap();
+        assert_eq!(settings.listen_database, Some(DbTarget::Postgres(direct.into())));
+        assert!(settings.pool.prepared_statements, "on by default");
+        let args = ["--database-url", bouncer, "--database-listen-url", direct, "--db-prepared-statements", "false"];
+        let settings = Settings::from_config(&config(&args)).unwrap();
+        assert_eq!(settings.listen_database, Some(DbTarget::Postgres(direct.into())));
+        assert_eq!(settings.database, DbTarget::Postgres(bouncer.into()));
+        assert!(!settings.pool.prepared_statements);
+
+        let sqlite = Settings::from_config(&config(&["--database-url", "sqlite:///x.db"])).unwrap();
+        assert_eq!(sqlite.listen_database, None);
+        let error = Settings::from_config(&config(&["--database-url", "x.db", "--database-listen-url", direct]));
+        assert!(error.unwrap_err().to_string().contains("DATABASE_LISTEN_URL is for PostgreSQL"));
+        let error = Settings::from_config(&config(&["--database-url", direct, "--database-listen-url", "x.db"]));
+        assert!(error.unwrap_err().to_string().contains("DATABASE_LISTEN_URL must be a postgres://"));
+        assert!(Cli::try_parse_from(["instachatico-auth", "--db-prepared-statements", "maybe"]).is_err());
+
+        let secret = format!("postgres://app:{PASSWORD}@10.0.0.5/auth");
+        let settings = Settings::from_config(&config(&["--database-url", bouncer, "--database-listen-url", &secret]));
+        assert!(!format!("{:?}", settings.unwrap()).contains(PASSWORD), "the listen URL prints redacted");
     }
 
     #[test]

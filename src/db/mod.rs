@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use diesel::connection::CacheSize;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sqlite::SqliteConnection;
 use diesel_async::AsyncPgConnection;
@@ -125,6 +126,10 @@ pub struct PoolOptions {
     pub max_size: usize,
     /// How long a request waits for a free connection before failing with UNAVAILABLE.
     pub wait_timeout: Duration,
+    /// PostgreSQL: keep each connection's named prepared statements (`DB_PREPARED_STATEMENTS`).
+    /// Off, every statement goes out as one unnamed Parse/Bind/Execute/Sync pipeline, which a
+    /// PgBouncer in transaction mode can hand to any server connection.
+    pub prepared_statements: bool,
 }
 
 impl DbPool {
@@ -136,6 +141,9 @@ impl DbPool {
                 // Verified recycling costs a round trip per checkout; broken connections are
                 // still detected, and a failed query on a dead one is retried by the client.
                 config.recycling_method = RecyclingMethod::Fast;
+                if !opts.prepared_statements {
+                    config.custom_setup = Box::new(|url| establish_unnamed(url.to_owned()).boxed());
+                }
                 let manager = AsyncDieselConnectionManager::new_with_config(url, config);
                 Self::Postgres(build_pool(manager, opts)?)
             }
@@ -229,6 +237,14 @@ fn prepare_sqlite_file(path: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// A PostgreSQL connection without named prepared statements: the patched diesel-async
+/// (vendor/diesel-async/PATCHES.md) then sends each statement unnamed, in one pipeline.
+async fn establish_unnamed(url: String) -> diesel::ConnectionResult<AsyncPgConnection> {
+    let mut conn = AsyncPgConnection::establish(&url).await?;
+    conn.set_prepared_statement_cache_size(CacheSize::Disabled);
+    Ok(conn)
+}
+
 /// Per-connection SQLite settings: WAL lets readers run beside the writer, busy_timeout makes
 /// concurrent writers wait instead of failing with "database is locked", and foreign keys are
 /// off by default in SQLite.
@@ -253,9 +269,12 @@ async fn setup_sqlite(url: String) -> diesel::ConnectionResult<SqliteConn> {
 pub async fn migrate(target: &DbTarget) -> anyhow::Result<Vec<String>> {
     let applied = match target {
         DbTarget::Postgres(url) => {
-            let conn = AsyncPgConnection::establish(url)
+            let mut conn = AsyncPgConnection::establish(url)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", target.describe()))?;
+            // Run once, nothing to gain from caching; unnamed statements also pass a PgBouncer
+            // in transaction mode, whatever DB_PREPARED_STATEMENTS says.
+            conn.set_prepared_statement_cache_size(CacheSize::Disabled);
             // The async harness blocks on the runtime internally; run it on a blocking thread.
             tokio::task::spawn_blocking(move || {
                 let mut harness = diesel_async::AsyncMigrationHarness::new(conn);
@@ -328,6 +347,13 @@ pub fn map_err(e: DieselError) -> Error {
             tracing::warn!(error = info.message(), "database connection lost");
             Error::Unavailable("database unavailable")
         }
+        // 26000 / 42P05: a named statement went to a server connection that lacks it or has
+        // another of that name, i.e. a pooler that switches connections between statements.
+        DieselError::DatabaseError(kind, info) if is_lost_statement(info.message()) => {
+            Error::Internal(anyhow::Error::new(DieselError::DatabaseError(kind, info)).context(
+                "prepared statement lost between connections: behind PgBouncer in transaction mode, set DB_PREPARED_STATEMENTS=false",
+            ))
+        }
         DieselError::DatabaseError(_, info) if is_transient(info.message()) => {
             tracing::warn!(error = info.message(), "database temporarily unavailable");
             Error::Unavailable("database unavailable")
@@ -342,6 +368,12 @@ fn is_transient(message: &str) -> bool {
     ["terminating connection", "the database system is", "too many connections", "database is locked"]
         .iter()
         .any(|needle| message.contains(needle))
+}
+
+/// PostgreSQL's messages for a named statement missing from, or already on, the connection.
+fn is_lost_statement(message: &str) -> bool {
+    message.contains("prepared statement \"")
+        && (message.ends_with("does not exist") || message.ends_with("already exists"))
 }
 
 /// How often a write that lost to a concurrent one (PostgreSQL: serialization failure or
@@ -482,6 +514,13 @@ mod tests {
             }
         }
         assert!(checked >= 30, "{checked} queries");
+    }
+
+    #[test]
+    fn lost_prepared_statements_are_recognised() {
+        assert!(is_lost_statement("prepared statement \"s12\" does not exist"));
+        assert!(is_lost_statement("prepared statement \"s3\" already exists"));
+        assert!(!is_lost_statement("relation \"users\" does not exist"));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 #[path = "../../benches/harness/process.rs"]
 mod process;
-pub use process::{Envoy, ServiceProcess, Upstream, skipped};
+pub use process::{Envoy, PgBouncer, ServiceProcess, Upstream, skipped};
 
 use clap::Parser;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -35,8 +35,24 @@ pub enum Backend {
 }
 
 /// Generates one `#[tokio::test]` per backend for each listed `async fn name(TestServer)`.
+/// With `and_through_pgbouncer;` first, a third on PostgreSQL through a PgBouncer in
+/// transaction pooling mode ([`Options::through_pgbouncer`]).
 #[macro_export]
 macro_rules! on_both_backends {
+    (and_through_pgbouncer; $($name:ident),* $(,)?) => {
+        $crate::on_both_backends!($($name),*);
+        mod pgbouncer {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let options = $crate::common::Options::default().through_pgbouncer();
+                    if let Some(server) = $crate::common::TestServer::start_with($crate::common::Backend::Postgres, options).await {
+                        super::$name(server).await;
+                    }
+                }
+            )*
+        }
+    };
     ($($name:ident),* $(,)?) => {
         mod sqlite {
             $(
@@ -66,6 +82,8 @@ macro_rules! on_both_backends {
 pub struct Options {
     /// Extra `--flag value` pairs.
     pub args: Vec<(String, String)>,
+    /// PostgreSQL only: DATABASE_URL goes through a PgBouncer in transaction mode.
+    pub pgbouncer: bool,
 }
 
 impl Options {
@@ -73,7 +91,19 @@ impl Options {
         self.args.push((flag.to_owned(), value.into()));
         self
     }
+
+    /// The deployment of issue 18: DATABASE_URL through a PgBouncer in transaction mode with
+    /// fewer server connections than the service's pool (so they are shared and a client's
+    /// consecutive statements land on different ones), DB_PREPARED_STATEMENTS=false, and the
+    /// LISTEN connection direct (DATABASE_LISTEN_URL).
+    pub fn through_pgbouncer(mut self) -> Self {
+        self.pgbouncer = true;
+        self
+    }
 }
+
+/// Server connections per database of the test PgBouncer: below the test pool (4).
+pub const PGBOUNCER_POOL: usize = 2;
 
 pub struct TestServer {
     pub backend: Backend,
@@ -83,6 +113,8 @@ pub struct TestServer {
     pub encryption_key: String,
     args: Vec<String>,
     _dir: tempfile::TempDir,
+    /// Before `pg`: stopped before its database is dropped.
+    bouncer: Option<PgBouncer>,
     pg: Option<PgTestDb>,
 }
 
@@ -92,16 +124,25 @@ impl TestServer {
         Self::start_with(backend, Options::default()).await
     }
 
-    pub async fn start_with(backend: Backend, options: Options) -> Option<Self> {
+    pub async fn start_with(backend: Backend, mut options: Options) -> Option<Self> {
         capture_logs();
         let dir = tempfile::tempdir().expect("tempdir");
-        let (database_url, pg) = match backend {
+        let (mut database_url, pg) = match backend {
             Backend::Sqlite => (dir.path().join("auth.db").to_string_lossy().into_owned(), None),
             Backend::Postgres => {
                 let pg = PgTestDb::create().await?;
                 (pg.url.clone(), Some(pg))
             }
         };
+        let mut bouncer = None;
+        if options.pgbouncer {
+            let direct = pg.as_ref().expect("PgBouncer fronts PostgreSQL").url.clone();
+            let started = PgBouncer::start(&PgTestDb::server_url(), PGBOUNCER_POOL).await?;
+            database_url = started.url_of(&direct);
+            bouncer = Some(started);
+            let pooled = [("database-listen-url", direct.as_str()), ("db-prepared-statements", "false")];
+            options.args.splice(0..0, pooled.map(|(k, v)| (k.to_owned(), v.to_owned())));
+        }
         let encryption_key = python_fixture()["fernet_key"].as_str().expect("fixture key").to_owned();
         let mut settings: Vec<(String, String)> = [
             ("database-url", database_url.as_str()),
@@ -136,7 +177,7 @@ impl TestServer {
         }
         let running = start(&args).await.expect("server starts");
         let url = format!("http://{}", running.addr);
-        Some(Self { backend, running: Some(running), url, database_url, encryption_key, args, _dir: dir, pg })
+        Some(Self { backend, running: Some(running), url, database_url, encryption_key, args, _dir: dir, bouncer, pg })
     }
 
     /// Stops this server and starts another on the same database, with `changes` applied to
@@ -272,7 +313,8 @@ pub struct PgTestDb {
 }
 
 impl PgTestDb {
-    fn server_url() -> String {
+    /// The PostgreSQL server the throwaway databases are created on.
+    pub fn server_url() -> String {
         std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
     }
 

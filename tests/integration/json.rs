@@ -452,6 +452,7 @@ async fn docs_and_every_documented_route_is_served(s: TestServer) {
 }
 
 crate::on_both_backends!(
+    and_through_pgbouncer;
     seed_flow_exactly_as_the_ui_reads_it,
     user_without_backend_prints_defaults,
     every_error_is_detail_json,

@@ -23,6 +23,7 @@ mod hostile;
 mod http1;
 mod json;
 mod observability;
+mod pgbouncer;
 mod proxy_socket;
 mod races;
 mod reflection;

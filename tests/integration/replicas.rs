@@ -1,5 +1,6 @@
-//! Scale-out: two service processes on one PostgreSQL, Envoy round-robin in front. What one
-//! replica revokes, the other refuses within a second.
+//! Scale-out: two service processes on one PostgreSQL (directly, or through a PgBouncer in
+//! transaction mode), Envoy round-robin in front. What one replica revokes, the other refuses
+//! within a second.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,8 @@ use serde_json::json;
 use tonic::Code;
 
 use crate::common::{
-    ADMIN_PASSWORD, ADMIN_USERNAME, Envoy, JWT_SECRET, Json, PgTestDb, ServiceProcess, USER_PASSWORD, authed,
+    ADMIN_PASSWORD, ADMIN_USERNAME, Envoy, JWT_SECRET, Json, PGBOUNCER_POOL, PgBouncer, PgTestDb, ServiceProcess,
+    USER_PASSWORD, authed,
 };
 
 /// Polls GetMe on `replica` until it is refused; returns how long that took.
@@ -30,10 +32,28 @@ async fn refused_within(replica: &ServiceProcess, token: &str, limit: Duration) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_reaches_every_replica() {
+    revocation_reaches_every_replica_of(false).await;
+}
+
+/// The same, with the replicas' queries through a PgBouncer in transaction mode, two server
+/// connections for both pools, and each replica's LISTEN direct (DATABASE_LISTEN_URL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_reaches_every_replica_through_pgbouncer() {
+    revocation_reaches_every_replica_of(true).await;
+}
+
+async fn revocation_reaches_every_replica_of(through_pgbouncer: bool) {
     let Some(pg) = PgTestDb::create().await else { return };
+    let bouncer = if through_pgbouncer {
+        let Some(bouncer) = PgBouncer::start(&PgTestDb::server_url(), PGBOUNCER_POOL).await else { return };
+        Some(bouncer)
+    } else {
+        None
+    };
+    let database_url = bouncer.as_ref().map_or_else(|| pg.url.clone(), |b| b.url_of(&pg.url));
     let fixture = crate::common::python_fixture();
-    let env = [
-        ("DATABASE_URL", pg.url.as_str()),
+    let mut env = vec![
+        ("DATABASE_URL", database_url.as_str()),
         ("JWT_SECRET_KEY", JWT_SECRET),
         ("ENCRYPTION_KEY", fixture["fernet_key"].as_str().unwrap()),
         ("ADMIN_USERNAME", ADMIN_USERNAME),
@@ -43,6 +63,9 @@ async fn revocation_reaches_every_replica() {
         ("RATE_LIMIT_API_PER_MINUTE", "10000"),
         ("LOG_LEVEL", "warn,instachatico_auth::server=info"),
     ];
+    if through_pgbouncer {
+        env.extend([("DATABASE_LISTEN_URL", pg.url.as_str()), ("DB_PREPARED_STATEMENTS", "false")]);
+    }
     let (a, b) = (ServiceProcess::spawn(&env), ServiceProcess::spawn(&env));
     let Some(envoy) = Envoy::start(&[a.socket.clone(), b.socket.clone()]).await else { return };
     let api = Json::new(&envoy.url);

@@ -438,6 +438,7 @@ async fn fernet_key_rotation_loses_nothing(s: TestServer) {
 }
 
 crate::on_both_backends!(
+    and_through_pgbouncer;
     sessions_list_and_revoke,
     session_lifetime_bounds_tokens_and_refresh,
     login_rate_limit_per_address,
