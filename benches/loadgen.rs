@@ -9,6 +9,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "a benchmark tool: a panic is its error report")]
 
+#[path = "harness/fake_backend.rs"]
+mod fake_backend;
 #[path = "harness/mod.rs"]
 mod harness;
 #[path = "harness/process.rs"]
@@ -24,6 +26,8 @@ use secrecy::{ExposeSecret, SecretString};
 
 const JWT_SECRET: &str = "loadgen-jwt-secret-0123456789-abcdefghijklmnop";
 const FERNET_KEY: &str = "KSDEUmaWmBWPfjVWm8Pkru5oXPd2OaHkVt0xXkx-Qbg=";
+/// The proxy scenario's backend token.
+const PROXIED_TOKEN: &str = "loadgen-backend-token";
 
 #[derive(Debug, Parser)]
 #[command(about = "Load scenarios against a real instachatico-auth (release build)")]
@@ -34,7 +38,8 @@ struct Args {
     db: Vec<String>,
     /// Scenarios: null, getme, json, login, storm, sustained; also getme-eddsa (GetMe with
     /// EdDSA-signed tokens), introspect (RFC 7662 by an API key) and apikey (GetUser by an API
-    /// key and by an admin session).
+    /// key and by an admin session), proxy (a request through the backend proxy vs. the same
+    /// request straight to the backend).
     #[arg(long, value_delimiter = ',', default_value = "null,getme,json,login,storm,sustained")]
     scenarios: Vec<String>,
     /// Seconds per closed-loop run.
@@ -138,15 +143,24 @@ async fn run_scenario(
     let seconds = Duration::from_secs(args.seconds);
     let mut reports = Vec::new();
     let runs: Vec<Option<usize>> = match scenario {
-        "null" | "getme" | "json" | "getme-eddsa" | "introspect" | "apikey" => {
+        "null" | "getme" | "json" | "getme-eddsa" | "introspect" | "apikey" | "proxy" => {
             args.concurrency.iter().copied().map(Some).collect()
         }
         "login" => vec![Some(1), Some(8), Some(64)],
         _ => vec![None],
     };
+    // The proxy scenario's backend: a real HTTP server in this process.
+    let backend = if scenario == "proxy" { Some(fake_backend::FakeBackend::start_quiet("bench").await) } else { None };
     for c in runs {
         // A fresh service per run: one run's leftovers never colour the next.
         let mut env = database.service_env(scenario == "getme-eddsa");
+        if let Some(backend) = &backend {
+            env.extend([
+                ("BACKEND_PROXY".to_owned(), "true".to_owned()),
+                ("BACKEND_ALLOWED_HOSTS".to_owned(), backend.addr.to_string()),
+                ("RATE_LIMIT_PROXY_PER_MINUTE".to_owned(), "0".to_owned()),
+            ]);
+        }
         env.extend(args.service_env.iter().map(|setting| {
             let (key, value) = setting.split_once('=').expect("--service-env KEY=VALUE");
             (key.to_owned(), value.to_owned())
@@ -157,9 +171,10 @@ async fn run_scenario(
         } else {
             Upstream::Unix(service.socket.clone())
         };
-        let envoy = if scenario == "json" { Envoy::start(&[upstream]).await } else { None };
-        if scenario == "json" && envoy.is_none() {
-            println!("(no envoy binary: skipping the JSON scenario)");
+        let through_envoy = matches!(scenario, "json" | "proxy");
+        let envoy = if through_envoy { Envoy::start(&[upstream]).await } else { None };
+        if through_envoy && envoy.is_none() {
+            println!("(no envoy binary: skipping the {scenario} scenario)");
             return reports;
         }
         let target = Target {
@@ -204,6 +219,23 @@ async fn run_scenario(
                     reports.push(wrk_measured(name, call, &envoy.url, &target, c, seconds, &watched).await);
                 }
                 reports.extend(envoy_ceiling(&target, c, seconds).await);
+                reports
+            }
+            ("proxy", Some(c)) => {
+                let (envoy, backend) = (envoy.as_ref().expect("Envoy running"), backend.as_ref().expect("backend"));
+                let base = format!("http://{}/api", backend.addr);
+                let credentials = harness::proxy_credentials(&target, &base, PROXIED_TOKEN, 8).await;
+                let proxied = Target { tokens: credentials, ..target.clone() };
+                let direct = Target { tokens: vec![PROXIED_TOKEN.to_owned()], ..target.clone() };
+                let harness_pid = std::process::id();
+                let watched = [("Envoy", envoy.pid()), ("service", service.pid()), ("backend", harness_pid)];
+                let name = format!("GET via the backend proxy c={c}");
+                let call = WrkCall::Get("/backend/feed?limit=20");
+                let mut reports = vec![wrk_measured(name, call, &envoy.url, &proxied, c, seconds, &watched).await];
+                let name = format!("GET straight to the backend c={c}");
+                let call = WrkCall::Get("/api/feed?limit=20");
+                let url = format!("http://{}", backend.addr);
+                reports.push(wrk_measured(name, call, &url, &direct, c, seconds, &[("backend", harness_pid)]).await);
                 reports
             }
             ("login", Some(c)) => vec![harness::login(&target, c, seconds).await],

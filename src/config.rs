@@ -180,6 +180,32 @@ pub struct Config {
     #[arg(long, env = "PROXY_SOCKET", global = true)]
     pub proxy_socket: Option<String>,
 
+    /// Backend proxy mode: Login hands out a proxy credential and BACKEND_PROXY_PUBLIC_URL
+    /// instead of the backend's token and URL, and Envoy forwards requests under that URL to
+    /// the user's backend with the real token (asking this service through ext_authz).
+    #[arg(long, env = "BACKEND_PROXY", default_value_t = false, action = clap::ArgAction::Set, global = true)]
+    pub backend_proxy: bool,
+
+    /// The proxy's public base URL, handed out as `backend_config.api_base_url`; its path is the
+    /// prefix Envoy routes to the proxy.
+    #[arg(long, env = "BACKEND_PROXY_PUBLIC_URL", default_value = "http://localhost:8080/backend", global = true)]
+    pub backend_proxy_public_url: String,
+
+    /// Comma-separated backends users may point at: host patterns with an optional port
+    /// (`api.example.com`, `*.example.com:8443`, `host:*`, `10.0.0.5:9000`) and CIDRs
+    /// (`10.0.0.0/8`). Required with BACKEND_PROXY; when set, backends outside it are refused.
+    #[arg(long, env = "BACKEND_ALLOWED_HOSTS", default_value = "", value_delimiter = ',', global = true)]
+    pub backend_allowed_hosts: Vec<String>,
+
+    /// Login also sets the proxy credential as an HttpOnly, Secure, SameSite=Strict cookie, for
+    /// UIs that want no credential in JavaScript at all.
+    #[arg(long, env = "BACKEND_PROXY_COOKIE", default_value_t = false, action = clap::ArgAction::Set, global = true)]
+    pub backend_proxy_cookie: bool,
+
+    /// Proxied requests per minute per user (per replica); 0 disables.
+    #[arg(long, env = "RATE_LIMIT_PROXY_PER_MINUTE", default_value_t = 600, global = true)]
+    pub rate_limit_proxy_per_minute: u32,
+
     /// First admin, created at start-up if the username does not exist yet.
     #[arg(long, env = "ADMIN_USERNAME", global = true)]
     pub admin_username: Option<String>,

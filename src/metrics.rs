@@ -32,6 +32,14 @@ pub fn api_key_refused(reason: &'static str) {
     metrics::counter!("auth_api_key_refused_total", "reason" => reason).increment(1);
 }
 
+pub fn proxy_refusal(reason: &'static str) {
+    metrics::counter!("auth_proxy_refused_total", "reason" => reason).increment(1);
+}
+
+pub fn proxy_admitted() {
+    metrics::counter!("auth_proxy_admitted_total").increment(1);
+}
+
 /// Seed 9.3's alert: more than 10 failed logins from one address in 5 minutes.
 pub fn suspicious_address() {
     metrics::counter!("auth_suspicious_address_alerts_total").increment(1);

@@ -118,6 +118,8 @@ pub struct Session {
     pub revoked_at: Option<DateTime<Utc>>,
     pub ip_address: Option<String>,
     pub user_agent: Option<String>,
+    /// SHA-256 (hex) of the secret of the session's backend-proxy credential, when it has one.
+    pub proxy_secret_sha256: Option<String>,
 }
 
 /// A user to store.

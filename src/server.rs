@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use http::{HeaderName, HeaderValue, Method};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -24,6 +25,7 @@ use crate::domain::{App, BootstrapOutcome};
 use crate::grpc::audit::AuditApi;
 use crate::grpc::auth::AuthApi;
 use crate::grpc::codec::{CodecLayer, PlainMessageLayer};
+use crate::grpc::ext_authz::ExtAuthzApi;
 use crate::grpc::health::HealthApi;
 use crate::grpc::keys::KeysApi;
 use crate::grpc::service_accounts::ServiceAccountApi;
@@ -133,7 +135,15 @@ pub async fn build_app(settings: &Settings) -> anyhow::Result<App> {
     let key_cache = crate::domain::cache::KeyCache::new(settings.session_cache_ttl, replicated);
     let keys = settings.keys.clone();
     let crypto = crate::domain::Crypto { hasher, jwt: keys.jwt, cipher: keys.cipher, names: keys.names };
-    let app = App::new(pool, crypto, settings.sessions, settings.security, settings.retention, (cache, key_cache));
+    let app = App::new(
+        pool,
+        crypto,
+        settings.sessions,
+        settings.security,
+        settings.retention,
+        (cache, key_cache),
+        settings.backends.clone(),
+    );
     check_stored_tokens(&app, settings.app_env).await?;
     Ok(app)
 }
@@ -235,6 +245,7 @@ async fn serve(
     let audit = AuditServiceServer::new(AuditApi::new(app.clone())).max_decoding_message_size(MAX_REQUEST_BYTES);
     let health = HealthServiceServer::new(HealthApi::new(app.clone()));
     let keys = KeysServiceServer::new(KeysApi::new(app.clone()));
+    let ext_authz = AuthorizationServer::new(ExtAuthzApi::new(app.clone()));
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving gRPC and grpc-web");
@@ -262,6 +273,7 @@ async fn serve(
         .add_service(health)
         .add_service(keys)
         .add_service(service_accounts)
+        .add_service(ext_authz)
         .add_service(grpc_health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);

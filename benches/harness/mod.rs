@@ -463,11 +463,13 @@ pub fn getme_json_wrk(target: &Target, connections: usize, duration: Duration, w
     wrk_getme(&scenario, WrkCall::JsonGetMe, url, target, connections, duration, workdir)
 }
 
-/// What wrk sends: GetMe as the JSON face's `GET /api/v1/users/me`, or as a grpc-web call.
+/// What wrk sends: GetMe as the JSON face's `GET /api/v1/users/me`, or as a grpc-web call; or
+/// a plain `GET` of a path (the backend proxy, or the backend itself).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum WrkCall {
     JsonGetMe,
     GrpcWebGetMe,
+    Get(&'static str),
 }
 
 /// GetMe by wrk against `url`, rotating the target's tokens: the same client work whatever
@@ -484,17 +486,18 @@ pub fn wrk_getme(
 ) -> Report {
     let script = workdir.join("getme.lua");
     let tokens: Vec<String> = target.tokens.iter().map(|t| format!("\"{t}\"")).collect();
+    let get = |path: &str| {
+        format!(r#"wrk.format("GET", "{path}", {{ ["Authorization"] = "Bearer " .. tokens[(i % #tokens) + 1] }})"#)
+    };
     let (path, request, check) = match call {
-        WrkCall::JsonGetMe => (
-            "/api/v1/users/me",
-            r#"wrk.format("GET", "/api/v1/users/me", { ["Authorization"] = "Bearer " .. tokens[(i % #tokens) + 1] })"#,
-            "",
-        ),
+        WrkCall::JsonGetMe => ("/api/v1/users/me", get("/api/v1/users/me"), ""),
+        WrkCall::Get(path) => (path, get(path), ""),
         WrkCall::GrpcWebGetMe => (
             "/instachatico.auth.v1.UserService/GetMe",
             r#"wrk.format("POST", "/instachatico.auth.v1.UserService/GetMe", {
     ["Authorization"] = "Bearer " .. tokens[(i % #tokens) + 1],
-    ["Content-Type"] = "application/grpc-web+proto", ["X-Grpc-Web"] = "1" }, "\0\0\0\0\0")"#,
+    ["Content-Type"] = "application/grpc-web+proto", ["X-Grpc-Web"] = "1" }, "\0\0\0\0\0")"#
+                .to_owned(),
             r#"bad = 0
 response = function(status, headers, body)
   if not body:find("grpc-status:0", 1, true) then bad = bad + 1 end
@@ -725,8 +728,34 @@ async fn seed_account(
         revoked_at: None,
         ip_address: None,
         user_agent: Some("loadgen".into()),
+        proxy_secret_sha256: None,
     };
     sessions::insert(conn, &session).await.expect("seed session");
     let subject = Subject { user_id: user.id, username, role, session: &session.id };
     jwt.issue(&subject, now, now + chrono::Duration::hours(24)).expect("token")
+}
+
+/// A user whose backend is `backend_url` (token `backend_token`), created by the target's admin,
+/// and `n` proxy credentials of theirs (one login each): a proxy-mode service's load.
+pub async fn proxy_credentials(target: &Target, backend_url: &str, backend_token: &str, n: usize) -> Vec<String> {
+    let channel = Channel::from_shared(target.grpc_url.clone()).unwrap().connect().await.expect("connect");
+    let admin = target.admin_token.as_deref().expect("the target's admin");
+    let mut create = Request::new(pb::CreateUserRequest {
+        username: "proxied".into(),
+        email: "proxied@example.com".into(),
+        password: PASSWORD.into(),
+        api_base_url: backend_url.into(),
+        bearer_token: backend_token.into(),
+        ..Default::default()
+    });
+    create.metadata_mut().insert("authorization", format!("Bearer {admin}").parse().unwrap());
+    UserServiceClient::new(channel.clone()).create_user(create).await.expect("create the proxied user");
+    let mut auth = AuthServiceClient::new(channel);
+    let mut credentials = Vec::with_capacity(n);
+    for _ in 0..n {
+        let login = pb::LoginRequest { username: "proxied".into(), password: PASSWORD.into() };
+        let reply = auth.login(login).await.expect("login").into_inner();
+        credentials.push(reply.backend_config.expect("a backend").bearer_token);
+    }
+    credentials
 }

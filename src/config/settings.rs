@@ -14,7 +14,9 @@ use super::keys::{Keys, Resolved};
 use super::{AppEnv, Config};
 use crate::crypto::password::{MAX_COST, MIN_COST};
 use crate::db::{DbTarget, PoolOptions};
-use crate::domain::{RetentionPolicy, SecurityPolicy, SessionPolicy};
+use crate::domain::allowed_hosts::AllowedHosts;
+use crate::domain::proxy::ProxyPolicy;
+use crate::domain::{BackendPolicy, RetentionPolicy, SecurityPolicy, SessionPolicy};
 
 /// Longest Unix socket path (`sun_path` holds 108 bytes with the terminating NUL).
 const MAX_SOCKET_PATH_BYTES: usize = 107;
@@ -35,6 +37,8 @@ pub struct Settings {
     pub security: SecurityPolicy,
     pub hashing: Hashing,
     pub retention: RetentionPolicy,
+    /// BACKEND_ALLOWED_HOSTS and the backend proxy.
+    pub backends: BackendPolicy,
     /// How long an authenticated session may be served from memory; zero is off.
     pub session_cache_ttl: Duration,
     /// The first admin (ADMIN_*), created at start-up unless the username exists.
@@ -88,6 +92,7 @@ impl Settings {
         let hashing = hashing(config)?;
         let retention = RetentionPolicy { audit: audit_retention(config.audit_retention_days.as_deref())? };
         let admin = admin_account(config)?;
+        let backends = backend_policy(config)?;
         let keys = Resolved::read(config)?;
         for risk in risky_settings(config, &keys, &trusted_proxies, metrics) {
             if risk.refuse && config.app_env == AppEnv::Production {
@@ -120,6 +125,7 @@ impl Settings {
             },
             hashing,
             retention,
+            backends,
             session_cache_ttl: Duration::from_millis(config.session_cache_ttl_ms),
             admin,
             listen,
@@ -150,6 +156,52 @@ fn listen_database(config: &Config, database: &DbTarget) -> anyhow::Result<Optio
             ),
         },
     }
+}
+
+/// BACKEND_ALLOWED_HOSTS, BACKEND_PROXY and its settings.
+fn backend_policy(config: &Config) -> anyhow::Result<BackendPolicy> {
+    let allowed_hosts =
+        AllowedHosts::parse(&config.backend_allowed_hosts).map_err(|e| anyhow!("BACKEND_ALLOWED_HOSTS: {e}"))?;
+    if !config.backend_proxy {
+        if config.backend_proxy_cookie {
+            bail!("BACKEND_PROXY_COOKIE=true needs BACKEND_PROXY=true");
+        }
+        return Ok(BackendPolicy { allowed_hosts, proxy: None });
+    }
+    if allowed_hosts.is_empty() {
+        bail!(
+            "BACKEND_PROXY=true needs BACKEND_ALLOWED_HOSTS: the hosts (and CIDRs) users' backends may be on. \
+             Without it the proxy would connect wherever a user points it (e.g. 127.0.0.1 or a cloud metadata address)"
+        );
+    }
+    let raw = config.backend_proxy_public_url.trim();
+    let url = url::Url::parse(raw)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.query().is_none())
+        .ok_or_else(|| {
+            anyhow!("BACKEND_PROXY_PUBLIC_URL must be an absolute http(s) URL without a query; got {raw:?}")
+        })?;
+    let path_prefix = url.path().trim_end_matches('/').to_owned();
+    if path_prefix.is_empty() {
+        bail!(
+            "BACKEND_PROXY_PUBLIC_URL needs a path of its own (e.g. http://localhost:8080/backend): the rest of the host is the API"
+        );
+    }
+    Ok(BackendPolicy {
+        allowed_hosts,
+        proxy: Some(ProxyPolicy {
+            public_url: raw.trim_end_matches('/').to_owned(),
+            path_prefix,
+            cookie: config.backend_proxy_cookie,
+            per_minute: config.rate_limit_proxy_per_minute,
+            origins: config
+                .frontend_url
+                .iter()
+                .map(|o| o.trim().trim_end_matches('/').to_owned())
+                .filter(|o| !o.is_empty())
+                .collect(),
+        }),
+    })
 }
 
 /// Longest AUDIT_RETENTION_DAYS: a century (and far from where `now - days` would overflow).

@@ -38,6 +38,7 @@ diesel::table! {
         revoked_at -> Nullable<Timestamp>,
         ip_address -> Nullable<Text>,
         user_agent -> Nullable<Text>,
+        proxy_secret_sha256 -> Nullable<Text>,
     }
 }
 

@@ -72,14 +72,21 @@ impl App {
             return Err(Error::AccountInactive);
         }
 
-        // Decrypt before committing the session, so a key problem fails the login cleanly.
-        let backend_config = match &backend {
-            Some(b) => Some((b.api_base_url.clone(), self.cipher().decrypt(&b.encrypted_token)?)),
-            None => None,
+        let session_id = SessionId::random();
+        // Proxy mode: a credential of this session instead of the backend's token, which never
+        // leaves the service.
+        let proxy = self.proxy_policy().map(|policy| (policy, super::proxy::mint(&session_id)));
+        let backend_config = match (&backend, &proxy) {
+            (Some(_), Some((policy, (credential, _)))) => Some((policy.public_url.clone(), credential.clone())),
+            // Decrypt before committing the session, so a key problem fails the login cleanly.
+            (Some(b), None) => Some((b.api_base_url.clone(), self.cipher().decrypt(&b.encrypted_token)?)),
+            (None, _) => None,
         };
+        let proxy_cookie =
+            proxy.as_ref().filter(|(policy, _)| policy.cookie).map(|(_, (credential, _))| credential.clone());
 
         let session = Session {
-            id: SessionId::random(),
+            id: session_id,
             user_id: user.id,
             created_at: now,
             refreshed_at: now,
@@ -87,6 +94,7 @@ impl App {
             revoked_at: None,
             ip_address: client.ip.map(|ip| ip.to_string()),
             user_agent: client.user_agent.clone(),
+            proxy_secret_sha256: proxy.map(|(_, (_, hash))| hash),
         };
         let token = self.issue_token(&user, &session, now)?;
 
@@ -123,7 +131,12 @@ impl App {
 
         let mut user = user;
         user.last_login = Some(now);
-        Ok(LoginOutcome { token, user: UserView::from((&user, backend.as_ref())), backend: backend_config })
+        Ok(LoginOutcome {
+            token,
+            user: UserView::from((&user, backend.as_ref())),
+            backend: backend_config,
+            proxy_cookie,
+        })
     }
 
     /// Resolves verified claims to a live session of an active user (one query).

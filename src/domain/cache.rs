@@ -35,6 +35,8 @@ struct Entry {
 /// forgotten generation can only cause misses, never make a stale entry look fresh.
 pub struct PrincipalCache {
     entries: Option<moka::sync::Cache<String, Entry>>,
+    /// Backend-proxy credentials, apart from access tokens: neither is ever accepted as the other.
+    proxy_entries: Option<moka::sync::Cache<String, (Arc<Principal>, u64)>>,
     generations: moka::sync::Cache<UserId, u64>,
     counter: Arc<AtomicU64>,
     floor: Arc<AtomicU64>,
@@ -60,6 +62,15 @@ impl PrincipalCache {
                 .time_to_live(ttl)
                 .build()
         });
+        let proxy_entries = (!ttl.is_zero()).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(MAX_BYTES)
+                .weigher(|credential: &String, _: &(Arc<Principal>, u64)| {
+                    u32::try_from(credential.len()).unwrap_or(u32::MAX).saturating_add(ENTRY_OVERHEAD)
+                })
+                .time_to_live(ttl)
+                .build()
+        });
         let counter = Arc::new(AtomicU64::new(1));
         let floor = Arc::new(AtomicU64::new(1));
         let (c, f) = (Arc::clone(&counter), Arc::clone(&floor));
@@ -69,7 +80,7 @@ impl PrincipalCache {
                 f.fetch_max(c.fetch_add(1, Ordering::AcqRel) + 1, Ordering::AcqRel);
             })
             .build();
-        Self { entries, generations, counter, floor, trustworthy: AtomicBool::new(!needs_listener) }
+        Self { entries, proxy_entries, generations, counter, floor, trustworthy: AtomicBool::new(!needs_listener) }
     }
 
     fn generation(&self, user_id: UserId) -> u64 {
@@ -104,6 +115,35 @@ impl PrincipalCache {
     /// The generation to pass to [`put`](Self::put) for a read about to start.
     pub fn generation_before_read(&self, user_id: UserId) -> u64 {
         self.generation(user_id)
+    }
+
+    /// The principal behind a backend-proxy credential, if it was checked and its session is
+    /// still live at `now` with no change to the user since.
+    pub fn get_proxy(&self, credential: &str, now: DateTime<Utc>) -> Option<Arc<Principal>> {
+        let entries = self.proxy_entries.as_ref()?;
+        if !self.trustworthy.load(Ordering::Acquire) {
+            return None;
+        }
+        let (principal, generation) = entries.get(credential)?;
+        let fresh = principal.session.expires_at > now && generation == self.generation(principal.user.id);
+        crate::metrics::cache_lookup(fresh);
+        fresh.then_some(principal)
+    }
+
+    /// A mark to take before a read whose user is not known yet (a proxy credential names only
+    /// its session): see [`put_proxy`](Self::put_proxy).
+    pub fn mark_before_read(&self) -> u64 {
+        self.counter.load(Ordering::Acquire)
+    }
+
+    /// Remembers a checked proxy credential, unless its user changed (or everything was dropped)
+    /// after `mark` was taken: the read may have missed that change.
+    pub fn put_proxy(&self, credential: &str, principal: Arc<Principal>, mark: u64) {
+        let Some(entries) = &self.proxy_entries else { return };
+        let generation = self.generation(principal.user.id);
+        if generation <= mark {
+            entries.insert(credential.to_owned(), (principal, generation));
+        }
     }
 
     /// Invalidates every cached session of `user_id`.
@@ -264,6 +304,7 @@ mod tests {
                 expires_at: far,
                 revoked_at: None,
                 ip_address: None,
+                proxy_secret_sha256: None,
                 user_agent: None,
             },
         }

@@ -76,6 +76,9 @@ impl App {
     pub async fn housekeeping(&self, now: DateTime<Utc>) -> Result<Purged> {
         self.inner.api_limiter.shrink();
         self.inner.key_limiter.shrink();
+        if let Some(proxy) = &self.inner.proxy {
+            proxy.shrink();
+        }
         let purged = self.purge(now, PURGE_BATCH).await?;
         let mut conn = self.db().get().await?;
         let live = sessions::count_live(&mut conn, now).await?;

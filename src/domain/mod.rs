@@ -3,6 +3,7 @@
 //! vocabulary of `crate::model` (rows never leave `db`). As in kanidm, time is a parameter: every
 //! rule takes `now`, so tests can move the clock.
 
+pub mod allowed_hosts;
 pub mod api_keys;
 pub mod audit;
 pub mod auth;
@@ -10,6 +11,7 @@ pub mod cache;
 pub mod keys;
 mod limits;
 pub mod maintenance;
+pub mod proxy;
 pub mod sessions;
 pub mod types;
 mod users;
@@ -60,6 +62,14 @@ pub struct RetentionPolicy {
     pub audit: Option<Duration>,
 }
 
+/// Which backends users may store, and the backend proxy when it is on.
+#[derive(Debug, Clone, Default)]
+pub struct BackendPolicy {
+    /// BACKEND_ALLOWED_HOSTS (empty: any http(s) URL, unless the proxy is on).
+    pub allowed_hosts: allowed_hosts::AllowedHosts,
+    pub proxy: Option<proxy::ProxyPolicy>,
+}
+
 /// The keys and hashing the rules use.
 pub struct Crypto {
     pub hasher: PasswordHasher,
@@ -87,6 +97,8 @@ pub struct AppInner {
     pub cache: cache::PrincipalCache,
     pub key_cache: cache::KeyCache,
     pub(crate) names: NameHasher,
+    pub(crate) allowed_hosts: allowed_hosts::AllowedHosts,
+    pub(crate) proxy: Option<proxy::ProxyState>,
     /// Set by the start-up key check when stored backend tokens do not decrypt.
     pub(crate) keys_unreadable: std::sync::atomic::AtomicBool,
 }
@@ -99,6 +111,7 @@ impl App {
         security: SecurityPolicy,
         retention: RetentionPolicy,
         caches: (cache::PrincipalCache, cache::KeyCache),
+        backends: BackendPolicy,
     ) -> Self {
         let Crypto { hasher, jwt, cipher, names } = crypto;
         let (cache, key_cache) = caches;
@@ -118,6 +131,8 @@ impl App {
                 cache,
                 key_cache,
                 names,
+                allowed_hosts: backends.allowed_hosts,
+                proxy: backends.proxy.map(proxy::ProxyState::new),
                 keys_unreadable: std::sync::atomic::AtomicBool::new(false),
             }),
         }

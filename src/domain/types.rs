@@ -185,7 +185,10 @@ pub struct LoginOutcome {
     pub token: IssuedToken,
     pub user: UserView,
     /// The backend URL and its decrypted bearer token, when the user has a backend.
+    /// In proxy mode: the backend URL is the proxy's and the token a proxy credential.
     pub backend: Option<(String, SecretString)>,
+    /// The proxy credential to set as a cookie too (BACKEND_PROXY_COOKIE).
+    pub proxy_cookie: Option<SecretString>,
 }
 
 #[derive(Debug)]

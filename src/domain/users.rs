@@ -40,6 +40,9 @@ impl App {
     ) -> Result<UserView> {
         actor.require(Scope::UsersWrite)?;
         password::check_policy("password", new.password.expose_secret())?;
+        if let Some(b) = &new.backend {
+            self.check_backend_url(&b.api_base_url)?;
+        }
         let hash = self
             .hasher()
             .hash(&new.password)
@@ -120,6 +123,7 @@ impl App {
         client: &ClientInfo,
         now: DateTime<Utc>,
     ) -> Result<BackendView> {
+        self.check_backend_url(&input.api_base_url)?;
         let encrypted = self.cipher().encrypt(input.bearer_token.expose_secret());
         let user_id = principal.user.id;
         self.change_user(
@@ -236,6 +240,9 @@ impl App {
         let demotes = patch.role == Some(Role::User) || patch.is_active == Some(false);
         if demotes && actor.user_id() == Some(id) {
             return Err(Error::FailedPrecondition("You cannot deactivate or demote your own account"));
+        }
+        if let BackendChange::Set(b) = &patch.backend {
+            self.check_backend_url(&b.api_base_url)?;
         }
         let encrypted = match &patch.backend {
             BackendChange::Set(b) => Some(self.cipher().encrypt(b.bearer_token.expose_secret())),

@@ -224,6 +224,15 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let (app, ips) = (self.app.clone(), self.ips.clone());
         Box::pin(async move {
+            // The sidecar's own question (ext_authz), not part of the API: its answers carry
+            // backends' tokens, so only the sidecar may ask.
+            if request.uri().path() == super::ext_authz::CHECK_PATH {
+                if !ips.is_sidecar(request.extensions()) {
+                    let refusal = Error::PermissionDenied("Only the Envoy sidecar may ask this");
+                    return Ok(Status::from(refusal).into_http());
+                }
+                return inner.call(request).await;
+            }
             let rule = rpc_rule(request.uri().path());
             if request.method() == http::Method::OPTIONS {
                 return inner.call(request).await;

@@ -24,6 +24,19 @@ impl AuthApi {
     }
 }
 
+impl AuthApi {
+    /// The cookie variant's `Set-Cookie` (BACKEND_PROXY_COOKIE): sent only to the proxy's path,
+    /// never readable by scripts, never sent cross-site; an empty value clears it.
+    fn proxy_cookie(&self, credential: &str) -> Result<tonic::metadata::AsciiMetadataValue, Status> {
+        let path = self.app.proxy_policy().map_or("/", |p| p.path_prefix.as_str());
+        let max_age = if credential.is_empty() { 0 } else { self.app.session_policy().session_lifetime.num_seconds() };
+        let name = crate::domain::proxy::COOKIE_NAME;
+        format!("{name}={credential}; Path={path}; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict")
+            .parse()
+            .map_err(|_| Status::internal("cannot set the proxy cookie"))
+    }
+}
+
 #[tonic::async_trait]
 impl AuthService for AuthApi {
     async fn login(&self, request: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
@@ -31,7 +44,8 @@ impl AuthService for AuthApi {
         let body = super::text::body(request)?;
         let password = SecretString::from(body.password);
         let outcome = self.app.login(&body.username, &password, &client, Utc::now()).await?;
-        Ok(Response::new(pb::LoginResponse {
+        let cookie = outcome.proxy_cookie.as_ref().map(|credential| self.proxy_cookie(credential.expose_secret()));
+        let mut response = Response::new(pb::LoginResponse {
             access_token: outcome.token.access_token.expose_secret().to_owned(),
             token_type: TOKEN_TYPE.to_owned(),
             expires_in: outcome.token.expires_in,
@@ -40,7 +54,11 @@ impl AuthService for AuthApi {
                 api_base_url,
                 bearer_token: token.expose_secret().to_owned(),
             }),
-        }))
+        });
+        if let Some(cookie) = cookie {
+            response.metadata_mut().insert("set-cookie", cookie?);
+        }
+        Ok(response)
     }
 
     async fn refresh(&self, request: Request<pb::RefreshRequest>) -> Result<Response<pb::RefreshResponse>, Status> {
@@ -58,7 +76,11 @@ impl AuthService for AuthApi {
         let client = self.ips.client_info(&request);
         let token = meta::bearer_token(request.metadata())?;
         self.app.logout(token, &client, Utc::now()).await?;
-        Ok(Response::new(pb::LogoutResponse { message: "Successfully logged out".to_owned() }))
+        let mut response = Response::new(pb::LogoutResponse { message: "Successfully logged out".to_owned() });
+        if self.app.proxy_policy().is_some_and(|p| p.cookie) {
+            response.metadata_mut().insert("set-cookie", self.proxy_cookie("")?);
+        }
+        Ok(response)
     }
 
     async fn introspect(

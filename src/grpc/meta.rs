@@ -61,6 +61,19 @@ impl ClientIpPolicy {
         self.client_info_parts(extensions, &metadata)
     }
 
+    /// Whether the connection is the Envoy sidecar's: its Unix socket, or a TCP peer in
+    /// TRUSTED_PROXIES.
+    pub fn is_sidecar(&self, extensions: &http::Extensions) -> bool {
+        if extensions.get::<tonic::transport::server::UdsConnectInfo>().is_some() {
+            return true;
+        }
+        let peer = extensions.get::<tonic::transport::server::TcpConnectInfo>().and_then(|info| info.remote_addr());
+        peer.is_some_and(|p| {
+            let ip = canonical(p.ip());
+            self.trusted_proxies.iter().any(|net| net.contains(&ip))
+        })
+    }
+
     fn client_info_parts(&self, extensions: &http::Extensions, metadata: &MetadataMap) -> ClientInfo {
         let user_agent = metadata.get("user-agent").and_then(|v| v.to_str().ok()).map(str::to_owned);
         // Over the sidecar's Unix socket (PROXY_SOCKET), which only the proxy can open, the

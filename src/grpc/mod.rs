@@ -8,6 +8,7 @@ pub mod audit;
 pub mod auth;
 pub mod codec;
 pub mod convert;
+pub mod ext_authz;
 pub mod health;
 pub mod keys;
 pub mod meta;

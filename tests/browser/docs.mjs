@@ -11,9 +11,8 @@ import { existsSync } from "node:fs";
 import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { chromium } from "playwright-core";
+import { CHROMIUM, launch } from "./chromium.mjs";
 
-const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
 const TIMEOUT_MS = 90_000;
 
 class Failure extends Error {}
@@ -42,20 +41,7 @@ async function main() {
   const userDataDir = await mkdtemp(join(tmpdir(), "instachatico-docs-"));
   let context;
   try {
-    context = await chromium.launchPersistentContext(userDataDir, {
-      executablePath: CHROMIUM,
-      headless: true,
-      viewport: { width: 1200, height: 900 },
-      args: [
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-      ],
-    });
+    context = await launch(userDataDir, { viewport: { width: 1200, height: 900 } });
     // The outside network is cut: any request off loopback is aborted, and counted.
     const outside = [];
     await context.route("**/*", (route) => {

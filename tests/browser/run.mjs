@@ -18,14 +18,13 @@ import { dirname, join, resolve } from "node:path";
 import { isDeepStrictEqual } from "node:util";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
-import { chromium } from "playwright-core";
+import { CHROMIUM, launch } from "./chromium.mjs";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const UI_PORT = 5173; // the seed UI's origin, the only one CORS lets in
 const OTHER_PORT = 5174; // served as http://127.0.0.1:5174, an origin CORS must refuse
 const UI_ORIGIN = `http://localhost:${UI_PORT}`;
 const OTHER_ORIGIN = `http://127.0.0.1:${OTHER_PORT}`;
-const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
 const TIMEOUT_MS = 90_000;
 
 // The test user, created through Envoy as admin before the page loads.
@@ -156,22 +155,11 @@ async function main() {
 
     const userDataDir = await mkdtemp(join(tmpdir(), "instachatico-browser-"));
     cleanups.push(() => rm(userDataDir, { recursive: true, force: true }));
-    const context = await chromium.launchPersistentContext(userDataDir, {
-      executablePath: CHROMIUM,
-      headless: true,
+    // localhost must reach our 127.0.0.1 server, not whatever may listen on [::1]:5173; the URL
+    // (and so the Origin header) stays http://localhost:5173.
+    const context = await launch(userDataDir, {
       viewport: { width: 1000, height: 700 },
-      args: [
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        // localhost must reach our 127.0.0.1 server, not whatever may listen on [::1]:5173;
-        // the URL (and so the Origin header) stays http://localhost:5173.
-        "--host-resolver-rules=MAP localhost 127.0.0.1",
-      ],
+      extraArgs: ["--host-resolver-rules=MAP localhost 127.0.0.1"],
     });
     cleanups.unshift(() => context.close()); // browser first, then servers and the profile dir
 

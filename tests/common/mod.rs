@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+#[path = "../../benches/harness/fake_backend.rs"]
+pub mod fake_backend;
 #[path = "../../benches/harness/process.rs"]
 mod process;
 pub use process::{Envoy, PgBouncer, ServiceProcess, Upstream, skipped};

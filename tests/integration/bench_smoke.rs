@@ -93,3 +93,31 @@ async fn bench_harness_smoke() {
     let Some(s) = TestServer::start(Backend::Postgres).await else { return };
     every_scenario_runs(s).await;
 }
+
+/// The proxy scenario: wrk through the backend proxy, and straight to the same backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_proxy_scenario_smoke() {
+    if std::process::Command::new("wrk").arg("--version").output().is_err() {
+        skipped("no wrk (./scripts/test installs it): the proxy scenario did not run");
+        return;
+    }
+    let backend = crate::common::fake_backend::FakeBackend::start_quiet("smoke").await;
+    let options = crate::common::Options::default()
+        .arg("backend-proxy", "true")
+        .arg("backend-allowed-hosts", backend.addr.to_string())
+        .arg("rate-limit-proxy-per-minute", "0");
+    let Some(s) = TestServer::start_with(Backend::Sqlite, options).await else { return };
+    let (target, envoy) = target(&s, true).await;
+    let Some(envoy) = envoy else { return };
+    let credentials =
+        harness::proxy_credentials(&target, &format!("http://{}/api", backend.addr), "smoke-backend-token", 2).await;
+    let proxied = harness::Target { tokens: credentials, ..target.clone() };
+    flows(&wrk(WrkCall::Get("/backend/feed"), &envoy.url, &proxied).await);
+    let direct = harness::Target { tokens: vec!["smoke-backend-token".into()], ..target.clone() };
+    flows(&wrk(WrkCall::Get("/api/feed"), &format!("http://{}", backend.addr), &direct).await);
+    // A refused credential is counted as an error, not a success.
+    let strangers = harness::Target { tokens: vec!["ipx_not-a-credential".into()], ..target };
+    let refused = wrk(WrkCall::Get("/backend/feed"), &envoy.url, &strangers).await;
+    assert!(refused.ok == 0 && refused.errors > 0, "{}", refused.summary());
+    s.stop().await;
+}

@@ -11,6 +11,7 @@ mod api_docs;
 mod api_keys;
 mod at_rest;
 mod auth;
+mod backend_proxy;
 mod bench_smoke;
 mod browser;
 mod cli;

@@ -30,6 +30,27 @@ async fn refused_within(replica: &ServiceProcess, token: &str, limit: Duration) 
     }
 }
 
+/// A replica's environment on `database_url`, with `extra` settings.
+fn replica_env(database_url: &str, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+    let fixture = crate::common::python_fixture();
+    let mut env: Vec<(&'static str, String)> = [
+        ("DATABASE_URL", database_url),
+        ("JWT_SECRET_KEY", JWT_SECRET),
+        ("ENCRYPTION_KEY", fixture["fernet_key"].as_str().unwrap()),
+        ("ADMIN_USERNAME", ADMIN_USERNAME),
+        ("ADMIN_EMAIL", "admin@example.com"),
+        ("ADMIN_PASSWORD", ADMIN_PASSWORD),
+        ("RATE_LIMIT_LOGIN_PER_MINUTE", "10000"),
+        ("RATE_LIMIT_API_PER_MINUTE", "10000"),
+        ("LOG_LEVEL", "warn,instachatico_auth::server=info"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k, v.to_owned()))
+    .collect();
+    env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    env
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_reaches_every_replica() {
     revocation_reaches_every_replica_of(false).await;
@@ -51,21 +72,9 @@ async fn revocation_reaches_every_replica_of(through_pgbouncer: bool) {
         None
     };
     let database_url = bouncer.as_ref().map_or_else(|| pg.url.clone(), |b| b.url_of(&pg.url));
-    let fixture = crate::common::python_fixture();
-    let mut env = vec![
-        ("DATABASE_URL", database_url.as_str()),
-        ("JWT_SECRET_KEY", JWT_SECRET),
-        ("ENCRYPTION_KEY", fixture["fernet_key"].as_str().unwrap()),
-        ("ADMIN_USERNAME", ADMIN_USERNAME),
-        ("ADMIN_EMAIL", "admin@example.com"),
-        ("ADMIN_PASSWORD", ADMIN_PASSWORD),
-        ("RATE_LIMIT_LOGIN_PER_MINUTE", "10000"),
-        ("RATE_LIMIT_API_PER_MINUTE", "10000"),
-        ("LOG_LEVEL", "warn,instachatico_auth::server=info"),
-    ];
-    if through_pgbouncer {
-        env.extend([("DATABASE_LISTEN_URL", pg.url.as_str()), ("DB_PREPARED_STATEMENTS", "false")]);
-    }
+    let direct: &[(&'static str, &str)] =
+        &[("DATABASE_LISTEN_URL", pg.url.as_str()), ("DB_PREPARED_STATEMENTS", "false")];
+    let env = replica_env(&database_url, if through_pgbouncer { direct } else { &[] });
     let (a, b) = (ServiceProcess::spawn(&env), ServiceProcess::spawn(&env));
     let Some(envoy) = Envoy::start(&[a.socket.clone(), b.socket.clone()]).await else { return };
     let api = Json::new(&envoy.url);
@@ -165,4 +174,51 @@ async fn revocation_reaches_every_replica_of(through_pgbouncer: bool) {
         }
     }
     eprintln!("key revoked on A refused on B after {:?}", started.elapsed());
+}
+
+/// Backend proxy mode on two replicas, each behind its own Envoy: a logout through one is
+/// refused by the other's proxy within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_revocation_reaches_every_replica() {
+    let Some(pg) = PgTestDb::create().await else { return };
+    let backend = crate::common::fake_backend::FakeBackend::start("replicated").await;
+    let allowed = backend.addr.to_string();
+    let env = replica_env(&pg.url, &[("BACKEND_PROXY", "true"), ("BACKEND_ALLOWED_HOSTS", &allowed)]);
+    let (a, b) = (ServiceProcess::spawn(&env), ServiceProcess::spawn(&env));
+    let Some(envoy_a) = Envoy::start(std::slice::from_ref(&a.socket)).await else { return };
+    let Some(envoy_b) = Envoy::start(std::slice::from_ref(&b.socket)).await else { return };
+    let (api_a, api_b) = (Json::new(&envoy_a.url), Json::new(&envoy_b.url));
+    let admin = api_a.login(ADMIN_USERNAME, ADMIN_PASSWORD).await;
+    let r = api_a
+        .post(
+            "/api/v1/users",
+            Some(&admin),
+            json!({"username": "pia", "email": "pia@example.com", "password": USER_PASSWORD,
+                   "api_base_url": format!("http://{allowed}/api"), "bearer_token": "replicated-backend-token"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let login = api_a.post("/api/v1/auth/login", None, json!({"username": "pia", "password": USER_PASSWORD})).await;
+    let access = login.body["access_token"].as_str().unwrap().to_owned();
+    let credential = login.body["backend_config"]["bearer_token"].as_str().unwrap().to_owned();
+    let proxied = |api: &Json| {
+        let request = api.client.get(format!("{}/backend/feed", api.base)).bearer_auth(&credential);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    // Both replicas admit it (and B has it cached).
+    for _ in 0..3 {
+        assert_eq!(proxied(&api_a).await, 200);
+        assert_eq!(proxied(&api_b).await, 200);
+    }
+    assert_eq!(backend.last().header("authorization"), Some("Bearer replicated-backend-token"));
+
+    assert_eq!(api_a.post("/api/v1/auth/logout", Some(&access), json!({})).await.status, 200);
+    let (limit, started) = (Duration::from_secs(1), Instant::now());
+    while proxied(&api_b).await != 401 {
+        assert!(started.elapsed() < limit, "replica B's proxy still admits the credential after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("logout on A refused by B's proxy after {:?}", started.elapsed());
+    assert_eq!(proxied(&api_a).await, 401);
+    drop(api_b);
 }

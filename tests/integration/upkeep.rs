@@ -49,6 +49,7 @@ async fn sessions_of(
                 revoked_at: revoked,
                 ip_address: None,
                 user_agent: Some("upkeep test".into()),
+                proxy_secret_sha256: None,
             };
             sessions::insert(c, &session).await?;
             ids.push(session.id);

@@ -24,6 +24,7 @@ struct SessionRow {
     revoked_at: Option<NaiveDateTime>,
     ip_address: Option<String>,
     user_agent: Option<String>,
+    proxy_secret_sha256: Option<String>,
 }
 
 impl From<SessionRow> for Session {
@@ -37,6 +38,7 @@ impl From<SessionRow> for Session {
             revoked_at: r.revoked_at.map(|t| t.and_utc()),
             ip_address: r.ip_address,
             user_agent: r.user_agent,
+            proxy_secret_sha256: r.proxy_secret_sha256,
         }
     }
 }
@@ -52,6 +54,7 @@ impl From<&Session> for SessionRow {
             revoked_at: s.revoked_at.map(|t| t.naive_utc()),
             ip_address: s.ip_address.clone(),
             user_agent: s.user_agent.clone(),
+            proxy_secret_sha256: s.proxy_secret_sha256.clone(),
         }
     }
 }

@@ -1,0 +1,1 @@
+ALTER TABLE sessions DROP COLUMN proxy_secret_sha256;
