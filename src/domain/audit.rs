@@ -33,6 +33,8 @@ pub enum Action {
     ApiKeyRotate,
     /// A key whose public id exists was refused (wrong secret, ended, wrong address).
     ApiKeyRefused,
+    /// `import-seed` ran (its counts in the metadata).
+    SeedImport,
 }
 
 impl Action {
@@ -79,6 +81,7 @@ impl Action {
             Self::ApiKeyRevoke => "api_key_revoke",
             Self::ApiKeyRotate => "api_key_rotate",
             Self::ApiKeyRefused => "api_key_refused",
+            Self::SeedImport => "seed_import",
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod auth;
 pub mod cache;
+pub mod import;
 pub mod keys;
 mod limits;
 pub mod maintenance;
