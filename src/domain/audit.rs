@@ -35,6 +35,8 @@ pub enum Action {
     ApiKeyRefused,
     /// `import-seed` ran (its counts in the metadata).
     SeedImport,
+    /// A Python service's token was first used and got its session here.
+    LegacySessionBound,
 }
 
 impl Action {
@@ -82,6 +84,7 @@ impl Action {
             Self::ApiKeyRotate => "api_key_rotate",
             Self::ApiKeyRefused => "api_key_refused",
             Self::SeedImport => "seed_import",
+            Self::LegacySessionBound => "legacy_session_bound",
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod cache;
 pub mod import;
 pub mod keys;
+mod legacy;
 mod limits;
 pub mod maintenance;
 pub mod sessions;
