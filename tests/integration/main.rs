@@ -21,6 +21,7 @@ mod generated_input;
 mod health;
 mod hostile;
 mod http1;
+mod import_seed;
 mod json;
 mod observability;
 mod proxy_socket;
