@@ -450,7 +450,7 @@ async fn a_reimport_ends_sessions_of_the_old_password(s: TestServer) {
     let mut old = PY_PASSWORD.to_owned();
     let (mut signed_in, mut refused) = (0, 0);
     for round in 0..4 {
-        let new = format!("Round_{round}_password1!");
+        let new = format!("Round_password{round}!");
         source.run(CHANGE, &[&new]);
         // Spread over the import's run, so that some commit before it and some after.
         let logins = [0, 200, 400, 800].map(|delay_ms| {
