@@ -461,7 +461,12 @@ async fn a_reimport_ends_sessions_of_the_old_password(s: TestServer) {
             }
         });
         let (db, key, from) = (s.database_url.clone(), s.encryption_key.clone(), source.url.clone());
-        let reimport = tokio::task::spawn_blocking(move || import_into(&db, &key, &["--from", &from], ""));
+        // Later each round: the first rounds' imports commit before any sign-in, the last ones after some.
+        let start = std::time::Duration::from_millis(round * 300);
+        let reimport = tokio::task::spawn_blocking(move || {
+            std::thread::sleep(start);
+            import_into(&db, &key, &["--from", &from], "")
+        });
         let (replies, reimported) = tokio::join!(futures_util::future::join_all(logins), reimport);
         let (ok, text) = reimported.unwrap();
         assert!(ok && text.contains("0 new, 1 updated"), "{text}");
