@@ -126,6 +126,15 @@ fn print_report(source: &DbTarget, report: &ImportReport) {
         report.active_admins,
         if report.dry_run { "; nothing written" } else { "" },
     );
+    if report.dry_run && !report.undecryptable.is_empty() {
+        let ids: Vec<String> = report.undecryptable.iter().map(ToString::to_string).collect();
+        println!(
+            "note: {} backend token(s) decrypt with no key (users {}): the import will stop unless given \
+             --source-encryption-key or --skip-undecryptable",
+            ids.len(),
+            ids.join(", ")
+        );
+    }
     if report.active_admins == 0 {
         println!("warning: no active admin; name one with --admins (or set ADMIN_USERNAME)");
     }

@@ -243,6 +243,7 @@ async fn import_and_switch(backend: crate::common::Backend, kind: SourceKind) {
             &format!("refused: user_backends of user {}: bearer token decrypts with neither", id("lostkey")),
             "1 backend token(s) re-encrypted",
             "nothing written",
+            &format!("note: 1 backend token(s) decrypt with no key (users {})", id("lostkey")),
         ],
     );
     assert_has(&text, &[format!("audit_logs:    {audit_rows} in source: 3 new").as_str()]);

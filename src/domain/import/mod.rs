@@ -63,7 +63,7 @@ pub struct ImportReport {
     pub undecryptable: Vec<i32>,
     /// Sessions here that ended because their user's password or activation changed.
     pub sessions_ended: usize,
-    /// Active admins after the run (or now, for a dry run).
+    /// Active admins after the run (for a dry run: once it is done).
     pub active_admins: i64,
 }
 
@@ -83,6 +83,7 @@ impl App {
         let existing = users::list(&mut conn, i64::MAX, 0).await?;
         let imported_audit: HashSet<i32> = rows::imported_audit_ids(&mut conn).await?.into_iter().collect();
         let plan = plan::plan(source, &existing, &imported_audit, self.cipher(), options, now);
+        let projected_admins = projected_admins(&existing, &plan);
         let mut report = ImportReport {
             dry_run: options.dry_run,
             users: plan.users,
@@ -92,7 +93,7 @@ impl App {
             reencrypted: plan.reencrypted,
             undecryptable: plan.undecryptable.clone(),
             sessions_ended: 0,
-            active_admins: users::count_active_admins(&mut conn).await?,
+            active_admins: projected_admins,
         };
         if options.dry_run {
             return Ok(report);
@@ -103,7 +104,7 @@ impl App {
                  or --skip-undecryptable to import those users without their backend",
             ));
         }
-        let admins_before = report.active_admins;
+        let admins_before = users::count_active_admins(&mut conn).await?;
         let (ended, admins_after, recorded) = conn
             .transaction(async |c: &mut crate::db::DbConn| {
                 // Changes that may shrink the set of active admins take this lock first (writes.rs).
@@ -163,4 +164,14 @@ impl App {
         report.active_admins = admins_after;
         Ok(report)
     }
+}
+
+/// Active admins once `plan` is applied to `existing` (a dry run reports it).
+fn projected_admins(existing: &[crate::model::UserWithBackend], plan: &plan::Plan) -> i64 {
+    use crate::model::Role;
+    let changed: HashSet<_> = plan.changed_users.iter().map(|(u, _)| u.id).collect();
+    let admin = |u: &crate::model::User| u.role == Role::Admin && u.is_active;
+    let kept = existing.iter().filter(|(u, _)| !changed.contains(&u.id) && admin(u)).count();
+    let imported = plan.new_users.iter().chain(plan.changed_users.iter().map(|(u, _)| u)).filter(|u| admin(u)).count();
+    i64::try_from(kept + imported).unwrap_or(i64::MAX)
 }
