@@ -131,6 +131,10 @@ fn seed_python() -> Option<PathBuf> {
 
 impl Source {
     async fn create(kind: SourceKind, encryption_key: &str) -> Option<Self> {
+        Self::create_with(kind, encryption_key, SEED_USERS).await
+    }
+
+    async fn create_with(kind: SourceKind, encryption_key: &str, users: usize) -> Option<Self> {
         let python = seed_python()?;
         let dir = tempfile::tempdir().unwrap();
         let (url, python_url, pg) = match kind {
@@ -145,7 +149,7 @@ impl Source {
             }
         };
         let source = Self { url, python_url, python, encryption_key: encryption_key.to_owned(), _pg: pg, _dir: dir };
-        let users = SEED_USERS.to_string();
+        let users = users.to_string();
         source.python(&["scripts/seed_users.py", "--users", &users, "--password", PY_PASSWORD]);
         Some(source)
     }
@@ -491,7 +495,40 @@ async fn a_reimport_ends_sessions_of_the_old_password(s: TestServer) {
     s.stop().await;
 }
 
+/// Two imports of one source at once: one brings everything over, the other finds it there
+/// ("0 new"), and nothing is copied twice or fails.
+async fn two_imports_at_once_copy_once(s: TestServer) {
+    let backend = s.backend;
+    s.stop().await;
+    let Some(s) = migration_server(backend).await else { return };
+    // Enough rows that the two transactions overlap.
+    let Some(source) = Source::create_with(SourceKind::Postgres, &s.encryption_key, 1000).await else { return };
+    source.run(EXTRAS, &[PY_PASSWORD, SOURCE_ONLY_KEY]);
+    let runs = (0..2).map(|_| {
+        let (db, key, from) = (s.database_url.clone(), s.encryption_key.clone(), source.url.clone());
+        tokio::task::spawn_blocking(move || {
+            let args = ["--from", from.as_str(), "--source-encryption-key", "-", "--skip-undecryptable"];
+            import_into(&db, &key, &args, SOURCE_ONLY_KEY)
+        })
+    });
+    let outputs: Vec<(bool, String)> =
+        futures_util::future::join_all(runs).await.into_iter().map(Result::unwrap).collect();
+    for (ok, text) in &outputs {
+        assert!(ok, "{text}");
+    }
+    let firsts = outputs.iter().filter(|(_, t)| t.contains("users:         1005 in source: 1003 new")).count();
+    let seconds = outputs.iter().filter(|(_, t)| t.contains("imported: 0 new, 0 updated")).count();
+    assert_eq!((firsts, seconds), (1, 1), "{outputs:?}");
+    assert_eq!(user_count(&s).await, 1003);
+    let mut conn = s.app().db().get().await.unwrap();
+    let (entries, _) = audit::query(&mut conn, &AuditQuery::default(), 200, 0).await.unwrap();
+    assert_eq!(entries.iter().filter(|e| e.action == "login" || e.action == "update_config").count(), 3);
+    drop(conn);
+    s.stop().await;
+}
+
 crate::on_both_backends!(
+    two_imports_at_once_copy_once,
     a_reimport_ends_sessions_of_the_old_password,
     from_a_sqlite_source,
     from_a_postgres_source,

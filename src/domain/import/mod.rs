@@ -11,9 +11,10 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 
 use super::App;
-use super::audit::{self, Action, Event};
+use super::audit::{self, Action, Event, Recorded};
 use super::types::ClientInfo;
 use crate::crypto::secrets::TokenCipher;
+use crate::db::DbConn;
 use crate::db::models::{backends, import as rows, sessions, users};
 use crate::db::seed_source::SeedTables;
 use crate::error::{Error, Result};
@@ -80,69 +81,25 @@ impl App {
         now: DateTime<Utc>,
     ) -> Result<ImportReport> {
         let mut conn = self.db().get().await?;
-        let existing = users::list(&mut conn, i64::MAX, 0).await?;
-        let imported_audit: HashSet<i32> = rows::imported_audit_ids(&mut conn).await?.into_iter().collect();
-        let plan = plan::plan(source, &existing, &imported_audit, self.cipher(), options, now);
-        let projected_admins = projected_admins(&existing, &plan);
-        let mut report = ImportReport {
-            dry_run: options.dry_run,
-            users: plan.users,
-            backends: plan.backend_counts,
-            audit: plan.audit_counts,
-            refusals: plan.refusals.clone(),
-            reencrypted: plan.reencrypted,
-            undecryptable: plan.undecryptable.clone(),
-            sessions_ended: 0,
-            active_admins: projected_admins,
-        };
         if options.dry_run {
-            return Ok(report);
+            return self.make_plan(&mut conn, source, options, now).await.map(|(_, report)| report);
         }
-        if !plan.undecryptable.is_empty() && !options.skip_undecryptable {
-            return Err(Error::FailedPrecondition(
-                "some backend tokens decrypt with no key (see the list above); give --source-encryption-key, \
-                 or --skip-undecryptable to import those users without their backend",
-            ));
-        }
-        let admins_before = users::count_active_admins(&mut conn).await?;
-        let (ended, admins_after, recorded) = conn
-            .transaction(async |c: &mut crate::db::DbConn| {
-                // Changes that may shrink the set of active admins take this lock first (writes.rs).
+        let (report, recorded) = conn
+            .transaction(async |c: &mut DbConn| {
+                // First, so that two imports (or an import and a change that may shrink the set of
+                // active admins, writes.rs) run one after the other, each planning from what the
+                // other committed. On SQLite the transaction's write lock already does it.
                 users::lock_admin_set(c).await?;
-                let total = (plan.new_users.len() + plan.changed_users.len()) as u64;
-                for (done, user) in plan.new_users.iter().enumerate() {
-                    rows::insert_user(c, user).await?;
-                    progress("users", done as u64 + 1, total);
+                let admins_before = users::count_active_admins(c).await?;
+                let (plan, mut report) = self.make_plan(c, source, options, now).await?;
+                if !plan.undecryptable.is_empty() && !options.skip_undecryptable {
+                    return Err(Error::FailedPrecondition(
+                        "some backend tokens decrypt with no key (see the list above); give \
+                         --source-encryption-key, or --skip-undecryptable to import those users without their backend",
+                    ));
                 }
-                let mut ended = 0;
-                let mut recorded = Vec::new();
-                // Ascending ids, as every other change locks users (no lock cycle).
-                for (done, (user, ends_sessions)) in plan.changed_users.iter().enumerate() {
-                    users::lock(c, user.id).await?;
-                    rows::update_user(c, user).await?;
-                    if *ends_sessions {
-                        ended += sessions::revoke_all_for_user(c, user.id, None, now).await?;
-                        // Audited as an update, which also stops the user's older Python tokens
-                        // from starting a session (`legacy`).
-                        let event = Event::new(Action::UserUpdate, Some(user.id)).with("via", "import-seed");
-                        recorded.push(audit::record(c, event, &ClientInfo::default(), now).await?);
-                    } else {
-                        // A new email or sign-in time ends nothing, but cached copies are stale.
-                        crate::db::notify::user_changed(c, user.id).await?;
-                    }
-                    progress("users", (plan.new_users.len() + done) as u64 + 1, total);
-                }
-                for (done, backend) in plan.backends.iter().enumerate() {
-                    backends::upsert(c, backend).await?;
-                    progress("user_backends", done as u64 + 1, plan.backends.len() as u64);
-                }
-                for (done, chunk) in plan.audit.chunks(1000).enumerate() {
-                    rows::insert_audit(c, chunk).await?;
-                    progress("audit_logs", ((done * 1000) + chunk.len()) as u64, plan.audit.len() as u64);
-                }
-                rows::advance_sequences(c).await?;
-                let admins_after = users::count_active_admins(c).await?;
-                if admins_before > 0 && admins_after == 0 {
+                let (ended, recorded) = apply(c, &plan, progress, now).await?;
+                if admins_before > 0 && report.active_admins == 0 {
                     return Err(Error::FailedPrecondition(
                         "the import would leave no active admin; name one with --admins",
                     ));
@@ -154,16 +111,82 @@ impl App {
                     .with("audit_new", plan.audit.len())
                     .with("refused", report.refusals.len());
                 audit::record(c, summary, &ClientInfo::default(), now).await?.nothing_cached();
-                Ok((ended, admins_after, recorded))
+                report.sessions_ended = ended;
+                Ok((report, recorded))
             })
             .await?;
         for r in recorded {
             self.committed(r);
         }
-        report.sessions_ended = ended;
-        report.active_admins = admins_after;
         Ok(report)
     }
+
+    /// The plan against what is in the database now, and the report it makes.
+    async fn make_plan(
+        &self,
+        c: &mut DbConn,
+        source: &SeedTables,
+        options: &ImportOptions,
+        now: DateTime<Utc>,
+    ) -> Result<(plan::Plan, ImportReport)> {
+        let existing = users::list(c, i64::MAX, 0).await?;
+        let imported_audit: HashSet<i32> = rows::imported_audit_ids(c).await?.into_iter().collect();
+        let plan = plan::plan(source, &existing, &imported_audit, self.cipher(), options, now);
+        let report = ImportReport {
+            dry_run: options.dry_run,
+            users: plan.users,
+            backends: plan.backend_counts,
+            audit: plan.audit_counts,
+            refusals: plan.refusals.clone(),
+            reencrypted: plan.reencrypted,
+            undecryptable: plan.undecryptable.clone(),
+            sessions_ended: 0,
+            active_admins: projected_admins(&existing, &plan),
+        };
+        Ok((plan, report))
+    }
+}
+
+/// Writes `plan`; returns how many sessions ended and what the caches must drop after commit.
+async fn apply(
+    c: &mut DbConn,
+    plan: &plan::Plan,
+    progress: Progress<'_>,
+    now: DateTime<Utc>,
+) -> Result<(usize, Vec<Recorded>)> {
+    let total = (plan.new_users.len() + plan.changed_users.len()) as u64;
+    for (done, user) in plan.new_users.iter().enumerate() {
+        rows::insert_user(c, user).await?;
+        progress("users", done as u64 + 1, total);
+    }
+    let mut ended = 0;
+    let mut recorded = Vec::new();
+    // Ascending ids, as every other change locks users (no lock cycle).
+    for (done, (user, ends_sessions)) in plan.changed_users.iter().enumerate() {
+        users::lock(c, user.id).await?;
+        rows::update_user(c, user).await?;
+        if *ends_sessions {
+            ended += sessions::revoke_all_for_user(c, user.id, None, now).await?;
+            // Audited as an update, which also stops the user's older Python tokens from
+            // starting a session (`legacy`).
+            let event = Event::new(Action::UserUpdate, Some(user.id)).with("via", "import-seed");
+            recorded.push(audit::record(c, event, &ClientInfo::default(), now).await?);
+        } else {
+            // A new email or sign-in time ends nothing, but cached copies are stale.
+            crate::db::notify::user_changed(c, user.id).await?;
+        }
+        progress("users", (plan.new_users.len() + done) as u64 + 1, total);
+    }
+    for (done, backend) in plan.backends.iter().enumerate() {
+        backends::upsert(c, backend).await?;
+        progress("user_backends", done as u64 + 1, plan.backends.len() as u64);
+    }
+    for (done, chunk) in plan.audit.chunks(1000).enumerate() {
+        rows::insert_audit(c, chunk).await?;
+        progress("audit_logs", ((done * 1000) + chunk.len()) as u64, plan.audit.len() as u64);
+    }
+    rows::advance_sequences(c).await?;
+    Ok((ended, recorded))
 }
 
 /// Active admins once `plan` is applied to `existing` (a dry run reports it).
