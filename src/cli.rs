@@ -14,6 +14,8 @@ use crate::domain::types::{Actor, BackendChange, BackendInput, ClientInfo, NewUs
 use crate::domain::{App, validate};
 use crate::server;
 
+mod import_seed;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "instachatico-auth",
@@ -98,6 +100,9 @@ pub enum Command {
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3650))]
         expires_in_days: Option<u32>,
     },
+    /// Import the Python service's database (users, backends, audit rows) in one transaction;
+    /// passwords, backend tokens and ids keep working. Re-runs bring over only what changed.
+    ImportSeed(import_seed::ImportSeedArgs),
     /// Write the descriptor set Envoy transcodes with and the OpenAPI document of the JSON
     /// routes, both generated from this binary's protos.
     ExportApi {
@@ -250,6 +255,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", issued.token.expose_secret());
             Ok(())
         }
+        Command::ImportSeed(args) => import_seed::run(&config, args).await,
         Command::Deactivate { username } => set_active(&config, &username, false).await,
         Command::Activate { username } => set_active(&config, &username, true).await,
     }

@@ -140,6 +140,16 @@ pub struct Config {
     #[arg(long, env = "JWT_PREVIOUS_PUBLIC_KEYS_FILE", global = true)]
     pub jwt_previous_public_keys_file: Option<PathBuf>,
 
+    /// The Python service's JWT_SECRET_KEY, during a migration (import-seed): its access tokens
+    /// are accepted until they expire, each bound on first use to a session here. Remove it an
+    /// hour after the switch.
+    #[arg(long, env = "LEGACY_JWT_SECRET_KEY", value_parser = secret, hide_env_values = true, global = true)]
+    pub legacy_jwt_secret_key: Option<SecretString>,
+
+    /// File holding LEGACY_JWT_SECRET_KEY.
+    #[arg(long, env = "LEGACY_JWT_SECRET_KEY_FILE", global = true)]
+    pub legacy_jwt_secret_key_file: Option<PathBuf>,
+
     /// Fernet key for backend bearer tokens (32 bytes, url-safe base64).
     #[arg(long, env = "ENCRYPTION_KEY", value_parser = secret, hide_env_values = true, global = true)]
     pub encryption_key: Option<SecretString>,

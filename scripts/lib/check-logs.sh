@@ -10,12 +10,12 @@ lines=$(wc -l < "$log")
 patterns=(
   '[A-Za-z]+_password[0-9]*!'               # every password the suite types (Secure_password123! ...)
   'Hunter2_secret'                          # the password inside a malformed JSON body
-  'bearer_token_[0-9]+|[a-z]+-backend-token|mia-token|rita-token|new_token_456'   # backend bearer tokens
+  'bearer_token_[0-9]+|[a-z]+-backend-token|mia-token|rita-token|new_token_456|(rekeyed|ftp|lost)_token'   # backend bearer tokens
   'eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}'   # JWTs
   'iak_[0-9a-f]{16}_[A-Za-z0-9_-]{20,}'       # API keys (their secret part)
   'ipx_[0-9a-f-]{36}_[A-Za-z0-9_-]{20,}'      # backend-proxy credentials
-  'integration-test-jwt-secret|the-next-jwt-secret-key'   # JWT signing keys
-  'g602nvWSC-IbC-O3i9E48oG5l8cHoY9ppxtX898Nk0o|KSDEUmaWmBWPfjVWm8Pkru5oXPd2OaHkVt0xXkx-Qbg'   # Fernet keys
+  'integration-test-jwt-secret|the-next-jwt-secret-key|python-service-secret'   # JWT signing keys (ours, the Python service's)
+  'g602nvWSC-IbC-O3i9E48oG5l8cHoY9ppxtX898Nk0o|KSDEUmaWmBWPfjVWm8Pkru5oXPd2OaHkVt0xXkx-Qbg|oVthGnEh3rSyYPEiVKrqMbPjEBNx9di2Ol1t789IF3k'   # Fernet keys
   'gAAAAA[A-Za-z0-9_=-]{20,}'               # Fernet tokens (encrypted bearer tokens)
   '\$2[abxy]\$[0-9]{2}\$'                   # bcrypt hashes
 )

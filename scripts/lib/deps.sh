@@ -31,6 +31,20 @@ ensure_pyjwt() {
   .venv/bin/pip install --quiet --disable-pip-version-check "PyJWT[crypto]==$PYJWT_VERSION"
 }
 
+# The seed's Python service with its pinned requirements (tests/seed-python/requirements.txt) in
+# its own venv, .venv-seed: its pins (cryptography 41, pydantic 2.5) must not move the PyJWT of
+# .venv. The import test (tests/integration/import_seed.rs) runs its code to make real sources.
+# The venv is reused while the pins it was made from are unchanged.
+ensure_seed_python() {
+  local pins=tests/seed-python/requirements.txt stamp=.venv-seed/requirements.installed
+  if [ -x .venv-seed/bin/python ] && cmp -s "$pins" "$stamp"; then return; fi
+  echo "Installing the seed's Python requirements ($pins) from PyPI into .venv-seed ..." >&2
+  rm -rf .venv-seed
+  python3 -m venv .venv-seed
+  .venv-seed/bin/pip install --quiet --disable-pip-version-check -r "$pins"
+  cp "$pins" "$stamp"
+}
+
 # Debian's Chromium (browser test), wrk (JSON load), openssl (the TLS test's certificate and
 # client) and pgbouncer (the suites run again through PgBouncer in transaction mode), and the
 # npm packages of the browser test (tests/browser: playwright-core, connect-web, swagger-ui-dist) and of the third-party client test (tests/clients: connect-node, buf).

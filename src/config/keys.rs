@@ -102,16 +102,25 @@ impl Resolved {
         // The name hasher's key: the HS256 secret, or (EdDSA in production without one) the
         // signing key, which is just as secret.
         let names_key = jwt.or(dev_jwt).or(signing_pem).ok_or_else(|| anyhow::anyhow!("JWT_SECRET_KEY missing"))?;
+        let legacy = from_setting_or_file(
+            &config.legacy_jwt_secret_key,
+            config.legacy_jwt_secret_key_file.as_deref(),
+            "LEGACY_JWT_SECRET_KEY",
+        )?;
         let jwt_previous = present(&config.jwt_previous_secret_keys);
         let encryption_previous = present(&config.encryption_previous_keys);
+        let jwt = JwtKeys::from_config(&KeyConfig {
+            algorithm: config.jwt_algorithm.into(),
+            secret: hs256_secret.as_ref(),
+            previous_secrets: &jwt_previous,
+            signing_key: signing_key.as_ref(),
+            previous_public_keys: &previous_public_keys,
+        })?;
         let keys = Keys {
-            jwt: JwtKeys::from_config(&KeyConfig {
-                algorithm: config.jwt_algorithm.into(),
-                secret: hs256_secret.as_ref(),
-                previous_secrets: &jwt_previous,
-                signing_key: signing_key.as_ref(),
-                previous_public_keys: &previous_public_keys,
-            })?,
+            jwt: match &legacy {
+                Some(secret) => jwt.with_legacy_secret(secret),
+                None => jwt,
+            },
             cipher: TokenCipher::new(&enc, &encryption_previous)?,
             names: NameHasher::new(&names_key),
         };

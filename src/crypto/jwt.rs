@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::model::{Role, SessionId, UserId};
 
+mod legacy;
+pub use legacy::session_id as legacy_session_id;
+
 pub const ISSUER: &str = "instachatico-auth";
 /// Shortest secret accepted: HS256 wants at least 256 bits.
 pub const MIN_SECRET_BYTES: usize = 32;
@@ -35,6 +38,10 @@ pub struct Claims {
     pub iat: i64,
     pub exp: i64,
     pub iss: String,
+    /// Issued by the seed's Python service (LEGACY_JWT_SECRET_KEY): `sid` is derived from the
+    /// token and its session may not exist yet. Never read from a token.
+    #[serde(skip)]
+    pub legacy: bool,
 }
 
 impl Claims {
@@ -222,6 +229,7 @@ pub struct JwtKeys {
     hs256: Validation,
     eddsa: Validation,
     published: Vec<PublishedKey>,
+    legacy: Option<legacy::LegacyKey>,
 }
 
 impl std::fmt::Debug for JwtKeys {
@@ -309,7 +317,14 @@ impl JwtKeys {
             hs256: validation(Algorithm::HS256),
             eddsa: validation(Algorithm::EdDSA),
             published,
+            legacy: None,
         })
+    }
+
+    /// Also accepts the Python service's tokens (no `kid`), verified with its secret.
+    pub fn with_legacy_secret(mut self, secret: &SecretString) -> Self {
+        self.legacy = Some(legacy::LegacyKey::new(secret));
+        self
     }
 
     /// The algorithm new tokens are signed with.
@@ -333,6 +348,7 @@ impl JwtKeys {
             iat: now.timestamp(),
             exp: expires_at.timestamp(),
             iss: ISSUER.to_owned(),
+            legacy: false,
         };
         let mut header = Header::new(self.signing.algorithm);
         header.kid = Some(self.signing.kid.clone());
@@ -366,6 +382,14 @@ impl JwtKeys {
         let started = std::time::Instant::now();
         let invalid = Error::Unauthenticated("Invalid token");
         let header = jsonwebtoken::decode_header(token).map_err(|_| Error::Unauthenticated("Invalid token"))?;
+        // Only the Python service's tokens lack a kid; without LEGACY_JWT_SECRET_KEY they are refused.
+        if header.kid.is_none()
+            && let Some(legacy) = &self.legacy
+        {
+            let claims = legacy.decode(token, &header, &self.hs256)?;
+            crate::metrics::jwt_verify(started.elapsed());
+            return check_iat(claims, now);
+        }
         // The kid chooses the key, and the key its one algorithm: a token may not pick another
         // (an HS256 token keyed with a public key's bytes is refused here).
         let (algorithm, key) = header
@@ -380,12 +404,16 @@ impl JwtKeys {
         let data = jsonwebtoken::decode::<Claims>(token, key, validation)
             .map_err(|_| Error::Unauthenticated("Invalid token"))?;
         crate::metrics::jwt_verify(started.elapsed());
-        let claims = data.claims;
-        if claims.iat > now.timestamp() + IAT_SKEW_SECS || claims.iat > claims.exp {
-            return Err(invalid);
-        }
-        Ok(claims)
+        check_iat(data.claims, now)
     }
+}
+
+/// jsonwebtoken never checks `iat`: not (beyond skew) in the future, not after `exp`.
+fn check_iat(claims: Claims, now: DateTime<Utc>) -> Result<Claims> {
+    if claims.iat > now.timestamp() + IAT_SKEW_SECS || claims.iat > claims.exp {
+        return Err(Error::Unauthenticated("Invalid token"));
+    }
+    Ok(claims)
 }
 
 #[cfg(test)]

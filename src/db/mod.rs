@@ -7,6 +7,7 @@ pub mod models;
 pub mod notify;
 mod redact;
 pub mod schema;
+pub mod seed_source;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -52,6 +52,8 @@ diesel::table! {
         user_agent -> Nullable<Text>,
         metadata -> Text,
         created_at -> Timestamp,
+        /// The id the row had in the Python service's audit_logs (import-seed); NULL otherwise.
+        seed_id -> Nullable<Integer>,
     }
 }
 

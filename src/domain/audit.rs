@@ -35,6 +35,10 @@ pub enum Action {
     ApiKeyRefused,
     /// The backend proxy refused a request (no or a dead credential, a host not allowed...).
     ProxyRefused,
+    /// `import-seed` ran (its counts in the metadata).
+    SeedImport,
+    /// A Python service's token was first used and got its session here.
+    LegacySessionBound,
 }
 
 impl Action {
@@ -82,6 +86,8 @@ impl Action {
             Self::ApiKeyRotate => "api_key_rotate",
             Self::ApiKeyRefused => "api_key_refused",
             Self::ProxyRefused => "proxy_refused",
+            Self::SeedImport => "seed_import",
+            Self::LegacySessionBound => "legacy_session_bound",
         }
     }
 }

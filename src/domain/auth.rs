@@ -9,6 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::App;
 use super::audit::{self, Action, Event};
 use super::cache::TokenTimes;
+use super::legacy;
 use super::sessions::user_subject;
 use super::types::{
     ClientInfo, IssuedToken, LoginOutcome, Principal, Role, Scope, Session, SessionId, User, UserId, UserView,
@@ -143,10 +144,13 @@ impl App {
     pub async fn authenticate(&self, claims: &Claims, now: DateTime<Utc>) -> Result<Arc<Principal>> {
         let user_id = claims.user_id()?;
         let mut conn = self.db().get().await?;
-        let (session, user, backend) = sessions::find_live(&mut conn, &claims.session_id(), now)
-            .await?
-            .ok_or(Error::Unauthenticated("Session has ended; sign in again"))?;
+        let mut found = sessions::find_live(&mut conn, &claims.session_id(), now).await?;
         drop(conn);
+        if found.is_none() && claims.legacy {
+            self.bind_legacy(claims, now).await?;
+            found = sessions::find_live(&mut self.db().get().await?, &claims.session_id(), now).await?;
+        }
+        let (session, user, backend) = found.ok_or(Error::Unauthenticated("Session has ended; sign in again"))?;
         let principal = Arc::new(Principal { user, backend, session });
         admit(&principal, user_id)?;
         Ok(principal)
@@ -204,9 +208,10 @@ impl App {
         // it, and concurrent refreshes of one token all succeed.
         self.db()
             .write(Box::new(move |c| {
-                let (app, sid, client) = (app.clone(), sid.clone(), client.clone());
+                let (app, sid, client, claims) = (app.clone(), sid.clone(), client.clone(), claims.clone());
                 Box::pin(async move {
                     users::lock(c, user_id).await?;
+                    legacy::bind(c, &claims, app.session_policy().session_lifetime, &client, now).await?;
                     let (session, user, _) = sessions::find_live(c, &sid, now)
                         .await?
                         .filter(|(s, u, _)| s.user_id == user_id && u.is_active)
@@ -226,13 +231,14 @@ impl App {
         let window = self.session_policy().refresh_window.num_seconds();
         let claims = self.jwt().verify_allowing_expired(token, now, window)?;
         let user_id = claims.user_id()?;
-        let (sid, client) = (claims.session_id(), client.clone());
+        let (sid, client, lifetime) = (claims.session_id(), client.clone(), self.session_policy().session_lifetime);
         let recorded = self
             .db()
             .write(Box::new(move |c| {
-                let (sid, client) = (sid.clone(), client.clone());
+                let (sid, client, claims) = (sid.clone(), client.clone(), claims.clone());
                 Box::pin(async move {
                     users::lock(c, user_id).await?;
+                    legacy::bind(c, &claims, lifetime, &client, now).await?;
                     if !sessions::revoke(c, &sid, now).await? {
                         return Err(Error::Unauthenticated("Session has already ended"));
                     }

@@ -12,7 +12,7 @@ use crate::common::{Backend, JWT_SECRET, PgTestDb, ServiceProcess, TestServer, e
 const BIN: &str = env!("CARGO_BIN_EXE_instachatico-auth");
 
 /// Runs the binary in `dir` with only `env` set, feeding `stdin`.
-fn run(dir: &Path, env: &[(&str, &str)], args: &[&str], stdin: &str) -> Output {
+pub(crate) fn run(dir: &Path, env: &[(&str, &str)], args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(BIN)
         .current_dir(dir)
         .env_clear()
@@ -27,7 +27,7 @@ fn run(dir: &Path, env: &[(&str, &str)], args: &[&str], stdin: &str) -> Output {
     child.wait_with_output().expect("binary runs")
 }
 
-fn text(out: &Output) -> String {
+pub(crate) fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 

@@ -22,6 +22,7 @@ mod generated_input;
 mod health;
 mod hostile;
 mod http1;
+mod import_seed;
 mod json;
 mod observability;
 mod pgbouncer;

@@ -74,6 +74,22 @@ pub async fn insert(conn: &mut DbConn, entry: &AuditEntry) -> Result<()> {
     })
 }
 
+/// Whether an event among `actions` about `user_id` was written at or after `since`.
+pub async fn any_since(conn: &mut DbConn, user_id: UserId, actions: &[&str], since: DateTime<Utc>) -> Result<bool> {
+    let since = since.naive_utc();
+    let found: i64 = db_run!(conn, "audit::any_since": {
+        audit_logs::table
+            .filter(audit_logs::user_id.eq(user_id.0))
+            .filter(audit_logs::action.eq_any(actions.iter().copied()))
+            .filter(audit_logs::created_at.ge(since))
+            .count()
+            .get_result(conn)
+            .await
+            .map_err(map_err)
+    })?;
+    Ok(found > 0)
+}
+
 /// Deletes up to `limit` entries written before `before`; returns how many.
 pub async fn purge_before(conn: &mut DbConn, before: DateTime<Utc>, limit: i64) -> Result<usize> {
     let before = before.naive_utc();

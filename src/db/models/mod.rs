@@ -5,6 +5,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod backends;
+pub mod import;
 pub mod rate_limits;
 pub mod sessions;
 pub mod throttles;

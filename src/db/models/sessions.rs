@@ -71,6 +71,22 @@ pub async fn insert(conn: &mut DbConn, session: &Session) -> Result<()> {
     })
 }
 
+/// Inserts the session unless one with its id exists (ended or not); true when it was inserted.
+/// Concurrent inserts of one id insert it once.
+pub async fn insert_if_absent(conn: &mut DbConn, session: &Session) -> Result<bool> {
+    let row = SessionRow::from(session);
+    db_run!(conn, "sessions::insert_if_absent": {
+        diesel::insert_into(sessions::table)
+            .values(&row)
+            .on_conflict(sessions::id)
+            .do_nothing()
+            .execute(conn)
+            .await
+            .map(|n| n > 0)
+            .map_err(map_err)
+    })
+}
+
 /// The session with its user and backend, if it is unrevoked and unexpired at `now`.
 /// One round trip: this runs for every authenticated request.
 pub async fn find_live(
