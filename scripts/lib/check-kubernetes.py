@@ -5,8 +5,9 @@ Renders the kustomize base with `kubectl kustomize`, validates every object agai
 Kubernetes schema (kubernetes-validate, strict), then asserts on the rendered YAML the properties
 the deployment promises, so that dropping one fails: non-root, read-only root filesystems,
 grpc.health.v1 probes, only Envoy's port admitted, Envoy's admin on 127.0.0.1, the socket shared,
-every file envoy.yaml names present in the pod, ConfigMaps within their size limits. Finally,
-with ENVOY_BIN, Envoy validates the pod's exact command line against the rendered files.
+every file envoy.yaml names present in the pod, ConfigMaps within their size limits. Each
+assertion is also shown to fail on a copy with its property removed. Finally, with ENVOY_BIN,
+Envoy validates the pod's exact command line against the rendered files.
 
 Usage: check-kubernetes.py  (from the repository root; kubectl and kubernetes-validate from .venv
 or PATH)
@@ -44,7 +45,10 @@ def tool(name):
 
 
 def render():
-    return subprocess.run([tool("kubectl"), "kustomize", BASE], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run([tool("kubectl"), "kustomize", BASE], stdout=subprocess.PIPE, text=True)
+    if out.returncode != 0:
+        sys.exit(f"check-kubernetes: kubectl kustomize {BASE} failed (above)")
+    return out.stdout
 
 
 class Rendered:
