@@ -12,6 +12,9 @@ FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 --create-home --home-dir /var/lib/instachatico-auth auth \
  && install -d -o auth -m 0700 /run/instachatico
 COPY --from=build /src/target/release/instachatico-auth /usr/local/bin/instachatico-auth
+# Swagger UI for Envoy's /docs on Kubernetes, where it is too big for a ConfigMap: the pod's init
+# container copies it to Envoy (deploy/kubernetes/deployment.yaml).
+COPY envoy/swagger-ui/ /usr/share/instachatico-auth/swagger-ui/
 USER auth
 WORKDIR /var/lib/instachatico-auth
 ENV HOST=0.0.0.0 \

