@@ -5,7 +5,8 @@
 //!   [`FakeBackend::release_stream`] (so a client that sees the first event saw it streamed);
 //! - `<base>/redirect`: 302 to `Location` given in the `to` query parameter;
 //! - `<base>/teapot`: 418 with a body of its own (errors pass through as sent);
-//! - anything else: 200 `{"backend": name, "method", "path", "body"}` (never the token).
+//! - anything else: 200 `{"backend": name, "method", "path", "body"}` (never the token), after
+//!   `sleep_ms` milliseconds when the query asks (a backend that does some work).
 
 #![allow(dead_code)]
 
@@ -70,7 +71,13 @@ impl FakeBackend {
         let handler_state = state.clone();
         let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
             let state = handler_state.clone();
-            async move { handle(state, method, uri, headers, body) }
+            async move {
+                let sleep_ms = uri.query().and_then(|q| q.split('&').find_map(|p| p.strip_prefix("sleep_ms=")));
+                if let Some(ms) = sleep_ms.and_then(|ms| ms.parse().ok()) {
+                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                }
+                handle(state, method, uri, headers, body)
+            }
         });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
