@@ -40,6 +40,8 @@ struct State {
     record: bool,
     received: Arc<Mutex<Vec<Received>>>,
     release: Arc<tokio::sync::Notify>,
+    /// Connections accepted (a proxy that reuses its connections opens few).
+    connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 pub struct FakeBackend {
@@ -67,6 +69,7 @@ impl FakeBackend {
             record,
             received: Arc::default(),
             release: Arc::new(tokio::sync::Notify::new()),
+            connections: Arc::default(),
         };
         let handler_state = state.clone();
         let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
@@ -78,6 +81,10 @@ impl FakeBackend {
                 }
                 handle(state, method, uri, headers, body)
             }
+        });
+        let connections = Arc::clone(&state.connections);
+        let listener = axum::serve::ListenerExt::tap_io(listener, move |_| {
+            connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -92,6 +99,11 @@ impl FakeBackend {
 
     pub fn last(&self) -> Received {
         self.received().pop().expect("the backend received a request")
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Lets a `/stream` reply send its last event.

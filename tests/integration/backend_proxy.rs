@@ -144,6 +144,14 @@ async fn forwards_requests_as_sent_with_the_backend_token(db: Backend) {
     let everything = format!("{:?}", got.headers);
     assert!(!everything.contains(&credential), "the proxy credential reaches the backend: {got:?}");
 
+    // Envoy keeps its connections to the backend: sequential requests share them.
+    let before = backend.connections();
+    for _ in 0..20 {
+        assert_eq!(p.get("/again", &credential).await.0, 200);
+    }
+    let opened = backend.connections() - before;
+    assert!(opened <= 2, "20 proxied requests opened {opened} backend connections");
+
     // Methods and bodies as sent, binary included.
     let payload: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
     for method in [reqwest::Method::POST, reqwest::Method::PUT, reqwest::Method::PATCH, reqwest::Method::DELETE] {
