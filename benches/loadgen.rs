@@ -229,13 +229,21 @@ async fn run_scenario(
                 let direct = Target { tokens: vec![PROXIED_TOKEN.to_owned()], ..target.clone() };
                 let harness_pid = std::process::id();
                 let watched = [("Envoy", envoy.pid()), ("service", service.pid()), ("backend", harness_pid)];
-                let name = format!("GET via the backend proxy c={c}");
-                let call = WrkCall::Get("/backend/feed?limit=20");
-                let mut reports = vec![wrk_measured(name, call, &envoy.url, &proxied, c, seconds, &watched).await];
-                let name = format!("GET straight to the backend c={c}");
-                let call = WrkCall::Get("/api/feed?limit=20");
                 let url = format!("http://{}", backend.addr);
-                reports.push(wrk_measured(name, call, &url, &direct, c, seconds, &[("backend", harness_pid)]).await);
+                let mut reports = Vec::new();
+                // An instant backend (the proxy's whole cost shows), and one taking 5 ms.
+                for (what, proxied_path, direct_path) in [
+                    ("", "/backend/feed?limit=20", "/api/feed?limit=20"),
+                    (", backend 5 ms", "/backend/feed?limit=20&sleep_ms=5", "/api/feed?limit=20&sleep_ms=5"),
+                ] {
+                    let name = format!("GET via the backend proxy{what} c={c}");
+                    let call = WrkCall::Get(proxied_path);
+                    reports.push(wrk_measured(name, call, &envoy.url, &proxied, c, seconds, &watched).await);
+                    let name = format!("GET straight to the backend{what} c={c}");
+                    let call = WrkCall::Get(direct_path);
+                    reports
+                        .push(wrk_measured(name, call, &url, &direct, c, seconds, &[("backend", harness_pid)]).await);
+                }
                 reports
             }
             ("login", Some(c)) => vec![harness::login(&target, c, seconds).await],

@@ -5,7 +5,8 @@
 //!   [`FakeBackend::release_stream`] (so a client that sees the first event saw it streamed);
 //! - `<base>/redirect`: 302 to `Location` given in the `to` query parameter;
 //! - `<base>/teapot`: 418 with a body of its own (errors pass through as sent);
-//! - anything else: 200 `{"backend": name, "method", "path", "body"}` (never the token).
+//! - anything else: 200 `{"backend": name, "method", "path", "body"}` (never the token), after
+//!   `sleep_ms` milliseconds when the query asks (a backend that does some work).
 
 #![allow(dead_code)]
 
@@ -39,6 +40,8 @@ struct State {
     record: bool,
     received: Arc<Mutex<Vec<Received>>>,
     release: Arc<tokio::sync::Notify>,
+    /// Connections accepted (a proxy that reuses its connections opens few).
+    connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 pub struct FakeBackend {
@@ -66,11 +69,22 @@ impl FakeBackend {
             record,
             received: Arc::default(),
             release: Arc::new(tokio::sync::Notify::new()),
+            connections: Arc::default(),
         };
         let handler_state = state.clone();
         let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
             let state = handler_state.clone();
-            async move { handle(state, method, uri, headers, body) }
+            async move {
+                let sleep_ms = uri.query().and_then(|q| q.split('&').find_map(|p| p.strip_prefix("sleep_ms=")));
+                if let Some(ms) = sleep_ms.and_then(|ms| ms.parse().ok()) {
+                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                }
+                handle(state, method, uri, headers, body)
+            }
+        });
+        let connections = Arc::clone(&state.connections);
+        let listener = axum::serve::ListenerExt::tap_io(listener, move |_| {
+            connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -85,6 +99,11 @@ impl FakeBackend {
 
     pub fn last(&self) -> Received {
         self.received().pop().expect("the backend received a request")
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Lets a `/stream` reply send its last event.

@@ -740,9 +740,12 @@ async fn seed_account(
 pub async fn proxy_credentials(target: &Target, backend_url: &str, backend_token: &str, n: usize) -> Vec<String> {
     let channel = Channel::from_shared(target.grpc_url.clone()).unwrap().connect().await.expect("connect");
     let admin = target.admin_token.as_deref().expect("the target's admin");
+    // A new user per call: each run has its own backend.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let username = format!("proxied{nanos}");
     let mut create = Request::new(pb::CreateUserRequest {
-        username: "proxied".into(),
-        email: "proxied@example.com".into(),
+        username: username.clone(),
+        email: format!("{username}@example.com"),
         password: PASSWORD.into(),
         api_base_url: backend_url.into(),
         bearer_token: backend_token.into(),
@@ -753,7 +756,7 @@ pub async fn proxy_credentials(target: &Target, backend_url: &str, backend_token
     let mut auth = AuthServiceClient::new(channel);
     let mut credentials = Vec::with_capacity(n);
     for _ in 0..n {
-        let login = pb::LoginRequest { username: "proxied".into(), password: PASSWORD.into() };
+        let login = pb::LoginRequest { username: username.clone(), password: PASSWORD.into() };
         let reply = auth.login(login).await.expect("login").into_inner();
         credentials.push(reply.backend_config.expect("a backend").bearer_token);
     }

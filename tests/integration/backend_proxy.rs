@@ -42,6 +42,7 @@ on_both!(
     backends_outside_the_allow_list_are_refused,
     the_cookie_variant_needs_the_uis_origin_for_unsafe_methods,
     revocation_wins_every_race_with_proxied_requests,
+    proxied_calls_have_their_own_limit_and_fail_closed,
 );
 
 /// A proxy-mode server for `backends` behind a real Envoy, with an admin's token.
@@ -121,6 +122,7 @@ async fn forwards_requests_as_sent_with_the_backend_token(db: Backend) {
         .header("cookie", "session=ui-cookie")
         .header("origin", FRONTEND)
         .header("x-custom", "kept")
+        .header("proxy-authorization", "Basic c2VjcmV0")
         .send()
         .await
         .unwrap();
@@ -137,9 +139,18 @@ async fn forwards_requests_as_sent_with_the_backend_token(db: Backend) {
     assert_eq!(got.header("host"), Some(&*backend.addr.to_string()));
     assert_eq!(got.header("x-custom"), Some("kept"));
     assert!(got.header("cookie").is_none(), "the client's cookies never reach the backend: {got:?}");
+    assert!(got.header("proxy-authorization").is_none(), "{got:?}");
     assert!(got.header("x-instachatico-upstream-scheme").is_none(), "{got:?}");
     let everything = format!("{:?}", got.headers);
     assert!(!everything.contains(&credential), "the proxy credential reaches the backend: {got:?}");
+
+    // Envoy keeps its connections to the backend: sequential requests share them.
+    let before = backend.connections();
+    for _ in 0..20 {
+        assert_eq!(p.get("/again", &credential).await.0, 200);
+    }
+    let opened = backend.connections() - before;
+    assert!(opened <= 2, "20 proxied requests opened {opened} backend connections");
 
     // Methods and bodies as sent, binary included.
     let payload: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
@@ -561,4 +572,37 @@ fn proxy_mode_needs_an_allow_list() {
     ])
     .unwrap_err();
     assert!(error.contains("BACKEND_PROXY_PUBLIC_URL"), "{error}");
+}
+
+/// The proxy's own per-user limit (RATE_LIMIT_PROXY_PER_MINUTE), apart from the API's; and the
+/// service down: Envoy answers 503 rather than forwarding anything.
+async fn proxied_calls_have_their_own_limit_and_fail_closed(db: Backend) {
+    let backend = FakeBackend::start("limited").await;
+    let options = Options::default().arg("rate-limit-proxy-per-minute", "3");
+    let Some(p) = Proxy::start(db, &backend.addr.to_string(), options).await else { return };
+    let (access, credential) = p.user("lim", &base(&backend, "/"), "proxied-backend-token-lim").await;
+    for _ in 0..3 {
+        assert_eq!(p.get("/x", &credential).await.0, 200);
+    }
+    let response = p.request(reqwest::Method::GET, "/x").bearer_auth(&credential).send().await.unwrap();
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().contains_key("retry-after"), "{response:?}");
+    assert_eq!(backend.received().len(), 3, "the refused call never reached the backend");
+    // The API's own limit is apart: the account still works.
+    assert_eq!(p.api.get("/api/v1/users/me", Some(&access)).await.status, 200);
+    let reasons: Vec<String> = p
+        .audit("proxy_refused")
+        .await
+        .iter()
+        .filter_map(|e| e.metadata["reason"].as_str().map(str::to_owned))
+        .collect();
+    assert!(reasons.iter().any(|r| r == "rate_limited"), "{reasons:?}");
+
+    let Proxy { s, envoy, api, .. } = p;
+    s.stop().await;
+    let reply = api.send(api.request(reqwest::Method::GET, "/backend/x").bearer_auth(&credential)).await;
+    assert_eq!(reply.detail(503), "Service unavailable");
+    assert!(reply.header("retry-after").is_some(), "{reply:?}");
+    assert_eq!(backend.received().len(), 3);
+    drop(envoy);
 }
