@@ -606,3 +606,78 @@ async fn proxied_calls_have_their_own_limit_and_fail_closed(db: Backend) {
     assert_eq!(backend.received().len(), 3);
     drop(envoy);
 }
+
+/// An https backend: Envoy's `backend_https` cluster sends the backend's host name as SNI and
+/// checks its certificate against it. The backend is `openssl s_server -WWW` with a certificate
+/// for `localhost`, which the test's Envoy trusts in place of the system's CAs; the same backend
+/// reached by its IP address fails the name check, and nothing is forwarded unverified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_backends_are_verified_against_their_host_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs (./scripts/test installs it)");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    // -WWW serves files below its working directory: GET /api/feed answers with this file.
+    std::fs::create_dir(dir.path().join("api")).unwrap();
+    std::fs::write(dir.path().join("api/feed"), "served over TLS").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let _server = KillOnDrop(
+        std::process::Command::new("openssl")
+            .current_dir(dir.path())
+            .args(["s_server", "-quiet", "-WWW", "-accept", &format!("127.0.0.1:{port}"), "-cert"])
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let options = Options::default()
+        .arg("backend-proxy", "true")
+        .arg("backend-proxy-public-url", PUBLIC_URL)
+        .arg("backend-allowed-hosts", format!("localhost:{port}, 127.0.0.1:{port}"))
+        .arg("rate-limit-proxy-per-minute", "100000");
+    let Some(s) = TestServer::start_with(Backend::Sqlite, options).await else { return };
+    let trusted = cert.display().to_string();
+    let edit = |config: &str| {
+        assert!(config.contains("/etc/ssl/certs/ca-certificates.crt"), "envoy.yaml's CA bundle moved");
+        config.replace("/etc/ssl/certs/ca-certificates.crt", &trusted)
+    };
+    let Some(envoy) = Envoy::start_edited(&[s.upstream()], edit).await else { return };
+    let (admin, api) = (s.admin_token().await, Json::new(&envoy.url));
+    let p = Proxy { s, envoy, api, admin };
+
+    let (_, credential) = p.user("tia", &format!("https://localhost:{port}/api"), "proxied-backend-token-tia").await;
+    let (status, body) = p.get("/feed", &credential).await;
+    assert_eq!((status, body.as_str()), (200, "served over TLS"));
+
+    // The same server by its address: the certificate does not name 127.0.0.1.
+    let (_, credential) = p.user("ivo", &format!("https://127.0.0.1:{port}/api"), "proxied-backend-token-ivo").await;
+    let (status, body) = p.get("/feed", &credential).await;
+    assert_eq!(status, 502, "{body}");
+}
+
+/// A child process ended with the test, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
