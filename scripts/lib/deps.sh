@@ -62,7 +62,7 @@ ensure_seed_python() {
   cp "$pins" "$stamp"
 }
 
-# Debian's Chromium (browser test), wrk (JSON load), openssl (the TLS test's certificate and
+# Debian's Chromium (browser test), wrk (JSON load), valgrind (Envoy's instruction counts), openssl (the TLS test's certificate and
 # client) and pgbouncer (the suites run again through PgBouncer in transaction mode), and the
 # npm packages of the browser test (tests/browser: playwright-core, connect-web, swagger-ui-dist) and of the third-party client test (tests/clients: connect-node, buf).
 ensure_test_deps() {
@@ -71,6 +71,7 @@ ensure_test_deps() {
   command -v wrk >/dev/null 2>&1 || missing+=(wrk)
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)
   command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
+  command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
       echo "Installing Debian ${missing[*]} ..." >&2

@@ -121,3 +121,40 @@ async fn bench_proxy_scenario_smoke() {
     assert!(refused.ok == 0 && refused.errors > 0, "{}", refused.summary());
     s.stop().await;
 }
+
+/// `bench/envoy-instructions` (Envoy's instructions per request under callgrind, issue 17 point
+/// 5): every variant's config still applies to envoy.yaml and Envoy accepts it, and a tiny real
+/// run under valgrind prints the two rows the target compares.
+#[test]
+fn envoy_instructions_script_runs() {
+    let Some(envoy) = Envoy::binary() else { return };
+    if std::process::Command::new("valgrind").arg("--version").output().is_err() {
+        skipped("no valgrind (Debian package valgrind): Envoy's instruction counts did not run");
+        return;
+    }
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/envoy-instructions");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("python3")
+            .arg(&script)
+            .args(args)
+            .env("ENVOY_BIN", &envoy)
+            .output()
+            .expect("python3");
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{args:?}:\n{stdout}\n{stderr}");
+        stdout.into_owned()
+    };
+    let checked = run(&["--check"]);
+    for variant in ["committed", "static", "minimal-proxy", "envoy-request-id", "lua-where-needed"] {
+        assert!(checked.contains(&format!("variant {variant}: valid")), "{checked}");
+    }
+    let bin = env!("CARGO_BIN_EXE_instachatico-auth");
+    let table = run(&["--variants", "committed,static", "--requests", "3", "--warmup", "1", "--binary", bin]);
+    let count = |prefix: &str| -> f64 {
+        let row =
+            table.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix:?} row:\n{table}"));
+        row.split('|').nth(3).unwrap().trim().replace(',', "").parse().unwrap()
+    };
+    // Proxying and transcoding a call costs Envoy more than answering by itself.
+    assert!(count("| committed | JSON GetMe |") > count("| static |"), "{table}");
+}
