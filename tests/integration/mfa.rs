@@ -190,8 +190,12 @@ async fn totp_enrol_and_sign_in_over_grpc(s: TestServer) {
         assert!(actions.contains(&action), "{action} missing from {actions:?}");
     }
     let text = format!("{:?}", all.entries);
+    // Nor in the server's logs (debug level, this process's servers).
+    let logs = std::fs::read_to_string(crate::common::LOG_FILE).unwrap_or_default();
     for secret in [&first.secret, &second.secret, &code, &codes[0], step.mfa_token.as_ref().unwrap(), &fresh] {
         assert!(!text.contains(secret.as_str()), "a secret in the audit log");
+        // (A 6-digit code may occur in any log line by chance: the long ones only.)
+        assert!(secret.len() < 10 || !logs.contains(secret.as_str()), "a secret in the logs");
     }
     s.stop().await;
 }
