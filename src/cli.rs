@@ -65,6 +65,13 @@ pub enum Command {
         #[arg(long)]
         username: String,
     },
+    /// Clear a user's second factors (TOTP and recovery codes) and end all their sessions, for
+    /// a user who lost the authenticator and the recovery codes.
+    ResetMfa {
+        /// Username or email.
+        #[arg(long)]
+        username: String,
+    },
     /// Deactivate a user and end all their sessions.
     Deactivate {
         #[arg(long)]
@@ -78,8 +85,9 @@ pub enum Command {
     /// Print a fresh JWT_SECRET_KEY, ENCRYPTION_KEY and (for JWT_ALGORITHM=EdDSA) JWT_SIGNING_KEY
     /// for a .env file.
     GenerateKeys,
-    /// Re-encrypt every stored backend token under the current ENCRYPTION_KEY (tokens under a
-    /// key in ENCRYPTION_PREVIOUS_KEYS), in one transaction. After it, the previous keys can go.
+    /// Re-encrypt every stored backend token and TOTP secret under the current ENCRYPTION_KEY
+    /// (those under a key in ENCRYPTION_PREVIOUS_KEYS), in one transaction. After it, the
+    /// previous keys can go.
     RotateKeys,
     /// Create an API key for a service account (created too if it does not exist) and print the
     /// key, once, on stdout; only its hash is stored.
@@ -178,6 +186,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let app = app(&config).await?;
             let (total, changed) = app.reencrypt_backend_tokens(&ClientInfo::default(), Utc::now()).await?;
             println!("re-encrypted {changed} of {total} backend token(s) under the current ENCRYPTION_KEY");
+            let (total, changed) = app.reencrypt_totp_secrets(&ClientInfo::default(), Utc::now()).await?;
+            println!("re-encrypted {changed} of {total} TOTP secret(s) under the current ENCRYPTION_KEY");
             Ok(())
         }
         Command::ExportApi { dir } => {
@@ -256,6 +266,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::ImportSeed(args) => import_seed::run(&config, args).await,
+        Command::ResetMfa { username } => {
+            let app = app(&config).await?;
+            let user = app.find_user(&username).await?;
+            let ended = app.reset_mfa(&Actor::System("cli"), user.id, &ClientInfo::default(), Utc::now()).await?;
+            println!("second factors of {} cleared; {ended} session(s) ended", user.username);
+            Ok(())
+        }
         Command::Deactivate { username } => set_active(&config, &username, false).await,
         Command::Activate { username } => set_active(&config, &username, true).await,
     }

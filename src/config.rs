@@ -250,6 +250,12 @@ pub struct Config {
     #[arg(long, env = "LOGIN_THROTTLE_COOLDOWN_SECONDS", default_value_t = 900, value_parser = clap::value_parser!(u32).range(1..=86400), global = true)]
     pub login_throttle_cooldown_seconds: u32,
 
+    /// Admins without a second factor must enrol one before they get a session: Login answers
+    /// them `{"mfa_enrollment_required": true, "mfa_token"}`, which only the TOTP enrolment
+    /// routes accept.
+    #[arg(long, env = "MFA_REQUIRED_FOR_ADMINS", default_value_t = false, action = clap::ArgAction::Set, global = true)]
+    pub mfa_required_for_admins: bool,
+
     /// Lets anyone create an account with Register (off: admins create users).
     #[arg(long, env = "ALLOW_REGISTRATION", default_value_t = false, action = clap::ArgAction::Set, global = true)]
     pub allow_registration: bool,

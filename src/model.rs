@@ -262,3 +262,29 @@ impl ApiKey {
         self.revoked_at.is_none() && self.expires_at.is_none_or(|at| at > now)
     }
 }
+
+/// A user's TOTP factor as stored: the secret still encrypted.
+#[derive(Debug, Clone)]
+pub struct TotpFactor {
+    pub user_id: UserId,
+    pub secret_encrypted: String,
+    /// `None` while enrolment is pending.
+    pub confirmed_at: Option<DateTime<Utc>>,
+    /// The newest RFC 6238 time step accepted (0: none yet).
+    pub last_used_step: i64,
+}
+
+/// The challenge between a correct password and the second step of a sign-in.
+#[derive(Debug, Clone)]
+pub struct MfaChallenge {
+    pub token_sha256: String,
+    pub user_id: UserId,
+    pub ip_address: String,
+    pub password_sha256: String,
+    /// An enrolment grant (MFA_REQUIRED_FOR_ADMINS), not the second step of a sign-in.
+    pub enrolment: bool,
+    pub failures: i32,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+}

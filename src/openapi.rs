@@ -200,6 +200,10 @@ fn responses(rule: &RpcRule, method: &MethodDescriptor, schemas: &mut Schemas) -
         (Access::Admin, Some(scope)) => Some(format!("Needs an admin's session, or an API key with the {scope} scope")),
         (Access::Admin, None) => Some("Needs an admin's session (API keys may not call this)".to_owned()),
         (Access::Session, _) => Some("Needs a user's session (API keys may not call this)".to_owned()),
+        (Access::SessionOrEnrolment, _) => Some(
+            "Needs a user's session, or the mfa_token of an enrolment that MFA_REQUIRED_FOR_ADMINS asks for (API keys may not call this)"
+                .to_owned(),
+        ),
         _ => None,
     };
     let forbidden_text;
@@ -229,6 +233,10 @@ impl Schemas {
     fn message_ref(&mut self, message: &MessageDescriptor) -> Value {
         if message.full_name() == "google.protobuf.Timestamp" {
             return json!({"type": "string", "format": "date-time"});
+        }
+        // Only LoginResponse.methods: a list of strings that is absent rather than empty.
+        if message.full_name() == "google.protobuf.ListValue" {
+            return json!({"type": "array", "items": {"type": "string"}});
         }
         if !self.map.contains_key(message.name()) {
             // Insert a placeholder first so recursive messages terminate.
@@ -350,7 +358,7 @@ mod tests {
             assert_eq!(successes, [rule.success_http], "{what}: success");
             let unauthenticated = rule.access != Access::Public || rule.errors.iter().any(|e| e.http == 401);
             assert_eq!(statuses.contains(&401), unauthenticated, "{what}: 401");
-            if matches!(rule.access, Access::Admin | Access::Service | Access::Session) {
+            if matches!(rule.access, Access::Admin | Access::Service | Access::Session | Access::SessionOrEnrolment) {
                 assert!(statuses.contains(&403), "{what}: 403 undocumented");
             }
             if let Some(scope) = rule.scope {

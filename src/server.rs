@@ -28,6 +28,7 @@ use crate::grpc::codec::{CodecLayer, PlainMessageLayer};
 use crate::grpc::ext_authz::ExtAuthzApi;
 use crate::grpc::health::HealthApi;
 use crate::grpc::keys::KeysApi;
+use crate::grpc::mfa::MfaApi;
 use crate::grpc::service_accounts::ServiceAccountApi;
 use crate::grpc::user::UserApi;
 use crate::grpc::{AccessLayer, ClientIpPolicy};
@@ -36,6 +37,7 @@ use crate::pb::audit_service_server::AuditServiceServer;
 use crate::pb::auth_service_server::AuthServiceServer;
 use crate::pb::health_service_server::HealthServiceServer;
 use crate::pb::keys_service_server::KeysServiceServer;
+use crate::pb::mfa_service_server::MfaServiceServer;
 use crate::pb::service_account_service_server::ServiceAccountServiceServer;
 use crate::pb::user_service_server::UserServiceServer;
 use crate::telemetry::{RpcTelemetryLayer, Transport};
@@ -228,6 +230,7 @@ async fn serve(
     let (health_reporter, grpc_health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<AuthServiceServer<AuthApi>>().await;
     health_reporter.set_serving::<UserServiceServer<UserApi>>().await;
+    health_reporter.set_serving::<MfaServiceServer<MfaApi>>().await;
     let probe = tokio::spawn(background::probe_database(app.clone(), health_reporter));
     let janitor = tokio::spawn(background::housekeeping(app.clone()));
     // DATABASE_LISTEN_URL (default DATABASE_URL): LISTEN needs a session, not a pooler's turn.
@@ -242,6 +245,7 @@ async fn serve(
         UserServiceServer::new(UserApi::new(app.clone(), ips.clone())).max_decoding_message_size(MAX_REQUEST_BYTES);
     let service_accounts = ServiceAccountServiceServer::new(ServiceAccountApi::new(app.clone(), ips.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let mfa = MfaServiceServer::new(MfaApi::new(app.clone(), ips.clone())).max_decoding_message_size(MAX_REQUEST_BYTES);
     let audit = AuditServiceServer::new(AuditApi::new(app.clone())).max_decoding_message_size(MAX_REQUEST_BYTES);
     let health = HealthServiceServer::new(HealthApi::new(app.clone()));
     let keys = KeysServiceServer::new(KeysApi::new(app.clone()));
@@ -269,6 +273,7 @@ async fn serve(
         .layer(CodecLayer::new(MAX_REQUEST_BYTES))
         .add_service(auth)
         .add_service(users)
+        .add_service(mfa)
         .add_service(audit)
         .add_service(health)
         .add_service(keys)

@@ -122,6 +122,7 @@ impl Settings {
                 throttle_threshold: config.login_throttle_threshold,
                 throttle_cooldown: chrono::Duration::seconds(i64::from(config.login_throttle_cooldown_seconds)),
                 allow_registration: config.allow_registration,
+                mfa_required_for_admins: config.mfa_required_for_admins,
             },
             hashing,
             retention,

@@ -104,3 +104,37 @@ diesel::table! {
         tat -> BigInt,
     }
 }
+
+diesel::table! {
+    mfa_totp (user_id) {
+        user_id -> Integer,
+        secret_encrypted -> Text,
+        confirmed_at -> Nullable<Timestamp>,
+        last_used_step -> BigInt,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    mfa_recovery_codes (id) {
+        id -> Integer,
+        user_id -> Integer,
+        code_sha256 -> Text,
+        created_at -> Timestamp,
+        used_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    mfa_challenges (token_sha256) {
+        token_sha256 -> Text,
+        user_id -> Integer,
+        ip_address -> Text,
+        password_sha256 -> Text,
+        purpose -> Text,
+        failures -> Integer,
+        created_at -> Timestamp,
+        expires_at -> Timestamp,
+        ended_at -> Nullable<Timestamp>,
+    }
+}

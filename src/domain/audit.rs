@@ -39,6 +39,24 @@ pub enum Action {
     SeedImport,
     /// A Python service's token was first used and got its session here.
     LegacySessionBound,
+    /// A TOTP secret was handed out for enrolment (pending until confirmed).
+    MfaTotpStarted,
+    /// TOTP was switched on (and recovery codes issued).
+    MfaTotpConfirmed,
+    /// A correct password of a user with a second factor: an mfa_token was issued.
+    MfaRequired,
+    /// The second step of a sign-in succeeded (method in the metadata).
+    MfaSuccess,
+    /// A wrong, replayed or unusable second-factor code (reason in the metadata).
+    MfaFailure,
+    /// A recovery code was spent.
+    MfaRecoveryCodeUsed,
+    /// The user removed their TOTP factor (with password and code).
+    MfaTotpRemoved,
+    /// The user replaced their recovery codes (with password and code).
+    MfaRecoveryCodesRegenerated,
+    /// An admin (or the CLI) cleared a user's factors; the user's sessions ended.
+    MfaReset,
 }
 
 impl Action {
@@ -54,6 +72,7 @@ impl Action {
                 | Self::UserDelete
                 | Self::PasswordReset
                 | Self::SessionRevoke
+                | Self::MfaReset
         )
     }
 
@@ -88,6 +107,15 @@ impl Action {
             Self::ProxyRefused => "proxy_refused",
             Self::SeedImport => "seed_import",
             Self::LegacySessionBound => "legacy_session_bound",
+            Self::MfaTotpStarted => "mfa_totp_started",
+            Self::MfaTotpConfirmed => "mfa_totp_confirmed",
+            Self::MfaRequired => "mfa_required",
+            Self::MfaSuccess => "mfa_success",
+            Self::MfaFailure => "mfa_failure",
+            Self::MfaRecoveryCodeUsed => "mfa_recovery_code_used",
+            Self::MfaTotpRemoved => "mfa_totp_removed",
+            Self::MfaRecoveryCodesRegenerated => "mfa_recovery_codes_regenerated",
+            Self::MfaReset => "mfa_reset",
         }
     }
 }

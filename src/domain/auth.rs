@@ -10,13 +10,15 @@ use super::App;
 use super::audit::{self, Action, Event};
 use super::cache::TokenTimes;
 use super::legacy;
+use super::mfa::{Claim, Proof};
 use super::sessions::user_subject;
 use super::types::{
-    ClientInfo, IssuedToken, LoginOutcome, Principal, Role, Scope, Session, SessionId, User, UserId, UserView,
+    ClientInfo, IssuedToken, LoginOutcome, Principal, Role, Scope, Session, SessionId, SignIn, User, UserId, UserView,
 };
 use crate::crypto::jwt::{Claims, Subject};
 use crate::db::models::audit as audit_rows;
-use crate::db::models::{sessions, throttles, users};
+use crate::db::models::{mfa, sessions, throttles, users};
+use crate::model::Backend;
 
 use crate::error::{Error, Result};
 
@@ -24,7 +26,8 @@ use crate::error::{Error, Result};
 const LOGIN_MAX: usize = 254;
 
 impl App {
-    /// Checks the password and opens a session (seed 3.2.1). Unknown users and wrong passwords
+    /// Checks the password and opens a session (seed 3.2.1), or, for a user with a second
+    /// factor, issues the mfa_token of the second step instead (no session yet). Unknown users and wrong passwords
     /// fail identically, in message and in time. Limited per client address (all replicas) and
     /// throttled per account and address after repeated failures.
     pub async fn login(
@@ -33,7 +36,7 @@ impl App {
         password: &SecretString,
         client: &ClientInfo,
         now: DateTime<Utc>,
-    ) -> Result<LoginOutcome> {
+    ) -> Result<SignIn> {
         let login = login.trim();
         if login.is_empty() {
             return Err(Error::invalid("username", "is required"));
@@ -73,6 +76,33 @@ impl App {
             return Err(Error::AccountInactive);
         }
 
+        if self.has_second_factor(user.id).await? {
+            let mfa_token = self.issue_mfa_challenge(&user, false, client, now).await?;
+            return Ok(SignIn::MfaRequired { mfa_token });
+        }
+        if self.security().mfa_required_for_admins && user.role == Role::Admin {
+            let mfa_token = self.issue_mfa_challenge(&user, true, client, now).await?;
+            return Ok(SignIn::EnrollmentRequired { mfa_token });
+        }
+        let checked = Proof::Password { checked_hash: user.password_hash.clone() };
+        let outcome = self.open_session(user, backend, checked, client, now).await?.ok_or(Error::InvalidCredentials)?;
+        self.rehash_if_weak(&outcome.1, password);
+        Ok(SignIn::Session(Box::new(outcome.0)))
+    }
+
+    /// Opens a session for `user` once `proof` holds inside the write transaction: the
+    /// password checked is still the account's (a reset that committed meanwhile wins) and the
+    /// account still active; for a second step, also the mfa_token still live and the code
+    /// claimed (a TOTP step or a recovery code, once). `Ok(None)`: the code was already used
+    /// (nothing written).
+    pub(super) async fn open_session(
+        &self,
+        user: User,
+        backend: Option<Backend>,
+        proof: Proof,
+        client: &ClientInfo,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(LoginOutcome, User)>> {
         let session_id = SessionId::random();
         // Proxy mode: a credential of this session instead of the backend's token, which never
         // leaves the service.
@@ -99,21 +129,39 @@ impl App {
         };
         let token = self.issue_token(&user, &session, now)?;
 
-        let (user_id, checked_hash, client_for_task) = (user.id, user.password_hash.clone(), client.clone());
+        let (user_id, client_for_task) = (user.id, client.clone());
         let new_session = session.clone();
         let recorded = self
             .db()
             .write(Box::new(move |c| {
-                let (session, checked_hash, client) =
-                    (new_session.clone(), checked_hash.clone(), client_for_task.clone());
+                let (session, proof, client) = (new_session.clone(), proof.clone(), client_for_task.clone());
                 Box::pin(async move {
-                    // In one order with every other change to this user: the password checked above
-                    // must still be the account's (a reset that committed meanwhile wins), and the
-                    // account still active.
+                    // In one order with every other change to this user.
                     users::lock(c, user_id).await?;
                     let (current, _) = users::find(c, user_id).await?.ok_or(Error::InvalidCredentials)?;
-                    if current.password_hash != checked_hash {
-                        return Err(Error::InvalidCredentials);
+                    let mut method = None;
+                    match &proof {
+                        Proof::Password { checked_hash } => {
+                            if current.password_hash != *checked_hash {
+                                return Err(Error::InvalidCredentials);
+                            }
+                        }
+                        Proof::SecondFactor { password_sha256, token_sha256, claim } => {
+                            if super::mfa::sha256_hex(&current.password_hash) != *password_sha256 {
+                                return Err(Error::Unauthenticated(super::mfa::TOKEN_REFUSED));
+                            }
+                            let claimed = match claim {
+                                Claim::TotpStep(step) => mfa::claim_totp_step(c, user_id, *step).await?,
+                                Claim::RecoveryCode(hash) => mfa::use_recovery_code(c, user_id, hash, now).await?,
+                            };
+                            if !claimed {
+                                return Ok(None);
+                            }
+                            if !mfa::end_challenge(c, token_sha256, now).await? {
+                                return Err(Error::Unauthenticated(super::mfa::TOKEN_REFUSED));
+                            }
+                            method = Some(claim.method());
+                        }
                     }
                     if !current.is_active {
                         return Err(Error::AccountInactive);
@@ -121,23 +169,37 @@ impl App {
                     sessions::insert(c, &session).await?;
                     users::set_last_login(c, user_id, now).await?;
                     throttles::clear(c, &user_subject(user_id), &client_key(&client)).await?;
-                    let event = Event::new(Action::LoginSuccess, Some(user_id)).with("session_id", session.id.as_str());
-                    audit::record(c, event, &client, now).await
+                    if let Some(method) = method {
+                        let event = Event::new(Action::MfaSuccess, Some(user_id)).with("method", method);
+                        audit::record(c, event, &client, now).await?.nothing_cached();
+                        if method == Claim::RECOVERY_CODE {
+                            let left = mfa::recovery_codes_left(c, user_id).await?;
+                            let event = Event::new(Action::MfaRecoveryCodeUsed, Some(user_id)).with("remaining", left);
+                            audit::record(c, event, &client, now).await?.nothing_cached();
+                        }
+                    }
+                    let mut event =
+                        Event::new(Action::LoginSuccess, Some(user_id)).with("session_id", session.id.as_str());
+                    if let Some(method) = method {
+                        event = event.with("second_factor", method);
+                    }
+                    audit::record(c, event, &client, now).await.map(Some)
                 })
             }))
             .await?;
+        let Some(recorded) = recorded else { return Ok(None) };
         self.committed(recorded);
         crate::metrics::login_attempt("success");
-        self.rehash_if_weak(&user, password);
 
         let mut user = user;
         user.last_login = Some(now);
-        Ok(LoginOutcome {
+        let outcome = LoginOutcome {
             token,
             user: UserView::from((&user, backend.as_ref())),
             backend: backend_config,
             proxy_cookie,
-        })
+        };
+        Ok(Some((outcome, user)))
     }
 
     /// Resolves verified claims to a live session of an active user (one query).
@@ -320,7 +382,13 @@ impl App {
     }
 
     /// Counts a failure of `subject` from this address; at the threshold, starts a cool-down.
-    async fn count_failure(&self, subject: &str, user_id: Option<UserId>, client: &ClientInfo, now: DateTime<Utc>) {
+    pub(super) async fn count_failure(
+        &self,
+        subject: &str,
+        user_id: Option<UserId>,
+        client: &ClientInfo,
+        now: DateTime<Utc>,
+    ) {
         let policy = self.security();
         let address = client_key(client);
         let result: Result<()> = async {
@@ -413,6 +481,6 @@ const SUSPICIOUS_FAILURES: i64 = 10;
 const SUSPICIOUS_WINDOW_MINUTES: i64 = 5;
 
 /// The address key of throttling state.
-fn client_key(client: &ClientInfo) -> String {
+pub(super) fn client_key(client: &ClientInfo) -> String {
     client.ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
 }

@@ -12,7 +12,7 @@ use super::audit::{self, Action, Event};
 use super::types::{ClientInfo, UserId};
 use crate::crypto::secrets::KeyUsed;
 use crate::db::DbConn;
-use crate::db::models::{audit as audit_rows, backends, rate_limits, sessions, throttles};
+use crate::db::models::{audit as audit_rows, backends, mfa, rate_limits, sessions, throttles};
 use crate::error::Result;
 use secrecy::ExposeSecret;
 
@@ -148,29 +148,62 @@ impl App {
     /// Re-encrypts every stored backend token that is not under the current `ENCRYPTION_KEY`,
     /// in one transaction (all or nothing). Returns (tokens stored, tokens re-encrypted).
     pub async fn reencrypt_backend_tokens(&self, client: &ClientInfo, now: DateTime<Utc>) -> Result<(usize, usize)> {
+        self.reencrypt(Sealed::BackendTokens, client, now).await
+    }
+
+    /// The same for the TOTP secrets of second factors.
+    pub async fn reencrypt_totp_secrets(&self, client: &ClientInfo, now: DateTime<Utc>) -> Result<(usize, usize)> {
+        self.reencrypt(Sealed::TotpSecrets, client, now).await
+    }
+
+    async fn reencrypt(&self, what: Sealed, client: &ClientInfo, now: DateTime<Utc>) -> Result<(usize, usize)> {
         let (cipher, client) = (self.cipher().clone(), client.clone());
         self.db()
             .write(Box::new(move |c| {
                 let (cipher, client) = (cipher.clone(), client.clone());
                 Box::pin(async move {
-                    let tokens = backends::all_tokens(c).await?;
+                    let stored = match what {
+                        Sealed::BackendTokens => backends::all_tokens(c).await?,
+                        Sealed::TotpSecrets => mfa::all_totp_secrets(c).await?,
+                    };
                     let mut changed = 0;
-                    for (id, encrypted) in &tokens {
-                        // Any token no key can read fails the whole run: nothing is half-rotated.
+                    for (id, encrypted) in &stored {
+                        // Anything no key can read fails the whole run: nothing is half-rotated.
                         let (plain, used) = cipher.decrypt_with_key_info(encrypted)?;
                         if used == KeyUsed::Previous {
-                            backends::set_token(c, *id, &cipher.encrypt(plain.expose_secret())).await?;
+                            let encrypted = cipher.encrypt(plain.expose_secret());
+                            match what {
+                                Sealed::BackendTokens => backends::set_token(c, *id, &encrypted).await?,
+                                Sealed::TotpSecrets => mfa::set_totp_secret(c, *id, &encrypted).await?,
+                            }
                             changed += 1;
                         }
                     }
                     let event = Event::new(Action::TokensReencrypted, None)
-                        .with("tokens", tokens.len())
+                        .with(what.label(), stored.len())
                         .with("reencrypted", changed)
                         .with("via", "cli");
                     audit::record(c, event, &client, now).await?.nothing_cached();
-                    Ok((tokens.len(), changed))
+                    Ok((stored.len(), changed))
                 })
             }))
             .await
+    }
+}
+
+/// What a re-encryption covers: each kind of secret stored under the Fernet keyring.
+#[derive(Debug, Clone, Copy)]
+enum Sealed {
+    BackendTokens,
+    TotpSecrets,
+}
+
+impl Sealed {
+    /// Its count's name in the audit row.
+    fn label(self) -> &'static str {
+        match self {
+            Self::BackendTokens => "tokens",
+            Self::TotpSecrets => "totp_secrets",
+        }
     }
 }

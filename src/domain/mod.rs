@@ -13,6 +13,7 @@ pub mod keys;
 mod legacy;
 mod limits;
 pub mod maintenance;
+pub mod mfa;
 pub mod proxy;
 pub mod sessions;
 pub mod types;
@@ -55,6 +56,8 @@ pub struct SecurityPolicy {
     pub throttle_threshold: u32,
     pub throttle_cooldown: Duration,
     pub allow_registration: bool,
+    /// Admins without a second factor enrol one before they get a session.
+    pub mfa_required_for_admins: bool,
 }
 
 /// What housekeeping keeps.

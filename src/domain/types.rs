@@ -191,6 +191,18 @@ pub struct LoginOutcome {
     pub proxy_cookie: Option<SecretString>,
 }
 
+/// What a correct password leads to.
+#[derive(Debug)]
+pub enum SignIn {
+    /// A session: the user has no second factor.
+    Session(Box<LoginOutcome>),
+    /// The password was right; the sign-in completes with a second factor (VerifyMfa).
+    MfaRequired { mfa_token: SecretString },
+    /// The password was right, but this admin must enrol a second factor first
+    /// (MFA_REQUIRED_FOR_ADMINS): the token only serves TOTP enrolment.
+    EnrollmentRequired { mfa_token: SecretString },
+}
+
 #[derive(Debug)]
 pub struct IssuedToken {
     pub access_token: SecretString,

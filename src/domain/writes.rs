@@ -21,7 +21,7 @@ use super::App;
 use super::audit::{self, Event};
 use super::types::{Actor, ClientInfo, Role, ServiceAccountId, SessionId, UserId};
 use crate::db::DbConn;
-use crate::db::models::{api_keys, sessions, users};
+use crate::db::models::{api_keys, mfa, sessions, users};
 use crate::error::{Error, Result};
 use crate::model::UserWithBackend;
 
@@ -34,6 +34,9 @@ pub(super) enum Acting {
     Service { key_id: String, account: ServiceAccountId },
     /// The operator at the CLI, start-up bootstrap, or self-registration.
     System(&'static str),
+    /// An admin enrolling a second factor with the mfa_token MFA_REQUIRED_FOR_ADMINS hands out
+    /// instead of a session (its SHA-256).
+    Enrolment { user_id: UserId, token_sha256: String },
 }
 
 impl Acting {
@@ -55,7 +58,7 @@ impl Acting {
 
     pub(super) fn user_id(&self) -> Option<UserId> {
         match self {
-            Self::Session { user_id, .. } => Some(*user_id),
+            Self::Session { user_id, .. } | Self::Enrolment { user_id, .. } => Some(*user_id),
             Self::Service { .. } | Self::System(_) => None,
         }
     }
@@ -68,6 +71,14 @@ impl Acting {
             api_keys::lock_account(c, *account).await?;
             let live = api_keys::find_key(c, key_id).await?.is_some_and(|k| k.is_live(now));
             return if live { Ok(()) } else { Err(Error::Unauthenticated("API key has been revoked or has expired")) };
+        }
+        if let Self::Enrolment { user_id, token_sha256 } = self {
+            let refused = Error::Unauthenticated(super::mfa::TOKEN_REFUSED);
+            let live = mfa::find_challenge(c, token_sha256).await?.is_some_and(|ch| {
+                ch.enrolment && ch.user_id == *user_id && ch.ended_at.is_none() && ch.expires_at > now
+            });
+            let active = users::find(c, *user_id).await?.is_some_and(|(u, _)| u.is_active);
+            return if live && active { Ok(()) } else { Err(refused) };
         }
         let Self::Session { user_id, session_id, admin } = self else { return Ok(()) };
         let ended = Error::Unauthenticated("Session has ended; sign in again");
@@ -143,7 +154,7 @@ impl App {
                             event.actor_id = None;
                             event = event.with("api_key_id", key_id.as_str()).with("service_account_id", account.get());
                         }
-                        Acting::Session { .. } => {}
+                        Acting::Session { .. } | Acting::Enrolment { .. } => {}
                     }
                     let recorded = audit::record(c, event, &client, now).await?;
                     Ok((value, recorded))

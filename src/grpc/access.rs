@@ -18,6 +18,7 @@ use tower::{Layer, Service};
 use super::meta::ClientIpPolicy;
 use crate::domain::App;
 use crate::domain::api_keys::is_api_key;
+use crate::domain::mfa::is_mfa_token;
 use crate::domain::types::{Actor, Principal, Role, Scope, ServiceCaller};
 use crate::error::Error;
 
@@ -31,6 +32,9 @@ pub enum Access {
     OwnToken,
     /// A live session of an active user.
     Session,
+    /// A live session, or the mfa_token Login hands an admin who must enrol a second factor
+    /// first (MFA_REQUIRED_FOR_ADMINS): the TOTP enrolment RPCs only.
+    SessionOrEnrolment,
     /// A live session of an active admin, or an API key with the rule's scope.
     Admin,
     /// Only an API key with the rule's scope (introspection: a service's question).
@@ -70,6 +74,9 @@ const NO_SUCH_ACCOUNT: Refusal = Refusal { http: 404, when: "No such service acc
 const NO_SUCH_KEY: Refusal = Refusal { http: 404, when: "No such service account, or no such live key of it" };
 const NAME_TAKEN: Refusal = Refusal { http: 409, when: "A service account of that name exists" };
 
+const MFA_REFUSED: Refusal =
+    Refusal { http: 401, when: "Invalid or expired MFA token, or a wrong, used or replayed code" };
+
 const fn rule(access: Access, errors: &'static [Refusal]) -> RpcRule {
     RpcRule { access, scope: None, success_http: 200, errors }
 }
@@ -89,10 +96,17 @@ pub const CLOSED: RpcRule = rule(Access::Admin, &[]);
 /// Every RPC the server serves, by gRPC path. A unit test checks it against the descriptor sets.
 #[rustfmt::skip]
 pub const RPCS: &[(&str, RpcRule)] = {
-    use Access::{Admin, OwnToken, Public, Service, Session};
+    use Access::{Admin, OwnToken, Public, Service, Session, SessionOrEnrolment};
     use Scope::{AuditRead, Introspect, UsersRead, UsersWrite};
     &[
         ("/instachatico.auth.v1.AuthService/Login", rule(Public, &[BAD_CREDENTIALS, INACTIVE])),
+        ("/instachatico.auth.v1.AuthService/VerifyMfa", rule(Public, &[MFA_REFUSED, INACTIVE])),
+        ("/instachatico.auth.v1.MfaService/StartTotp", rule(SessionOrEnrolment, &[])),
+        ("/instachatico.auth.v1.MfaService/ConfirmTotp", rule(SessionOrEnrolment, &[])),
+        ("/instachatico.auth.v1.MfaService/RemoveTotp", rule(Session, &[])),
+        ("/instachatico.auth.v1.MfaService/RegenerateRecoveryCodes", rule(Session, &[])),
+        ("/instachatico.auth.v1.MfaService/ResetUserMfa", or_key(rule(Admin, &[NO_SUCH_USER]), UsersWrite)),
+        ("/instachatico.auth.v1.MfaService/ListMfaFactors", rule(Session, &[])),
         ("/instachatico.auth.v1.AuthService/Register", created(Public, &[REGISTRATION_OFF, TAKEN])),
         ("/instachatico.auth.v1.AuthService/Refresh", rule(OwnToken, &[])),
         ("/instachatico.auth.v1.AuthService/Logout", rule(OwnToken, &[])),
@@ -237,7 +251,19 @@ where
             if request.method() == http::Method::OPTIONS {
                 return inner.call(request).await;
             }
-            if rule.access != Access::Public {
+            let enrolment_token = (rule.access == Access::SessionOrEnrolment)
+                .then(|| super::meta::bearer_from_headers(request.headers()).ok().filter(|t| is_mfa_token(t)))
+                .flatten()
+                .map(str::to_owned);
+            if let Some(token) = enrolment_token {
+                let client = ips.client_info_http(request.headers(), request.extensions());
+                match app.authenticate_enrolment(&token, &client, Utc::now()).await {
+                    Ok(grant) => {
+                        request.extensions_mut().insert(grant);
+                    }
+                    Err(e) => return Ok(Status::from(e).into_http()),
+                }
+            } else if rule.access != Access::Public {
                 match authorize(&app, &ips, rule, request.headers(), request.extensions()).await {
                     Ok(Some(caller)) => {
                         request.extensions_mut().insert(caller);

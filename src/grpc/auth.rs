@@ -1,4 +1,4 @@
-//! `AuthService`: Login, Register, Refresh, Logout. Public in the access table (Login and Register
+//! `AuthService`: Login (and its second step, VerifyMfa), Register, Refresh, Logout. Public in the access table (Login and Register
 //! need no token); Refresh and Logout verify their own token, which may have expired recently.
 
 use chrono::Utc;
@@ -7,7 +7,9 @@ use tonic::{Request, Response, Status};
 
 use super::meta::{self, ClientIpPolicy};
 use crate::domain::App;
-use crate::domain::types::NewUser;
+use crate::domain::mfa::{METHODS, SecondFactor};
+use crate::domain::types::{LoginOutcome, NewUser, SignIn};
+use crate::error::Error;
 use crate::pb;
 use crate::pb::auth_service_server::AuthService;
 
@@ -25,6 +27,26 @@ impl AuthApi {
 }
 
 impl AuthApi {
+    /// The seed's LoginResponse of a new session, with the proxy cookie when configured.
+    fn session_reply(&self, outcome: LoginOutcome) -> Result<Response<pb::LoginResponse>, Status> {
+        let cookie = outcome.proxy_cookie.as_ref().map(|credential| self.proxy_cookie(credential.expose_secret()));
+        let mut response = Response::new(pb::LoginResponse {
+            access_token: Some(outcome.token.access_token.expose_secret().to_owned()),
+            token_type: Some(TOKEN_TYPE.to_owned()),
+            expires_in: Some(outcome.token.expires_in),
+            user: Some(pb::UserInfo::from(&outcome.user)),
+            backend_config: outcome.backend.map(|(api_base_url, token)| pb::BackendConfig {
+                api_base_url,
+                bearer_token: token.expose_secret().to_owned(),
+            }),
+            ..Default::default()
+        });
+        if let Some(cookie) = cookie {
+            response.metadata_mut().insert("set-cookie", cookie?);
+        }
+        Ok(response)
+    }
+
     /// The cookie variant's `Set-Cookie` (BACKEND_PROXY_COOKIE): sent only to the proxy's path,
     /// never readable by scripts, never sent cross-site; an empty value clears it.
     fn proxy_cookie(&self, credential: &str) -> Result<tonic::metadata::AsciiMetadataValue, Status> {
@@ -43,22 +65,39 @@ impl AuthService for AuthApi {
         let client = self.ips.client_info(&request);
         let body = super::text::body(request)?;
         let password = SecretString::from(body.password);
-        let outcome = self.app.login(&body.username, &password, &client, Utc::now()).await?;
-        let cookie = outcome.proxy_cookie.as_ref().map(|credential| self.proxy_cookie(credential.expose_secret()));
-        let mut response = Response::new(pb::LoginResponse {
-            access_token: outcome.token.access_token.expose_secret().to_owned(),
-            token_type: TOKEN_TYPE.to_owned(),
-            expires_in: outcome.token.expires_in,
-            user: Some(pb::UserInfo::from(&outcome.user)),
-            backend_config: outcome.backend.map(|(api_base_url, token)| pb::BackendConfig {
-                api_base_url,
-                bearer_token: token.expose_secret().to_owned(),
-            }),
-        });
-        if let Some(cookie) = cookie {
-            response.metadata_mut().insert("set-cookie", cookie?);
+        match self.app.login(&body.username, &password, &client, Utc::now()).await? {
+            SignIn::Session(outcome) => self.session_reply(*outcome),
+            SignIn::MfaRequired { mfa_token } => Ok(Response::new(pb::LoginResponse {
+                mfa_required: Some(true),
+                mfa_token: Some(mfa_token.expose_secret().to_owned()),
+                methods: Some(prost_types::ListValue {
+                    values: METHODS
+                        .iter()
+                        .map(|m| prost_types::Value {
+                            kind: Some(prost_types::value::Kind::StringValue((*m).to_owned())),
+                        })
+                        .collect(),
+                }),
+                ..Default::default()
+            })),
+            SignIn::EnrollmentRequired { mfa_token } => Ok(Response::new(pb::LoginResponse {
+                mfa_enrollment_required: Some(true),
+                mfa_token: Some(mfa_token.expose_secret().to_owned()),
+                ..Default::default()
+            })),
         }
-        Ok(response)
+    }
+
+    async fn verify_mfa(&self, request: Request<pb::VerifyMfaRequest>) -> Result<Response<pb::LoginResponse>, Status> {
+        let client = self.ips.client_info(&request);
+        let body = super::text::body(request)?;
+        let factor = match (body.code.is_empty(), body.recovery_code.is_empty()) {
+            (false, true) => SecondFactor::Totp(SecretString::from(body.code)),
+            (true, false) => SecondFactor::RecoveryCode(SecretString::from(body.recovery_code)),
+            _ => return Err(Error::invalid("code", "give either code or recovery_code").into()),
+        };
+        let outcome = self.app.verify_mfa(&body.mfa_token, &factor, &client, Utc::now()).await?;
+        self.session_reply(outcome)
     }
 
     async fn refresh(&self, request: Request<pb::RefreshRequest>) -> Result<Response<pb::RefreshResponse>, Status> {

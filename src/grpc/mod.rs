@@ -12,6 +12,7 @@ pub mod ext_authz;
 pub mod health;
 pub mod keys;
 pub mod meta;
+pub mod mfa;
 pub mod service_accounts;
 pub mod status;
 pub mod text;

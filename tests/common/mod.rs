@@ -239,7 +239,11 @@ impl TestServer {
 
     /// Logs in and returns the access token; panics on failure.
     pub async fn login(&self, username: &str, password: &str) -> String {
-        self.login_reply(username, password).await.expect("login succeeds").access_token
+        self.login_reply(username, password)
+            .await
+            .expect("login succeeds")
+            .access_token
+            .expect("a session, not an MFA step")
     }
 
     pub async fn admin_token(&self) -> String {

@@ -193,7 +193,8 @@ async fn every_rpc_answers_each_credential_as_the_table_says(s: TestServer) {
         }
         let admitted = |code: u32| !matches!(code, 7 | 16);
         let (code, message) = call(&client, &s.url, name, Some(&user), &[]).await;
-        let user_ok = matches!(rule.access, Access::Public | Access::OwnToken | Access::Session);
+        let user_ok =
+            matches!(rule.access, Access::Public | Access::OwnToken | Access::Session | Access::SessionOrEnrolment);
         assert_eq!(admitted(code), user_ok, "{name} for a user: {code} {message}");
         let (code, message) = call(&client, &s.url, name, Some(&admin), &[]).await;
         let admin_ok = !matches!(rule.access, Access::Service);
@@ -203,7 +204,7 @@ async fn every_rpc_answers_each_credential_as_the_table_says(s: TestServer) {
             let key_ok = match rule.access {
                 Access::Public => true,
                 // Refresh and Logout verify a JWT; a key is none.
-                Access::OwnToken | Access::Session => false,
+                Access::OwnToken | Access::Session | Access::SessionOrEnrolment => false,
                 Access::Admin | Access::Service => rule.scope.is_some_and(|scope| scopes.contains(&scope)),
             };
             assert_eq!(admitted(code), key_ok, "{name} for a key of {scopes:?}: {code} {message}");

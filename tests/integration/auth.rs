@@ -17,8 +17,10 @@ async fn full_flow_login_getme_backend_login_again(s: TestServer) {
     assert!(created.created_at.is_some() && created.last_login.is_none());
 
     let reply = s.login_reply("alice", USER_PASSWORD).await.unwrap();
-    assert_eq!(reply.token_type, "bearer");
-    assert_eq!(reply.expires_in, 3600);
+    assert_eq!(reply.token_type.as_deref(), Some("bearer"));
+    assert_eq!(reply.expires_in, Some(3600));
+    assert!(reply.mfa_required.is_none() && reply.mfa_token.is_none() && reply.methods.is_none());
+    let access_token = reply.access_token.clone().unwrap();
     let user = reply.user.unwrap();
     assert_eq!((user.id, user.username.as_str(), user.email.as_str()), (created.id, "alice", "alice@example.com"));
     assert_eq!(user.instagram_username, "alice_ig");
@@ -27,13 +29,13 @@ async fn full_flow_login_getme_backend_login_again(s: TestServer) {
     assert_eq!(backend.bearer_token, "bearer_token_322");
 
     let mut users = s.users().await;
-    let me = users.get_me(authed(&reply.access_token, pb::GetMeRequest {})).await.unwrap().into_inner();
+    let me = users.get_me(authed(&access_token, pb::GetMeRequest {})).await.unwrap().into_inner();
     assert_eq!((me.id, me.username.as_str(), me.instagram_username.as_str()), (created.id, "alice", "alice_ig"));
     assert!(me.last_login.is_some(), "login sets last_login");
 
     let updated = users
         .update_my_backend(authed(
-            &reply.access_token,
+            &access_token,
             pb::UpdateMyBackendRequest {
                 api_base_url: "http://new-server:4291/api/v1".into(),
                 bearer_token: "new_bearer_token_456".into(),

@@ -5,8 +5,10 @@ use crate::common::TestServer;
 use crate::generated_input::call;
 
 /// The methods anyone may call.
-const PUBLIC: [&str; 5] = [
+const PUBLIC: [&str; 6] = [
     "instachatico.auth.v1.AuthService/Login",
+    // Its credential is the mfa_token in the body, checked by the domain.
+    "instachatico.auth.v1.AuthService/VerifyMfa",
     "instachatico.auth.v1.AuthService/Register",
     "instachatico.auth.v1.HealthService/Check",
     "instachatico.auth.v1.KeysService/GetJwks",

@@ -40,6 +40,10 @@ fn plausible(field: &str) -> &'static str {
         "api_base_url" => "http://probe.example/api/v1",
         "bearer_token" => "probe-token",
         "session_id" => "probe-session",
+        // VerifyMfa with a generated token reaches the lookup; with a generated code, the
+        // code's check (recovery_code stays empty: one of the two is given).
+        "mfa_token" => "mfa_probe",
+        "code" => "123456",
         _ => "",
     }
 }

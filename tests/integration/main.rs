@@ -24,6 +24,7 @@ mod hostile;
 mod http1;
 mod import_seed;
 mod json;
+mod mfa;
 mod observability;
 mod pgbouncer;
 mod proxy_socket;

@@ -52,7 +52,7 @@ async fn grpc_web_over_http1(s: TestServer) {
     assert!(trailers.contains("grpc-status:0"), "{trailers}");
     let reply = pb::LoginResponse::decode(data.as_slice()).unwrap();
     assert_eq!(reply.user.unwrap().username, ADMIN_USERNAME);
-    assert_eq!(reply.token_type, "bearer");
+    assert_eq!(reply.token_type.as_deref(), Some("bearer"));
 
     // Errors are trailers-only: HTTP 200 with grpc-status in the headers.
     let response = client

@@ -6,6 +6,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod backends;
 pub mod import;
+pub mod mfa;
 pub mod rate_limits;
 pub mod sessions;
 pub mod throttles;
