@@ -31,6 +31,7 @@ mod races;
 mod reflection;
 mod refusals;
 mod replicas;
+mod schemathesis;
 mod security;
 mod signing;
 mod tokens;
