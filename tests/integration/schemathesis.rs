@@ -17,7 +17,7 @@ use crate::common::{ADMIN_PASSWORD, ADMIN_USERNAME, Envoy, Json, Options, TestSe
 const SEED: &str = "17";
 /// Generated requests per operation and phase: enough for every rule to be met and broken, few
 /// enough that a backend's run stays well under a minute.
-const MAX_EXAMPLES: &str = "25";
+const MAX_EXAMPLES: &str = "15";
 
 /// Operations left out, each because it ends the session the run is signed in with (after which
 /// every call would be a 401 and test nothing), or would change its password:
