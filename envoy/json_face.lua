@@ -6,12 +6,14 @@
 --    a cross-site form post or a text/plain fetch, which browsers send without a preflight.
 --    A request without a body needs no content-type.
 --  * the body must be RFC 8259 JSON (the transcoder's protobuf parser accepts trailing commas,
---    single quotes and more): otherwise 400.
+--    single quotes and more), and a list in it may hold no null and no list (the transcoder
+--    would drop the one and flatten the other): otherwise 400.
 --  * a path variable is the only source of its field: the query may not name it (400). A body
 --    that sets it to another value is refused by the transcoder (reject_binding_body_field_collisions).
 -- Responses:
 --  * an HTTP status the gRPC code cannot express, hinted by the service in x-http-status
---    (201 for CreateUser and Register, 503 for an unhealthy HealthService.Check);
+--    (201 for CreateUser and Register, 503 for an unhealthy HealthService.Check), and 409
+--    for FAILED_PRECONDITION;
 --  * error bodies in the seed's shape {"detail": "..."} instead of google.rpc.Status JSON;
 --  * HSTS when the client came over TLS.
 -- Both run for every JSON call, so the common paths are kept to a few header reads.
@@ -193,6 +195,11 @@ local function valid_utf8(s)
   end
 end
 
+-- What the transcoder would read silently otherwise: a null item as no item, a nested list as
+-- its items (no field of the API is a list of lists).
+local NESTED = "A list in the body may hold neither null nor another list"
+
+-- Whether s is RFC 8259 JSON whose lists hold no null and no list; false and why if not.
 local function is_json(s)
   if not valid_utf8(s) then
     return false
@@ -203,6 +210,9 @@ local function is_json(s)
   while true do
     -- A value starts at i.
     local c = byte(s, i)
+    if depth > 0 and closers[depth] == 93 and (c == 91 or c == 110) then
+      return false, NESTED
+    end
     local ended = true
     if c == 123 or c == 91 then
       depth = depth + 1
@@ -288,8 +298,9 @@ function envoy_on_request(handle)
   if content_type == nil then
     return reject(handle, 415, "Unsupported media type: send application/json")
   end
-  if not is_json(body:getBytes(0, body:length())) then
-    return reject(handle, 400, "Request body is not valid JSON")
+  local ok, why = is_json(body:getBytes(0, body:length()))
+  if not ok then
+    return reject(handle, 400, why or "Request body is not valid JSON")
   end
 end
 
@@ -312,10 +323,13 @@ function envoy_on_response(handle)
   local headers = handle:headers()
   local status = tonumber(headers:get(":status")) or 0
 
+  -- A FAILED_PRECONDITION error (a well-formed request the state refuses: an admin deleting or
+  -- demoting themself, the last admin, an 11th key) carries the hint 409: the transcoder's 400
+  -- would call the request malformed (SPEC 3.3 allows either).
   local hint = headers:get("x-http-status")
   if hint ~= nil then
     headers:remove("x-http-status")
-    if status == 200 and hint:match("^[2-5]%d%d$") then
+    if (status == 200 and hint:match("^[2-5]%d%d$")) or (status == 400 and hint == "409") then
       headers:replace(":status", hint)
       status = tonumber(hint)
     end

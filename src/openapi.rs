@@ -15,6 +15,8 @@ use prost_reflect::{
 use serde_json::{Map, Value, json};
 
 use crate::grpc::access::{Access, RpcRule, rpc_rule};
+
+mod rules;
 use crate::pb;
 
 const PACKAGE: &str = "instachatico.auth.v1";
@@ -105,7 +107,7 @@ pub fn document() -> anyhow::Result<Value> {
             .map(|p| {
                 let field = input.get_field_by_name(p);
                 json!({"name": p, "in": "path", "required": true,
-                       "schema": field.as_ref().map_or(json!({"type": "string"}), |f| schemas.field(f)),
+                       "schema": field.as_ref().map_or(json!({"type": "string"}), |f| schemas.request_field(f)),
                        "description": field.as_ref().map(|f| comment(&f.parent_file(), f.path())).unwrap_or_default()})
             })
             .collect();
@@ -119,22 +121,24 @@ pub fn document() -> anyhow::Result<Value> {
             .unwrap_or(base);
         operation_ids.insert(id.clone());
         operation.insert("operationId".into(), json!(id));
-        operation.insert("summary".into(), json!(summary.split(". ").next().unwrap_or_default().trim_end_matches('.')));
+        operation.insert("summary".into(), json!(first_sentence(&summary)));
         operation.insert("description".into(), json!(format!("{summary}\n\ngRPC: `{PACKAGE}.{}`", route.rpc)));
         operation.insert("tags".into(), json!([route.rpc.split('.').next()]));
         if route.body.is_empty() {
             // GET/DELETE: the remaining request fields are query parameters.
             for field in input.fields().filter(|f| !params.contains(&f.name().to_owned())) {
                 parameters.push(json!({"name": field.name(), "in": "query", "required": false,
-                                       "schema": schemas.field(&field),
+                                       "schema": schemas.request_field(&field),
                                        "description": comment(&field.parent_file(), field.path())}));
             }
         } else {
             let schema =
                 if params.is_empty() { schemas.message_ref(&input) } else { schemas.message_without(&input, &params) };
+            // No body reads as `{}`: required only where the message has required fields.
+            let required = !rules::required(input.name()).is_empty();
             operation.insert(
                 "requestBody".into(),
-                json!({"required": true, "content": {"application/json": {"schema": schema}}}),
+                json!({"required": required, "content": {"application/json": {"schema": schema}}}),
             );
         }
         if !parameters.is_empty() {
@@ -157,8 +161,10 @@ pub fn document() -> anyhow::Result<Value> {
         paths.entry(route.path.clone()).or_default().insert(route.method.clone(), Value::Object(operation));
     }
     schemas.insert_error();
+    schemas.map.insert(rules::NEW_PASSWORD.into(), rules::new_password());
+    schemas.map.extend(rules::unknown_field());
     Ok(json!({
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "instachatico-auth JSON API",
             "version": env!("CARGO_PKG_VERSION"),
@@ -258,21 +264,39 @@ impl Schemas {
     }
 
     fn object(&mut self, message: &MessageDescriptor, skip: &[String]) -> Value {
+        let request = rules::is_request(message);
+        let required = rules::required(message.name());
         let mut properties = Map::new();
         for field in message.fields().filter(|f| !skip.contains(&f.name().to_owned())) {
-            let mut schema = self.field(&field);
+            let mut schema = if request { self.request_field(&field) } else { self.field(&field) };
+            // proto3 JSON reads null as the field's default: an optional field may be null.
+            if request && !required.contains(&field.name()) {
+                schema = rules::nullable(schema);
+            }
             let doc = comment(&field.parent_file(), field.path());
             if let (Value::Object(map), false) = (&mut schema, doc.is_empty()) {
                 if map.contains_key("$ref") {
-                    // $ref siblings are ignored in 3.0: wrap it.
+                    // Keeps the component's own description apart.
                     schema = json!({"allOf": [schema], "description": doc});
                 } else {
-                    map.insert("description".into(), json!(doc));
+                    // The field's comment, then what the rule says of it.
+                    let rule = map.get("description").and_then(Value::as_str).map(|r| format!("\n\n{r}"));
+                    map.insert("description".into(), json!(format!("{doc}{}", rule.unwrap_or_default())));
                 }
             }
             properties.insert(field.name().to_owned(), schema);
         }
         let mut schema = json!({"type": "object", "properties": properties});
+        if request {
+            // A missing, empty or blank required field is refused (400). Unknown fields are
+            // ignored (the transcoder's JSON parsing), except one with an empty name.
+            schema["propertyNames"] = json!({"minLength": 1});
+            schema["additionalProperties"] = json!({"$ref": format!("#/components/schemas/{}", rules::UNKNOWN_FIELD)});
+            if !required.is_empty() {
+                schema["required"] = json!(required);
+            }
+            rules::message_constraints(message.name(), &mut schema);
+        }
         let doc = comment(&message.parent_file(), message.path());
         if !doc.is_empty() {
             schema["description"] = json!(doc);
@@ -283,10 +307,10 @@ impl Schemas {
     fn field(&mut self, field: &FieldDescriptor) -> Value {
         let item = match field.kind() {
             Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
-                json!({"type": "integer", "format": "int32"})
+                json!({"type": "integer", "format": "int32", "minimum": i32::MIN, "maximum": i32::MAX})
             }
             Kind::Uint32 | Kind::Fixed32 => {
-                json!({"type": "integer", "format": "int64", "minimum": 0})
+                json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": u32::MAX})
             }
             // proto3 JSON prints 64-bit integers as strings.
             Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 | Kind::Uint64 | Kind::Fixed64 => {
@@ -299,9 +323,31 @@ impl Schemas {
             Kind::Enum(e) => {
                 json!({"type": "string", "enum": e.values().map(|v| v.name().to_owned()).collect::<Vec<_>>()})
             }
+            // google.protobuf.Struct prints as the JSON object it holds.
+            Kind::Message(m) if m.full_name() == "google.protobuf.Struct" => {
+                json!({"type": "object", "additionalProperties": true})
+            }
             Kind::Message(m) => self.message_ref(&m),
         };
         if field.is_list() { json!({"type": "array", "items": item}) } else { item }
+    }
+
+    /// A field of a request: its JSON type and every rule the service checks of it.
+    fn request_field(&mut self, field: &FieldDescriptor) -> Value {
+        let mut schema = self.field(field);
+        let rule = rules::field(field.parent_message().name(), field.name());
+        let target = if field.is_list() { &mut schema["items"] } else { &mut schema };
+        match rule {
+            Some(rule) if rule.get("$ref").is_some() => *target = rule,
+            Some(rule) => rules::merge(target, rule),
+            // No string of any request may hold a control character.
+            None if matches!(field.kind(), Kind::String) => rules::merge(target, rules::text()),
+            None => {}
+        }
+        if let Some(list) = rules::list(field.parent_message().name(), field.name()) {
+            rules::merge(&mut schema, list);
+        }
+        schema
     }
 
     fn insert_error(&mut self) {
@@ -311,6 +357,19 @@ impl Schemas {
                    "properties": {"detail": {"type": "string", "description": "What went wrong, safe to show to users"}}}),
         );
     }
+}
+
+/// The first sentence of a comment, without its full stop: "(e.g. a lost device)" does not end it.
+fn first_sentence(text: &str) -> &str {
+    let mut from = 0;
+    while let Some(at) = text[from..].find(". ").map(|i| from + i) {
+        let word = text[..at].rsplit(|c: char| c.is_whitespace() || c == '(').next().unwrap_or_default();
+        if !matches!(word, "e.g" | "i.e" | "etc") {
+            return &text[..at];
+        }
+        from = at + 2;
+    }
+    text.trim_end_matches('.')
 }
 
 /// Writes the descriptor set and the OpenAPI document into `dir` (Envoy reads both there).
@@ -335,7 +394,171 @@ pub const OPENAPI_FILE: &str = "openapi.json";
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::password::check_policy;
+    use crate::domain::validate;
     use crate::grpc::access::RPCS;
+
+    fn property<'a>(document: &'a Value, schema: &str, field: &str) -> &'a Value {
+        let schemas = &document["components"]["schemas"];
+        let mut found = &schemas[schema]["properties"][field];
+        assert!(found.is_object(), "{schema}.{field} undocumented");
+        // A field described by a component: {"allOf": [{"$ref": ...}], "description": ...}.
+        if let Some(target) = found["allOf"][0]["$ref"].as_str().or(found["$ref"].as_str()) {
+            found = &schemas[target.trim_start_matches("#/components/schemas/")];
+        }
+        found
+    }
+
+    /// Whether `value` passes the documented string rule (pattern(s) and lengths).
+    fn documented(rule: &Value, value: &str) -> bool {
+        let len = value.chars().count();
+        let lengths = rule["minLength"].as_u64().is_none_or(|min| len as u64 >= min)
+            && rule["maxLength"].as_u64().is_none_or(|max| len as u64 <= max);
+        let patterns = rule["pattern"]
+            .as_str()
+            .into_iter()
+            .chain(rule["allOf"].as_array().into_iter().flatten().filter_map(|p| p["pattern"].as_str()));
+        let mut patterns = patterns.peekable();
+        assert!(patterns.peek().is_some(), "no pattern in {rule}");
+        lengths && patterns.into_iter().all(|p| regex::Regex::new(p).unwrap().is_match(value))
+    }
+
+    fn no_control(value: &str) -> bool {
+        !value.chars().any(char::is_control)
+    }
+
+    /// The document's limits and patterns are the validators': on values at and around every
+    /// limit, the document accepts exactly what the service accepts (every request string is
+    /// also refused with a control character).
+    #[test]
+    fn documented_rules_are_the_validators() {
+        let document = document().unwrap();
+        let agree = |schema: &str, field: &str, service: &dyn Fn(&str) -> bool, values: &[String]| {
+            let rule = property(&document, schema, field);
+            for value in values {
+                let expected = no_control(value) && service(value);
+                assert_eq!(documented(rule, value), expected, "{schema}.{field}: {value:?}");
+            }
+        };
+        let strings = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let around = |c: &str, limit: usize| {
+            [limit.saturating_sub(1), limit, limit + 1].map(|n| c.repeat(n)).into_iter().collect::<Vec<_>>()
+        };
+        let mut names = around("a", validate::USERNAME_MIN);
+        names.extend(around("b", validate::USERNAME_MAX));
+        names.extend(strings(&[" alice ", "\u{3000}al.i-c_e\u{a0}", "al ice", "ålice", "alice\t", "al\0ice", ""]));
+        agree("CreateUserRequest", "username", &|v| validate::username(v).is_ok(), &names);
+        agree("RegisterRequest", "username", &|v| validate::username(v).is_ok(), &names);
+        let local = validate::EMAIL_MAX - "@example.com".len();
+        let mut emails: Vec<String> =
+            [local - 1, local, local + 1].map(|n| format!("{}@example.com", "a".repeat(n))).into();
+        emails.extend(strings(&[
+            "a@b.co",
+            " a.b+c@sub.example.org ",
+            "a@b.c",
+            "a@b",
+            "@b.com",
+            "a b@c.com",
+            "a@b_c.com",
+            "a@.x.com",
+        ]));
+        agree("CreateUserRequest", "email", &|v| validate::email(v).is_ok(), &emails);
+        agree("UpdateUserRequestBody", "email", &|v| validate::email(v).is_ok(), &emails);
+        let mut urls = strings(&[
+            "http://localhost:4291/api/v1",
+            " HTTPS://b.example ",
+            "ftp://x.com",
+            "http:x",
+            "http://x/a b",
+            "http://x\\y",
+            "localhost:4291",
+            "http://x.example/\u{2028}",
+        ]);
+        urls.push(format!("http://x.example/{}", "a".repeat(validate::URL_MAX - 17)));
+        urls.push(format!("http://x.example/{}", "a".repeat(validate::URL_MAX - 16)));
+        agree("UpdateMyBackendRequest", "api_base_url", &|v| validate::api_base_url(v).is_ok(), &urls);
+        let mut handles = around("c", validate::INSTAGRAM_MAX);
+        handles.extend(strings(&["@alice_ig", "@@a.b", " a ", "a b", "a-b", ""]));
+        agree("BackendInput", "instagram_username", &|v| validate::instagram_username(v).is_ok(), &handles);
+        let mut tokens = around("t", validate::BEARER_TOKEN_MAX);
+        tokens.extend(strings(&["", " ", " t ", "\u{3000}"]));
+        agree("BackendInput", "bearer_token", &|v| validate::bearer_token(v).is_ok(), &tokens);
+        let mut passwords = around("Aa1!", 2).into_iter().map(|p| p + "xxx").collect::<Vec<_>>();
+        passwords.extend(strings(&[
+            "Secure_password123!",
+            "Ünïcödé_1x",
+            "ÜNÏCÖDÉ_1x",
+            "NoSpecial123",
+            "nouppercase1!",
+            "NOLOWERCASE1!",
+            "NoDigits!!!",
+            "Aa1 aaaaaa",
+            "Aa1!\taaaa",
+        ]));
+        passwords.extend([71, 72, 73].map(|n| format!("Aa1!{}", "x".repeat(n - 4))));
+        for (schema, field) in [
+            ("CreateUserRequest", "password"),
+            ("RegisterRequest", "password"),
+            ("ResetPasswordRequestBody", "new_password"),
+            ("ChangeMyPasswordRequest", "new_password"),
+        ] {
+            agree(schema, field, &|v| check_policy("password", v).is_ok(), &passwords);
+        }
+        let mut accounts = around("s", validate::SERVICE_ACCOUNT_NAME_MAX);
+        accounts.extend(strings(&["", " s ", "a b", "ä"]));
+        agree("CreateServiceAccountRequest", "name", &|v| validate::service_account_name(v).is_ok(), &accounts);
+        let mut descriptions = around("d", validate::DESCRIPTION_MAX);
+        descriptions.extend(strings(&["", " d e ", "\u{3000}"]));
+        descriptions.push(format!(" {} ", "é".repeat(validate::DESCRIPTION_MAX)));
+        agree("CreateServiceAccountRequest", "description", &|v| validate::description(v).is_ok(), &descriptions);
+        let mut keys = around("k", validate::KEY_NAME_MAX);
+        keys.extend(strings(&["", " k ", "a b", "a  b", "ä"]));
+        agree("CreateApiKeyRequestBody", "name", &|v| validate::key_name(v).is_ok(), &keys);
+        let scopes = property(&document, "CreateApiKeyRequestBody", "scopes");
+        for scope in ["introspect", "users:read", "users:write", "audit:read", " audit:read ", "admin", "Introspect"] {
+            let one = [scope.to_owned()];
+            assert_eq!(documented(&scopes["items"], scope), validate::scopes(&one).is_ok(), "{scope}");
+        }
+        for role in ["admin", "user", "ADMIN", " User ", "", "root", "admins"] {
+            let rule = property(&document, "UpdateUserRequestBody", "role");
+            assert_eq!(documented(rule, role), crate::model::Role::parse("role", role).is_ok(), "{role:?}");
+            let rule = property(&document, "CreateUserRequest", "role");
+            assert_eq!(documented(rule, role), role.is_empty() || crate::model::Role::parse("role", role).is_ok());
+        }
+        // Bounds of numbers, from the same constants the handlers check.
+        use crate::domain::{PAGE_MAX, page};
+        for path in ["/api/v1/users", "/api/v1/audit-logs"] {
+            let parameters = document["paths"][path]["get"]["parameters"].as_array().unwrap();
+            let query = |name: &str| &parameters.iter().find(|p| p["name"] == name).unwrap()["schema"];
+            assert_eq!(
+                (query("limit")["minimum"].as_i64(), query("limit")["maximum"].as_i64()),
+                (Some(0), Some(PAGE_MAX))
+            );
+            assert_eq!(query("offset")["minimum"], 0);
+        }
+        assert!(page(PAGE_MAX, 0).is_ok() && page(PAGE_MAX + 1, 0).is_err() && page(-1, 0).is_err());
+        assert!(page(0, 0).is_ok() && page(0, -1).is_err());
+        let id = &document["paths"]["/api/v1/users/{id}"]["get"]["parameters"][0]["schema"];
+        assert_eq!(id["minimum"], 1);
+        let grace = property(&document, "RotateApiKeyRequestBody", "grace_seconds");
+        assert_eq!(grace["maximum"].as_i64(), Some(crate::domain::api_keys::ROTATION_GRACE_MAX.num_seconds()));
+        let cidrs = property(&document, "CreateApiKeyRequestBody", "allowed_cidrs");
+        assert_eq!(cidrs["maxItems"].as_u64(), Some(validate::CIDRS_MAX as u64));
+        // The audit log's metadata is the plain JSON object the reply holds.
+        let metadata = property(&document, "AuditLog", "metadata");
+        assert_eq!((metadata["type"].as_str(), metadata.get("$ref")), (Some("object"), None));
+    }
+
+    #[test]
+    fn summaries_are_whole_sentences() {
+        assert_eq!(
+            first_sentence("Ends one (e.g. a lost device); at once. More."),
+            "Ends one (e.g. a lost device); at once"
+        );
+        let document = document().unwrap();
+        let revoke = &document["paths"]["/api/v1/users/me/sessions/{session_id}"]["delete"]["summary"];
+        assert_eq!(revoke, "Ends one of the caller's sessions (e.g. a lost device); its tokens stop working at once");
+    }
 
     /// The document says what the server does: an operation is open to anyone exactly when the
     /// access layer lets anyone call it, documents 403 for every admin RPC, and answers with

@@ -31,6 +31,20 @@ ensure_pyjwt() {
   .venv/bin/pip install --quiet --disable-pip-version-check "PyJWT[crypto]==$PYJWT_VERSION"
 }
 
+SCHEMATHESIS_VERSION=4.32.5
+
+# Schemathesis in .venv: generates requests from envoy/openapi.json and sends them to the live
+# Envoy, failing on any answer the document does not promise (tests/integration/schemathesis.rs).
+ensure_schemathesis() {
+  if [ -x .venv/bin/schemathesis ] \
+    && [ "$(.venv/bin/schemathesis --version 2>/dev/null)" = "schemathesis, version $SCHEMATHESIS_VERSION" ]; then
+    return
+  fi
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  echo "Installing schemathesis $SCHEMATHESIS_VERSION from PyPI into .venv ..." >&2
+  .venv/bin/pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+}
+
 KUBECTL_VERSION=1.37.1
 KUBERNETES_VALIDATE_VERSION=1.37.0
 

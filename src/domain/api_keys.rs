@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 
 /// What every API key starts with (and no JWT does).
 pub const KEY_PREFIX: &str = "iak_";
-const ID_HEX: usize = 16;
+pub const ID_HEX: usize = 16;
 const SECRET_BYTES: usize = 32;
 /// 32 bytes in base64url without padding.
 const SECRET_CHARS: usize = 43;

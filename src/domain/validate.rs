@@ -8,6 +8,37 @@ pub const EMAIL_MAX: usize = 100;
 pub const URL_MAX: usize = 255;
 pub const INSTAGRAM_MAX: usize = 50;
 pub const BEARER_TOKEN_MAX: usize = 4096;
+pub const EMAIL_TLD_MIN: usize = 2;
+/// The audit filter `action`, in characters.
+pub const AUDIT_ACTION_MAX: usize = 50;
+
+// The characters each rule admits, shared with the OpenAPI document (`openapi::rules`), which
+// states them as patterns: the two cannot drift.
+
+/// Usernames and service account names: ASCII letters, digits, `_`, `.` and `-`.
+pub fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
+}
+
+/// API key names: a name's characters and spaces.
+pub fn is_key_name_char(c: char) -> bool {
+    is_name_char(c) || c == ' '
+}
+
+/// Instagram handles: ASCII letters, digits, `.` and `_`.
+pub fn is_instagram_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_')
+}
+
+/// The local part of an email address (the seed's `[A-Za-z0-9._%+-]`).
+pub fn is_email_local_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '%' | '+' | '-')
+}
+
+/// The domain of an email address before its last dot (the seed's `[A-Za-z0-9.-]`).
+pub fn is_email_host_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '-')
+}
 
 /// 3-50 characters of ASCII letters, digits, `_`, `.` or `-`. ASCII keeps case-insensitive
 /// uniqueness identical on both databases and rules out look-alike names.
@@ -17,7 +48,7 @@ pub fn username(value: &str) -> Result<String> {
     if !(USERNAME_MIN..=USERNAME_MAX).contains(&len) {
         return Err(Error::invalid("username", "must be 3 to 50 characters"));
     }
-    if !v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+    if !v.chars().all(is_name_char) {
         return Err(Error::invalid("username", "may contain only letters, digits, '_', '.' and '-'"));
     }
     Ok(v.to_owned())
@@ -27,17 +58,40 @@ pub fn username(value: &str) -> Result<String> {
 pub fn email(value: &str) -> Result<String> {
     let v = value.trim();
     let bad = || Error::invalid("email", "must be a valid email address");
-    if v.len() > EMAIL_MAX {
+    // Counted as sent, surrounding whitespace included: the document's maxLength.
+    if value.chars().count() > EMAIL_MAX {
         return Err(Error::invalid("email", "must be at most 100 characters"));
     }
     let (local, domain) = v.split_once('@').ok_or_else(bad)?;
-    let local_ok = !local.is_empty()
-        && local.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '%' | '+' | '-'));
+    let local_ok = !local.is_empty() && local.chars().all(is_email_local_char);
     let (host, tld) = domain.rsplit_once('.').ok_or_else(bad)?;
-    let host_ok = !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'));
-    let tld_ok = tld.len() >= 2 && tld.chars().all(|c| c.is_ascii_alphabetic());
+    let host_ok = !host.is_empty() && host.chars().all(is_email_host_char);
+    let tld_ok = tld.len() >= EMAIL_TLD_MIN && tld.chars().all(|c| c.is_ascii_alphabetic());
     if local_ok && host_ok && tld_ok { Ok(v.to_owned()) } else { Err(bad()) }
 }
+
+/// The form a backend URL is written in, as a regular expression (also the OpenAPI document's
+/// pattern): `http://` or `https://` in any case; a host name (ASCII letters, digits and hyphens
+/// in dot-separated labels, the last starting with a letter; an international name in its
+/// `xn--` form), an IPv4 address or an IPv6 address in brackets; an optional port; then a path,
+/// query or fragment of URL characters. No credentials, whitespace or backslash fit in it.
+pub fn url_pattern() -> String {
+    let label = "[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?";
+    let last = "[A-Za-z]([A-Za-z0-9-]*[A-Za-z0-9])?";
+    let octet = "(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])";
+    let h = "[0-9A-Fa-f]{1,4}";
+    let ipv6 = format!(
+        "(({h}:){{7}}{h}|({h}:){{1,7}}:|({h}:){{1,6}}:{h}|({h}:){{1,5}}(:{h}){{1,2}}|({h}:){{1,4}}(:{h}){{1,3}}|\
+         ({h}:){{1,3}}(:{h}){{1,4}}|({h}:){{1,2}}(:{h}){{1,5}}|{h}:(:{h}){{1,6}}|:((:{h}){{1,7}}|:))"
+    );
+    let host = format!("(({label}\\.)*{last}|{octet}(\\.{octet}){{3}}|\\[{ipv6}\\])");
+    let port = "(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})";
+    let rest = "[A-Za-z0-9._~!$&'()*+,;=:@%/?#-]";
+    format!("[Hh][Tt][Tt][Pp][Ss]?://{host}(:{port})?([/?#]{rest}*)?")
+}
+
+static URL_FORM: std::sync::LazyLock<Option<regex::Regex>> =
+    std::sync::LazyLock::new(|| regex::Regex::new(&format!("^{}$", url_pattern())).ok());
 
 /// An absolute http(s) URL with a host, no embedded credentials, at most 255 characters, written
 /// as the URL it is: it must itself begin with `http://` or `https://` (the URL parser would
@@ -49,7 +103,8 @@ pub fn api_base_url(value: &str) -> Result<String> {
     if v.is_empty() {
         return Err(Error::invalid(field, "is required"));
     }
-    if v.len() > URL_MAX {
+    // Counted as sent, in characters (the column's unit), like the document's maxLength.
+    if value.chars().count() > URL_MAX {
         return Err(Error::invalid(field, "must be at most 255 characters"));
     }
     let lower = v.get(..8).unwrap_or(v).to_ascii_lowercase();
@@ -66,6 +121,13 @@ pub fn api_base_url(value: &str) -> Result<String> {
     if !url.username().is_empty() || url.password().is_some() {
         return Err(Error::invalid(field, "must not contain credentials; use bearer_token"));
     }
+    if !URL_FORM.as_ref().is_some_and(|form| form.is_match(v)) {
+        return Err(Error::invalid(
+            field,
+            "must be an http(s) URL whose host is a name (international ones in their xn-- form), an IPv4 \
+             address or a bracketed IPv6 address, followed by a path of URL characters",
+        ));
+    }
     // Keep what the user wrote (the seed's UI appends paths to it); only whitespace is trimmed.
     Ok(v.to_owned())
 }
@@ -75,8 +137,8 @@ pub fn bearer_token(value: &str) -> Result<()> {
     if value.trim().is_empty() {
         return Err(Error::invalid(field, "is required"));
     }
-    if value.len() > BEARER_TOKEN_MAX {
-        return Err(Error::invalid(field, "must be at most 4096 bytes"));
+    if value.chars().count() > BEARER_TOKEN_MAX {
+        return Err(Error::invalid(field, "must be at most 4096 characters"));
     }
     if value.chars().any(char::is_control) {
         return Err(Error::invalid(field, "must not contain control characters"));
@@ -90,7 +152,7 @@ pub fn instagram_username(value: &str) -> Result<String> {
     if v.chars().count() > INSTAGRAM_MAX {
         return Err(Error::invalid("instagram_username", "must be at most 50 characters"));
     }
-    if !v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_')) {
+    if !v.chars().all(is_instagram_char) {
         return Err(Error::invalid("instagram_username", "may contain only letters, digits, '.' and '_'"));
     }
     Ok(v.to_owned())
@@ -108,7 +170,7 @@ pub fn service_account_name(value: &str) -> Result<String> {
     if v.is_empty() || v.len() > SERVICE_ACCOUNT_NAME_MAX {
         return Err(Error::invalid("name", "must be 1 to 64 characters"));
     }
-    if !v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+    if !v.chars().all(is_name_char) {
         return Err(Error::invalid("name", "may contain only letters, digits, '_', '.' and '-'"));
     }
     Ok(v.to_owned())
@@ -132,7 +194,7 @@ pub fn key_name(value: &str) -> Result<String> {
     if v.is_empty() || v.len() > KEY_NAME_MAX {
         return Err(Error::invalid("name", "must be 1 to 64 characters"));
     }
-    if !v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, ' ' | '_' | '.' | '-')) {
+    if !v.chars().all(is_key_name_char) {
         return Err(Error::invalid("name", "may contain only letters, digits, spaces, '_', '.' and '-'"));
     }
     Ok(v.to_owned())
@@ -206,6 +268,9 @@ mod tests {
         assert!(api_base_url("http://localhost:4291/api/v1").is_ok());
         assert!(api_base_url("https://backend.example.com").is_ok());
         assert!(api_base_url("HTTPS://Backend.example.com/api?x=1").is_ok());
+        for good in ["http://127.0.0.1:4291", "http://[::1]:8080/x", "https://xn--m-0ga.example/#a", "http://a:0"] {
+            assert!(api_base_url(good).is_ok(), "{good}");
+        }
         for bad in [
             "",
             "ftp://x.com",
@@ -221,6 +286,10 @@ mod tests {
             "http://x.example/\r\nSet-Cookie: a=b",
             "http://x.example/a b",
             "http://x.example/\0",
+            // Hosts the URL parser takes but nobody means (issue 17: found by schemathesis).
+            "HTTP://s*",
+            "http://mí.example",
+            "http://a.09",
         ] {
             assert!(api_base_url(bad).is_err(), "{bad}");
         }

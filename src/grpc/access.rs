@@ -73,6 +73,13 @@ const TAKEN: Refusal = Refusal { http: 409, when: "Username or email already exi
 const NO_SUCH_ACCOUNT: Refusal = Refusal { http: 404, when: "No such service account" };
 const NO_SUCH_KEY: Refusal = Refusal { http: 404, when: "No such service account, or no such live key of it" };
 const NAME_TAKEN: Refusal = Refusal { http: 409, when: "A service account of that name exists" };
+// FAILED_PRECONDITION, which the JSON face answers with 409 (envoy/json_face.lua).
+const TAKEN_OR_LAST_ADMIN: Refusal = Refusal {
+    http: 409,
+    when: "Email already exists; or an admin deactivating or demoting themself, or the last active admin",
+};
+const SELF_OR_LAST_ADMIN: Refusal = Refusal { http: 409, when: "An admin deleting themself, or the last active admin" };
+const KEYS_FULL: Refusal = Refusal { http: 409, when: "The account already has 10 live keys; revoke one first" };
 
 const MFA_REFUSED: Refusal =
     Refusal { http: 401, when: "Invalid or expired MFA token, or a wrong, used or replayed code" };
@@ -122,8 +129,8 @@ pub const RPCS: &[(&str, RpcRule)] = {
         ("/instachatico.auth.v1.UserService/CreateUser", or_key(created(Admin, &[TAKEN]), UsersWrite)),
         ("/instachatico.auth.v1.UserService/ListUsers", or_key(rule(Admin, &[]), UsersRead)),
         ("/instachatico.auth.v1.UserService/GetUser", or_key(rule(Admin, &[NO_SUCH_USER]), UsersRead)),
-        ("/instachatico.auth.v1.UserService/UpdateUser", or_key(rule(Admin, &[NO_SUCH_USER, TAKEN]), UsersWrite)),
-        ("/instachatico.auth.v1.UserService/DeleteUser", or_key(rule(Admin, &[NO_SUCH_USER]), UsersWrite)),
+        ("/instachatico.auth.v1.UserService/UpdateUser", or_key(rule(Admin, &[NO_SUCH_USER, TAKEN_OR_LAST_ADMIN]), UsersWrite)),
+        ("/instachatico.auth.v1.UserService/DeleteUser", or_key(rule(Admin, &[NO_SUCH_USER, SELF_OR_LAST_ADMIN]), UsersWrite)),
         ("/instachatico.auth.v1.UserService/ResetPassword", or_key(rule(Admin, &[NO_SUCH_USER]), UsersWrite)),
         ("/instachatico.auth.v1.UserService/RevokeUserSessions", or_key(rule(Admin, &[NO_SUCH_USER]), UsersWrite)),
         ("/instachatico.auth.v1.UserService/UnlockUser", or_key(rule(Admin, &[NO_SUCH_USER]), UsersWrite)),
@@ -131,10 +138,10 @@ pub const RPCS: &[(&str, RpcRule)] = {
         ("/instachatico.auth.v1.ServiceAccountService/CreateServiceAccount", created(Admin, &[NAME_TAKEN])),
         ("/instachatico.auth.v1.ServiceAccountService/ListServiceAccounts", rule(Admin, &[])),
         ("/instachatico.auth.v1.ServiceAccountService/DeleteServiceAccount", rule(Admin, &[NO_SUCH_ACCOUNT])),
-        ("/instachatico.auth.v1.ServiceAccountService/CreateApiKey", created(Admin, &[NO_SUCH_ACCOUNT])),
+        ("/instachatico.auth.v1.ServiceAccountService/CreateApiKey", created(Admin, &[NO_SUCH_ACCOUNT, KEYS_FULL])),
         ("/instachatico.auth.v1.ServiceAccountService/ListApiKeys", rule(Admin, &[NO_SUCH_ACCOUNT])),
         ("/instachatico.auth.v1.ServiceAccountService/RevokeApiKey", rule(Admin, &[NO_SUCH_KEY])),
-        ("/instachatico.auth.v1.ServiceAccountService/RotateApiKey", created(Admin, &[NO_SUCH_KEY])),
+        ("/instachatico.auth.v1.ServiceAccountService/RotateApiKey", created(Admin, &[NO_SUCH_KEY, KEYS_FULL])),
         // Standard services beside ours (tonic-health, tonic-reflection).
         ("/grpc.health.v1.Health/Check", rule(Public, &[])),
         ("/grpc.health.v1.Health/Watch", rule(Public, &[])),

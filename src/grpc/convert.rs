@@ -182,7 +182,7 @@ pub fn audit_query(r: &pb::ListAuditLogsRequest) -> Result<AuditQuery> {
         return Err(Error::invalid("user_id", "must not be negative"));
     }
     let action = r.action.trim();
-    if action.len() > 50 {
+    if action.chars().count() > validate::AUDIT_ACTION_MAX {
         return Err(Error::invalid("action", "must be at most 50 characters"));
     }
     Ok(AuditQuery {

@@ -21,7 +21,13 @@ impl From<Error> for Status {
             Error::AlreadyExists { field } => {
                 Status::already_exists(format!("A user with this {field} already exists"))
             }
-            Error::FailedPrecondition(_) => Status::failed_precondition(message),
+            // A well-formed request the state refuses: 409 Conflict through Envoy, not the
+            // transcoder's 400 (which would call the request malformed).
+            Error::FailedPrecondition(_) => {
+                let mut status = Status::failed_precondition(message);
+                set_http_status_hint(status.metadata_mut().as_mut(), 409);
+                status
+            }
             Error::TooManyRequests { retry_after, .. } => {
                 with_retry_after(Status::resource_exhausted(message), retry_after)
             }

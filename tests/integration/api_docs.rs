@@ -39,6 +39,19 @@ fn every_annotated_route_is_documented_and_known_to_envoy() {
         })
         .collect();
     assert!(patterns.len() >= 4, "405 patterns not found in envoy.yaml");
+    // The 405 mappers, in order: their path patterns and the Allow they send.
+    let mut mappers: Vec<(Vec<regex::Regex>, String)> = Vec::new();
+    let mut current = Vec::new();
+    for line in envoy.lines() {
+        if line.contains("header_filter") && line.contains("\":path\"") {
+            let raw = line.split("regex: \"").nth(1).unwrap().split('"').next().unwrap();
+            current.push(regex::Regex::new(&raw.replace("\\\\", "\\")).unwrap());
+        } else if line.contains("headers_to_add: [{ header: { key: allow, value: \"") {
+            let allow = line.split("value: \"").nth(1).unwrap().split('"').next().unwrap();
+            mappers.push((std::mem::take(&mut current), allow.to_owned()));
+        }
+    }
+    assert!(current.is_empty(), "405 patterns without an Allow header in envoy.yaml");
     let document = openapi::document().unwrap();
     let routes = openapi::routes().unwrap();
     assert_eq!(routes.len(), 37, "routes: {routes:?}");
@@ -55,6 +68,16 @@ fn every_annotated_route_is_documented_and_known_to_envoy() {
             route.method,
             route.path
         );
+        // The first mapper that matches names exactly the methods documented for the path.
+        let (_, allow) = mappers
+            .iter()
+            .find(|(patterns, _)| patterns.iter().any(|p| p.is_match(&concrete)))
+            .unwrap_or_else(|| panic!("{concrete}: no 405 mapper"));
+        let mut documented: Vec<String> =
+            document["paths"][&route.path].as_object().unwrap().keys().map(|m| m.to_uppercase()).collect();
+        let order = ["GET", "PUT", "POST", "PATCH", "DELETE"];
+        documented.sort_by_key(|m| order.iter().position(|o| o == m));
+        assert_eq!(*allow, documented.join(", "), "Allow of {concrete}");
         assert!(
             concrete.starts_with("/api/v1/") || concrete == "/health" || concrete.starts_with("/.well-known/"),
             "{} is outside Envoy's JSON routes",

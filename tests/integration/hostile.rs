@@ -211,7 +211,7 @@ async fn bodies_must_be_strict_json(s: TestServer) {
 
     for body in [
         " {\n\t\"username\" : \"admin\" ,\r\n \"password\":\"Wrong_password1!\" } ",
-        r#"{"username": "\u0061dmin", "password": "Wrong_password1!", "x": [1, -0.5e3, true, null, {}]}"#,
+        r#"{"username": "\u0061dmin", "password": "Wrong_password1!", "x": [1, -0.5e3, true, {}], "y": null}"#,
         r#"{"username": "admin", "password": "Wrong_pässword1!"}"#,
     ] {
         let r = api.send(raw(&api, Method::POST, "/api/v1/auth/login", Some("application/json"), body)).await;

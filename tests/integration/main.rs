@@ -32,6 +32,7 @@ mod races;
 mod reflection;
 mod refusals;
 mod replicas;
+mod schemathesis;
 mod security;
 mod signing;
 mod tokens;
