@@ -504,6 +504,22 @@ mod tests {
         ] {
             agree(schema, field, &|v| check_policy("password", v).is_ok(), &passwords);
         }
+        let codes = strings(&["123456", " 123 456 ", "12345", "1234567", "12345a", "１２３４５６", "123-456", ""]);
+        for schema in ["ConfirmTotpRequest", "ReauthenticateRequest"] {
+            agree(schema, "code", &|v| crate::domain::mfa::normalize_code(v).is_ok(), &codes);
+        }
+        let recovery =
+            &document["components"]["schemas"]["VerifyMfaRequest"]["oneOf"][1]["properties"]["recovery_code"];
+        for value in [
+            "abcd-efgh-ijkm-npqr",
+            "ABCD EFGH IJKM NPQR",
+            "abcdefghijkmnpqr",
+            "abcd-efgh-ijkm-npq",
+            "abcd-efgh-ijkl-npqr",
+        ] {
+            let service = crate::domain::mfa::normalize_recovery_code(value).is_ok();
+            assert_eq!(documented(recovery, value), service, "recovery_code {value:?}");
+        }
         let mut accounts = around("s", validate::SERVICE_ACCOUNT_NAME_MAX);
         accounts.extend(strings(&["", " s ", "a b", "ä"]));
         agree("CreateServiceAccountRequest", "name", &|v| validate::service_account_name(v).is_ok(), &accounts);

@@ -38,13 +38,14 @@ const WRONG_CODE: &str = "Invalid authentication code";
 const TOO_MANY_WRONG: &str = "Too many wrong codes; sign in again";
 const TOKEN_PREFIX: &str = "mfa_";
 const STEP_SECONDS: i64 = 30;
-const DIGITS: usize = 6;
+/// Digits of a TOTP code.
+pub const CODE_DIGITS: usize = 6;
 /// 160 bits, as RFC 4226 recommends.
 const SECRET_BYTES: usize = 20;
 /// 32 letters and digits without the look-alikes l, o, 0 and 1: 5 bits per character.
-const RECOVERY_ALPHABET: &[u8; 32] = b"abcdefghijkmnpqrstuvwxyz23456789";
+pub const RECOVERY_ALPHABET: &[u8; 32] = b"abcdefghijkmnpqrstuvwxyz23456789";
 /// 16 characters: 80 random bits, so a SHA-256 of the code is a safe thing to store.
-const RECOVERY_CODE_CHARS: usize = 16;
+pub const RECOVERY_CODE_CHARS: usize = 16;
 
 /// What must also hold, inside the transaction that opens a session.
 #[derive(Debug, Clone)]
@@ -375,7 +376,7 @@ impl App {
         };
         let secret = self.cipher().decrypt(&factor.secret_encrypted)?;
         let step = matching_step(&totp_for(&secret, &user.username)?, &code, now, 0)
-            .ok_or_else(|| Error::invalid("code", "is not the code the authenticator app shows now"))?;
+            .ok_or_else(|| Error::PermissionDenied("The code is not the one the authenticator app shows now"))?;
         let codes = new_recovery_codes();
         let hashes = recovery_code_hashes(&codes);
         let (user_id, encrypted) = (user.id, factor.secret_encrypted);
@@ -462,7 +463,7 @@ impl App {
                         return Err(Error::Unavailable("The password changed meanwhile; try again"));
                     }
                     if !mfa::claim_totp_step(c, user_id, step).await? {
-                        return Err(Error::invalid("code", "is not a current, unused code"));
+                        return Err(Error::PermissionDenied("The code is not a current, unused one"));
                     }
                     let event = match change {
                         FactorChange::Remove => {
@@ -538,12 +539,12 @@ impl App {
         let busy = "Too many password checks are in progress; retry shortly";
         if !self.hasher().verify(password, Some(&user.password_hash)).await.map_err(|e| e.overload_as(busy))? {
             self.sign_in_failed(Some(user_id), &subject, "bad_current_password", client, now).await;
-            return Err(Error::invalid("password", "is incorrect"));
+            return Err(Error::PermissionDenied("The password is incorrect"));
         }
         let secret = self.cipher().decrypt(&factor.secret_encrypted)?;
         let Some(step) = matching_step(&totp_for(&secret, &user.username)?, &code, now, factor.last_used_step) else {
             self.record_code_failure(user_id, "bad_totp_code", None, client, now).await;
-            return Err(Error::invalid("code", "is not a current, unused code"));
+            return Err(Error::PermissionDenied("The code is not a current, unused one"));
         };
         Ok((user.password_hash, step))
     }
@@ -605,7 +606,7 @@ fn totp_for(secret_base32: &SecretString, username: &str) -> Result<TOTP> {
     // Unchecked: a username may hold a ':' (the URI encodes it); the secret is always 160 bits.
     Ok(TOTP::new_unchecked(
         Algorithm::SHA1,
-        DIGITS,
+        CODE_DIGITS,
         1,
         STEP_SECONDS.unsigned_abs(),
         raw,
@@ -631,16 +632,16 @@ fn matching_step(totp: &TOTP, code: &str, now: DateTime<Utc>, after: i64) -> Opt
 }
 
 /// Six ASCII digits (spaces allowed, as apps show "123 456").
-fn normalize_code(code: &str) -> Result<String> {
+pub(crate) fn normalize_code(code: &str) -> Result<String> {
     let code: String = code.chars().filter(|c| *c != ' ').collect();
-    if code.len() != DIGITS || !code.bytes().all(|b| b.is_ascii_digit()) {
+    if code.len() != CODE_DIGITS || !code.bytes().all(|b| b.is_ascii_digit()) {
         return Err(Error::invalid("code", "must be the 6 digits the authenticator app shows"));
     }
     Ok(code)
 }
 
 /// A recovery code without its dashes and spaces, lower case.
-fn normalize_recovery_code(code: &str) -> Result<String> {
+pub(crate) fn normalize_recovery_code(code: &str) -> Result<String> {
     let code: String = code.chars().filter(|c| *c != '-' && *c != ' ').collect::<String>().to_ascii_lowercase();
     if code.len() != RECOVERY_CODE_CHARS || !code.bytes().all(|b| RECOVERY_ALPHABET.contains(&b)) {
         return Err(Error::invalid("recovery_code", "is not a recovery code"));

@@ -81,6 +81,15 @@ const TAKEN_OR_LAST_ADMIN: Refusal = Refusal {
 const SELF_OR_LAST_ADMIN: Refusal = Refusal { http: 409, when: "An admin deleting themself, or the last active admin" };
 const KEYS_FULL: Refusal = Refusal { http: 409, when: "The account already has 10 live keys; revoke one first" };
 
+// A signed-in user's proof (the password, a code) is wrong: 403, not 401, which a UI reads as
+// a session that ended.
+const WRONG_CODE: Refusal = Refusal { http: 403, when: "The code is not the one the authenticator app shows now" };
+const WRONG_PROOF: Refusal =
+    Refusal { http: 403, when: "The password is incorrect, or the code is not a current, unused one" };
+const TOTP_ENABLED: Refusal = Refusal { http: 409, when: "TOTP is already enabled" };
+const NOTHING_TO_CONFIRM: Refusal =
+    Refusal { http: 409, when: "TOTP is already enabled, or there is no enrolment to confirm (start one first)" };
+const TOTP_NOT_ENABLED: Refusal = Refusal { http: 409, when: "TOTP is not enabled" };
 const MFA_REFUSED: Refusal =
     Refusal { http: 401, when: "Invalid or expired MFA token, or a wrong, used or replayed code" };
 
@@ -108,10 +117,10 @@ pub const RPCS: &[(&str, RpcRule)] = {
     &[
         ("/instachatico.auth.v1.AuthService/Login", rule(Public, &[BAD_CREDENTIALS, INACTIVE])),
         ("/instachatico.auth.v1.AuthService/VerifyMfa", rule(Public, &[MFA_REFUSED, INACTIVE])),
-        ("/instachatico.auth.v1.MfaService/StartTotp", rule(SessionOrEnrolment, &[])),
-        ("/instachatico.auth.v1.MfaService/ConfirmTotp", rule(SessionOrEnrolment, &[])),
-        ("/instachatico.auth.v1.MfaService/RemoveTotp", rule(Session, &[])),
-        ("/instachatico.auth.v1.MfaService/RegenerateRecoveryCodes", rule(Session, &[])),
+        ("/instachatico.auth.v1.MfaService/StartTotp", rule(SessionOrEnrolment, &[TOTP_ENABLED])),
+        ("/instachatico.auth.v1.MfaService/ConfirmTotp", rule(SessionOrEnrolment, &[WRONG_CODE, NOTHING_TO_CONFIRM])),
+        ("/instachatico.auth.v1.MfaService/RemoveTotp", rule(Session, &[WRONG_PROOF, TOTP_NOT_ENABLED])),
+        ("/instachatico.auth.v1.MfaService/RegenerateRecoveryCodes", rule(Session, &[WRONG_PROOF, TOTP_NOT_ENABLED])),
         ("/instachatico.auth.v1.MfaService/ResetUserMfa", or_key(rule(Admin, &[NO_SUCH_USER]), UsersWrite)),
         ("/instachatico.auth.v1.MfaService/ListMfaFactors", rule(Session, &[])),
         ("/instachatico.auth.v1.AuthService/Register", created(Public, &[REGISTRATION_OFF, TAKEN])),

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use crate::crypto::password::{MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS};
 use crate::domain::api_keys::{ID_HEX, ROTATION_GRACE_MAX};
+use crate::domain::mfa::{CODE_DIGITS, RECOVERY_ALPHABET, RECOVERY_CODE_CHARS};
 use crate::domain::validate::{
     self, AUDIT_ACTION_MAX, BEARER_TOKEN_MAX, CIDRS_MAX, DESCRIPTION_MAX, EMAIL_MAX, EMAIL_TLD_MIN, INSTAGRAM_MAX,
     KEY_NAME_MAX, SERVICE_ACCOUNT_NAME_MAX, URL_MAX, USERNAME_MAX, USERNAME_MIN,
@@ -37,6 +38,9 @@ pub fn required(message: &str) -> &'static [&'static str] {
         "ResetPasswordRequest" => &["new_password"],
         "CreateServiceAccountRequest" => &["name"],
         "CreateApiKeyRequest" => &["name", "scopes"],
+        "ConfirmTotpRequest" => &["code"],
+        "ReauthenticateRequest" => &["password", "code"],
+        "VerifyMfaRequest" => &["mfa_token"],
         _ => &[],
     }
 }
@@ -46,7 +50,9 @@ pub fn required(message: &str) -> &'static [&'static str] {
 pub fn field(message: &str, field: &str) -> Option<Value> {
     Some(match (message, field) {
         ("LoginRequest", "username") => nonblank("Username or email; surrounding whitespace is ignored"),
-        ("LoginRequest", "password") | ("ChangeMyPasswordRequest", "current_password") => {
+        ("LoginRequest", "password")
+        | ("ChangeMyPasswordRequest", "current_password")
+        | ("ReauthenticateRequest", "password") => {
             json!({"minLength": 1, "pattern": text_pattern()})
         }
         ("RegisterRequest" | "CreateUserRequest", "username") => username(),
@@ -86,6 +92,10 @@ pub fn field(message: &str, field: &str) -> Option<Value> {
         ("RevokeApiKeyRequest" | "RotateApiKeyRequest", "key_id") => {
             json!({"pattern": format!("^[0-9a-f]{{{ID_HEX}}}$")})
         }
+        ("ConfirmTotpRequest" | "ReauthenticateRequest", "code") => totp_code(),
+        ("VerifyMfaRequest", "mfa_token") => {
+            nonblank("The mfa_token Login answered; surrounding whitespace is ignored")
+        }
         ("RotateApiKeyRequest", "grace_seconds") => {
             json!({"minimum": 0, "maximum": ROTATION_GRACE_MAX.num_seconds()})
         }
@@ -112,6 +122,14 @@ pub fn message_constraints(message: &str, schema: &mut Value) {
                                 "instagram_username": {"pattern": blank()}}},
                 {"required": ["api_base_url", "bearer_token"],
                  "properties": {"api_base_url": with_type(url()), "bearer_token": with_type(bearer_token())}},
+            ]);
+        }
+        // A TOTP code or a recovery code: exactly one of the two.
+        "VerifyMfaRequest" => {
+            schema["oneOf"] = json!([
+                {"required": ["code"], "properties": {"code": with_type(totp_code()), "recovery_code": {"maxLength": 0}}},
+                {"required": ["recovery_code"],
+                 "properties": {"recovery_code": with_type(recovery_code()), "code": {"maxLength": 0}}},
             ]);
         }
         // `backend` sets it, `remove_backend` removes it: not both.
@@ -346,6 +364,23 @@ fn key_name() -> Value {
 }
 
 /// An IPv4 or IPv6 network in CIDR form, or a single address.
+/// The 6 digits an authenticator app shows; spaces anywhere are ignored.
+fn totp_code() -> Value {
+    json!({"pattern": format!("^ *(?:[0-9] *){{{CODE_DIGITS}}}$"),
+           "description": format!("The {CODE_DIGITS} digits the authenticator app shows (spaces are ignored)")})
+}
+
+/// A recovery code as it was shown (`xxxx-xxxx-xxxx-xxxx`), in either case, dashes and spaces ignored.
+fn recovery_code() -> Value {
+    let letters: String = RECOVERY_ALPHABET.iter().map(|b| char::from(*b)).collect();
+    let class = format!(
+        "[{letters}{}]",
+        letters.to_ascii_uppercase().chars().filter(char::is_ascii_alphabetic).collect::<String>()
+    );
+    json!({"pattern": format!("^[- ]*(?:{class}[- ]*){{{RECOVERY_CODE_CHARS}}}$"),
+           "description": "An unused recovery code, as shown (dashes, spaces and case are ignored)"})
+}
+
 fn cidr() -> Value {
     let octet = "(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])";
     json!({"anyOf": [{"format": "ipv4"}, {"format": "ipv6"},

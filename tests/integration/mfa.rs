@@ -108,7 +108,7 @@ async fn totp_enrol_and_sign_in_over_grpc(s: TestServer) {
     let second = mfa.start_totp(authed(&token, pb::StartTotpRequest {})).await.unwrap().into_inner();
     assert_ne!(second.secret, first.secret);
     let stale = pb::ConfirmTotpRequest { code: code_at(&first.secret, Utc::now()) };
-    expect_code(mfa.confirm_totp(authed(&token, stale)).await, Code::InvalidArgument);
+    expect_code(mfa.confirm_totp(authed(&token, stale)).await, Code::PermissionDenied);
     let mut app = Authenticator { secret: second.secret.clone(), last_step: 0 };
     let codes = mfa
         .confirm_totp(authed(&token, pb::ConfirmTotpRequest { code: app.code() }))
@@ -229,6 +229,12 @@ async fn totp_sign_in_through_envoy_as_json(s: TestServer) {
     let mut app = Authenticator { secret: started.body["secret"].as_str().unwrap().to_owned(), last_step: 0 };
     let wrong = api.post("/api/v1/users/me/mfa/totp/confirm", Some(&token), json!({"code": "12345"})).await;
     assert!(wrong.detail(400).contains("code"), "{wrong:?}");
+    // Well formed, but none of the codes of the steps the service accepts now: 403.
+    let near: Vec<String> =
+        (-1..=1).map(|d| code_at(&app.secret, Utc::now() + chrono::Duration::seconds(30 * d))).collect();
+    let other = ["000000", "111111", "222222", "333333"].into_iter().find(|c| !near.iter().any(|n| n == c)).unwrap();
+    let wrong = api.post("/api/v1/users/me/mfa/totp/confirm", Some(&token), json!({"code": other})).await;
+    assert!(wrong.detail(403).contains("code"), "{wrong:?}");
     let confirmed = api.post("/api/v1/users/me/mfa/totp/confirm", Some(&token), json!({"code": app.code()})).await;
     assert_eq!(confirmed.status, 200, "{confirmed:?}");
     let codes: Vec<String> =
@@ -280,10 +286,10 @@ async fn totp_sign_in_through_envoy_as_json(s: TestServer) {
     // Removal needs the password and a current code; then the login is the seed's again.
     let wrong_password = json!({"password": "Wrong_password1!", "code": "123456"});
     let refused = api.call(Method::DELETE, "/api/v1/users/me/mfa/totp", Some(&session), Some(wrong_password)).await;
-    assert!(refused.detail(400).contains("password"), "{refused:?}");
+    assert!(refused.detail(403).contains("password"), "{refused:?}");
     let wrong_code = json!({"password": USER_PASSWORD, "code": "000000"});
     let refused = api.call(Method::DELETE, "/api/v1/users/me/mfa/totp", Some(&session), Some(wrong_code)).await;
-    assert!(refused.detail(400).contains("code"), "{refused:?}");
+    assert!(refused.detail(403).contains("code"), "{refused:?}");
     let removal = json!({"password": USER_PASSWORD, "code": app.code()});
     let removed = api.call(Method::DELETE, "/api/v1/users/me/mfa/totp", Some(&session), Some(removal)).await;
     assert_eq!(removed.status, 200, "{removed:?}");
@@ -549,12 +555,12 @@ async fn new_recovery_codes_need_password_and_code(s: TestServer) {
     };
     expect_code(mfa.regenerate_recovery_codes(ask("", "123456")).await, Code::InvalidArgument);
     expect_code(mfa.regenerate_recovery_codes(ask(USER_PASSWORD, "12")).await, Code::InvalidArgument);
-    expect_code(mfa.regenerate_recovery_codes(ask("Wrong_password1!", "123456")).await, Code::InvalidArgument);
+    expect_code(mfa.regenerate_recovery_codes(ask("Wrong_password1!", "123456")).await, Code::PermissionDenied);
     let code = app.code();
     let fresh = mfa.regenerate_recovery_codes(ask(USER_PASSWORD, &code)).await.unwrap().into_inner().recovery_codes;
     assert_eq!(fresh.len(), 10);
     // The code was spent by that: not again.
-    expect_code(mfa.regenerate_recovery_codes(ask(USER_PASSWORD, &code)).await, Code::InvalidArgument);
+    expect_code(mfa.regenerate_recovery_codes(ask(USER_PASSWORD, &code)).await, Code::PermissionDenied);
     // Old codes stop working, new ones work.
     let mut auth = s.auth().await;
     expect_code(
@@ -564,7 +570,7 @@ async fn new_recovery_codes_need_password_and_code(s: TestServer) {
     auth.verify_mfa(with_recovery(&mfa_token(&s, "regen").await, &fresh[0])).await.unwrap();
     assert_eq!(audit_count(&s, &admin, id, "mfa_recovery_codes_regenerated").await, 1);
     // Removal: the same checks, then the login is the seed's.
-    expect_code(mfa.remove_totp(ask(USER_PASSWORD, &code)).await, Code::InvalidArgument);
+    expect_code(mfa.remove_totp(ask(USER_PASSWORD, &code)).await, Code::PermissionDenied);
     mfa.remove_totp(ask(USER_PASSWORD, &app.code())).await.unwrap();
     assert!(s.login_reply("regen", USER_PASSWORD).await.unwrap().access_token.is_some());
     expect_code(mfa.remove_totp(ask(USER_PASSWORD, "123456")).await, Code::FailedPrecondition);
