@@ -39,7 +39,8 @@ struct Args {
     /// Scenarios: null, getme, json, login, storm, sustained; also getme-eddsa (GetMe with
     /// EdDSA-signed tokens), introspect (RFC 7662 by an API key) and apikey (GetUser by an API
     /// key and by an admin session), proxy (a request through the backend proxy vs. the same
-    /// request straight to the backend).
+    /// request straight to the backend), login-mfa (a sign-in with a TOTP step vs. a plain
+    /// Login, one after another).
     #[arg(long, value_delimiter = ',', default_value = "null,getme,json,login,storm,sustained")]
     scenarios: Vec<String>,
     /// Seconds per closed-loop run.
@@ -187,7 +188,7 @@ async fn run_scenario(
             admin_token: Some(seeded.admin_token.clone()),
         };
         // Warm up connections, caches and the allocator.
-        if scenario != "login" && scenario != "storm" {
+        if !matches!(scenario, "login" | "login-mfa" | "storm") {
             let _ = harness::getme_grpc(&target, 8, Duration::from_secs(2)).await;
         }
         let sampler = RssSampler::start(service.pid());
@@ -247,6 +248,7 @@ async fn run_scenario(
                 reports
             }
             ("login", Some(c)) => vec![harness::login(&target, c, seconds).await],
+            ("login-mfa", _) => harness::login_mfa(&target, 60, seconds).await,
             ("storm", _) => {
                 let (logins, probes) = harness::storm(&target, args.storm_logins, 8, Duration::from_secs(10)).await;
                 vec![logins, probes]

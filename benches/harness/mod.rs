@@ -762,3 +762,82 @@ pub async fn proxy_credentials(target: &Target, backend_url: &str, backend_token
     }
     credentials
 }
+
+/// Issue 14's cost of a second factor: one after another (c=1), a Login of a user with a
+/// confirmed TOTP factor followed by its code step (VerifyMfa), timed as one sign-in; beside it
+/// a plain Login of a seeded user without one. `users` fresh users are created by the target's
+/// admin and enrolled through the service's own RPCs first. A user's code is good once per 30 s
+/// time step (the service also takes the next step), so the users are taken in turn.
+pub async fn login_mfa(target: &Target, users: usize, duration: Duration) -> Vec<Report> {
+    use instachatico_auth::pb::mfa_service_client::MfaServiceClient;
+    let channel = Channel::from_shared(target.grpc_url.clone()).unwrap().connect().await.expect("connect");
+    let admin = target.admin_token.as_deref().expect("the target's admin");
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let mut enrolled = Vec::with_capacity(users);
+    for i in 0..users {
+        let username = format!("mfa{nanos}x{i}");
+        let create = pb::CreateUserRequest {
+            username: username.clone(),
+            email: format!("{username}@example.com"),
+            password: PASSWORD.into(),
+            ..Default::default()
+        };
+        UserServiceClient::new(channel.clone()).create_user(authed(admin, create)).await.expect("create a user");
+        let login = pb::LoginRequest { username: username.clone(), password: PASSWORD.into() };
+        let reply = AuthServiceClient::new(channel.clone()).login(login).await.expect("login").into_inner();
+        let token = reply.access_token.expect("a session before the factor");
+        let mut mfa = MfaServiceClient::new(channel.clone());
+        let secret = mfa.start_totp(authed(&token, pb::StartTotpRequest {})).await.expect("start").into_inner().secret;
+        let step = totp_step(std::time::SystemTime::now());
+        let code = totp_code(&secret, step);
+        mfa.confirm_totp(authed(&token, pb::ConfirmTotpRequest { code })).await.expect("confirm");
+        enrolled.push((username, secret, step));
+    }
+    let enrolled = Arc::new(std::sync::Mutex::new((enrolled, 0usize)));
+    let mut plain = login(target, 1, duration).await;
+    plain.scenario = "login grpc, no second factor c=1".into();
+    let two_steps = closed_loop("login + TOTP step grpc c=1", 1, duration, move |_, _| {
+        let (mut auth, enrolled) = (AuthServiceClient::new(channel.clone()), Arc::clone(&enrolled));
+        async move {
+            // The next user with a step left: now, or the one after the last used, up to now + 1
+            // (not now − 1: the service's clock may pass a step boundary meanwhile).
+            let now = totp_step(std::time::SystemTime::now());
+            let picked = {
+                let mut guard = enrolled.lock().unwrap();
+                let (list, next) = &mut *guard;
+                let n = list.len();
+                (0..n).map(|k| (*next + k) % n).find(|&k| list[k].2 < now + 1).map(|k| {
+                    let step = now.max(list[k].2 + 1);
+                    list[k].2 = step;
+                    *next = k + 1;
+                    (list[k].0.clone(), totp_code(&list[k].1, step))
+                })
+            };
+            let Some((username, code)) = picked else { return Outcome::Shed(Duration::from_millis(200)) };
+            let first = match auth.login(pb::LoginRequest { username, password: PASSWORD.into() }).await {
+                Ok(reply) => reply.into_inner(),
+                Err(status) => return outcome::<()>(Err(status)),
+            };
+            let Some(mfa_token) = first.mfa_token else { return Outcome::Error };
+            match auth.verify_mfa(pb::VerifyMfaRequest { mfa_token, code, ..Default::default() }).await {
+                Ok(reply) if reply.get_ref().access_token.is_some() => Outcome::Ok,
+                Ok(_) => Outcome::Error,
+                Err(status) => outcome::<()>(Err(status)),
+            }
+        }
+    })
+    .await;
+    vec![plain, two_steps]
+}
+
+/// The TOTP time step (30 s) of `at`.
+fn totp_step(at: std::time::SystemTime) -> i64 {
+    i64::try_from(at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() / 30).unwrap()
+}
+
+/// The code an authenticator app with `secret` (base32) shows during `step`.
+fn totp_code(secret: &str, step: i64) -> String {
+    let raw = totp_rs::Secret::Encoded(secret.to_owned()).to_bytes().expect("base32");
+    let totp = totp_rs::TOTP::new_unchecked(totp_rs::Algorithm::SHA1, 6, 1, 30, raw, None, String::new());
+    totp.generate(u64::try_from(step * 30).unwrap())
+}

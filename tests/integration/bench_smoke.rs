@@ -48,6 +48,9 @@ async fn every_scenario_runs(s: TestServer) {
     flows(&harness::null_rpc(&target, 4, second).await);
     flows(&harness::getme_grpc(&target, 4, second).await);
     flows(&harness::login(&target, 2, second).await);
+    for report in harness::login_mfa(&target, 3, second).await {
+        flows(&report);
+    }
     flows(&harness::introspect_grpc(&target, 4, second).await);
     for (credential, what) in [(&target.api_key, "api key"), (&target.admin_token, "admin session")] {
         flows(&harness::get_user_grpc(&target, credential.as_deref().unwrap(), what, 4, second).await);
