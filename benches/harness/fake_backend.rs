@@ -82,6 +82,8 @@ impl FakeBackend {
                 handle(state, method, uri, headers, body)
             }
         });
+        // Whatever the proxy lets through arrives whole (the proxy's own limit is under test).
+        let app = app.layer(axum::extract::DefaultBodyLimit::disable());
         let connections = Arc::clone(&state.connections);
         let listener = axum::serve::ListenerExt::tap_io(listener, move |_| {
             connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -55,6 +55,11 @@ struct Proxy {
 
 impl Proxy {
     async fn start(db: Backend, allowed: &str, extra: Options) -> Option<Self> {
+        Self::start_edited(db, allowed, extra, str::to_owned).await
+    }
+
+    /// The same, with envoy.yaml changed by `edit`.
+    async fn start_edited(db: Backend, allowed: &str, extra: Options, edit: impl Fn(&str) -> String) -> Option<Self> {
         let mut options = extra
             .arg("backend-proxy", "true")
             .arg("backend-proxy-public-url", PUBLIC_URL)
@@ -63,7 +68,7 @@ impl Proxy {
             options = options.arg("rate-limit-proxy-per-minute", "100000");
         }
         let s = TestServer::start_with(db, options).await?;
-        let envoy = Envoy::start(&[s.upstream()]).await?;
+        let envoy = Envoy::start_edited(&[s.upstream()], edit).await?;
         let api = Json::new(&envoy.url);
         let admin = s.admin_token().await;
         Some(Self { s, envoy, api, admin })
@@ -524,6 +529,47 @@ async fn revocation_wins_every_race_with_proxied_requests(db: Backend) {
             assert!(after.iter().all(|s| *s == 401), "round {round}: accepted after logout: {after:?}");
         }
     }
+}
+
+/// The proxy's own limits: a request body over 10 MiB is refused (413) before the backend sees
+/// a byte, and a backend that goes quiet mid-request is a 504. Envoy's config, so one database;
+/// the idle timeout is cut from 60 s to 1 s here (the edit fails if the routes change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_and_silent_backends_are_refused() {
+    const COMMITTED: &str = "per_try_idle_timeout: 60s";
+    let backend = FakeBackend::start("slow").await;
+    let edit = |config: &str| {
+        assert_eq!(config.matches(COMMITTED).count(), 2, "the backend routes' timeouts changed; update this test");
+        config.replace(COMMITTED, "per_try_idle_timeout: 1s")
+    };
+    let allowed = backend.addr.to_string();
+    let Some(p) = Proxy::start_edited(Backend::Sqlite, &allowed, Options::default(), edit).await else { return };
+    let (_, credential) = p.user("tess", &base(&backend, "/api"), "tess-backend-token").await;
+
+    let post = |body: Vec<u8>| {
+        p.request(reqwest::Method::POST, "/upload")
+            .bearer_auth(&credential)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+    };
+    let limit = 10 * 1024 * 1024;
+    let reply = post(vec![b'x'; limit]).await.unwrap();
+    assert_eq!(reply.status(), 200);
+    assert_eq!(backend.last().body.len(), limit, "a body at the limit arrives whole");
+    let seen = backend.received().len();
+    let reply = post(vec![b'x'; limit + 1]).await.unwrap();
+    assert_eq!(reply.status(), 413);
+    let body: serde_json::Value = reply.json().await.unwrap();
+    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()), "{body}");
+    assert_eq!(backend.received().len(), seen, "the backend saw nothing of the refused body");
+
+    let (status, body) = p.get("/feed?sleep_ms=3000", &credential).await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["detail"], "Backend timed out");
+    assert!(!body.contains("tess-backend-token"));
+    let (status, _) = p.get("/feed?sleep_ms=200", &credential).await;
+    assert_eq!(status, 200, "a backend that answers within the idle timeout is served");
 }
 
 /// Proxy mode off (the default): nothing of the proxy is there, and Login hands out the real
