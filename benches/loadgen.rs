@@ -11,6 +11,8 @@
 
 #[path = "harness/fake_backend.rs"]
 mod fake_backend;
+#[path = "harness/fixed_authz.rs"]
+mod fixed_authz;
 #[path = "harness/mod.rs"]
 mod harness;
 #[path = "harness/process.rs"]
@@ -40,7 +42,8 @@ struct Args {
     /// EdDSA-signed tokens), introspect (RFC 7662 by an API key) and apikey (GetUser by an API
     /// key and by an admin session), proxy (a request through the backend proxy vs. the same
     /// request straight to the backend), login-mfa (a sign-in with a TOTP step vs. a plain
-    /// Login, one after another).
+    /// Login, one after another), replicas (JSON GetMe and Login through one Envoy in front of
+    /// 1, 2 and 3 replicas; PostgreSQL only).
     #[arg(long, value_delimiter = ',', default_value = "null,getme,json,login,storm,sustained")]
     scenarios: Vec<String>,
     /// Seconds per closed-loop run.
@@ -142,6 +145,9 @@ async fn run_scenario(
     windows: &mut Vec<(String, harness::Window)>,
 ) -> Vec<Report> {
     let seconds = Duration::from_secs(args.seconds);
+    if scenario == "replicas" {
+        return replicas(database, seeded, args).await;
+    }
     let mut reports = Vec::new();
     let runs: Vec<Option<usize>> = match scenario {
         "null" | "getme" | "json" | "getme-eddsa" | "introspect" | "apikey" | "proxy" => {
@@ -231,6 +237,11 @@ async fn run_scenario(
                 let harness_pid = std::process::id();
                 let watched = [("Envoy", envoy.pid()), ("service", service.pid()), ("backend", harness_pid)];
                 let url = format!("http://{}", backend.addr);
+                // The floors: Envoy forwarding with no decision, and the committed envoy.yaml
+                // asking a decision server that answers at once (in this process).
+                let fixed = fixed_authz::start(backend.addr, "/api", PROXIED_TOKEN).await;
+                let floors = (Envoy::start_forwarding(backend.addr).await, Envoy::start(&[fixed]).await);
+                let (Some(forwarding), Some(fixed)) = floors else { panic!("Envoy starts") };
                 let mut reports = Vec::new();
                 // An instant backend (the proxy's whole cost shows), and one taking 5 ms.
                 for (what, proxied_path, direct_path) in [
@@ -240,10 +251,21 @@ async fn run_scenario(
                     let name = format!("GET via the backend proxy{what} c={c}");
                     let call = WrkCall::Get(proxied_path);
                     reports.push(wrk_measured(name, call, &envoy.url, &proxied, c, seconds, &watched).await);
+                    let here = [("backend", harness_pid)];
                     let name = format!("GET straight to the backend{what} c={c}");
                     let call = WrkCall::Get(direct_path);
-                    reports
-                        .push(wrk_measured(name, call, &url, &direct, c, seconds, &[("backend", harness_pid)]).await);
+                    reports.push(wrk_measured(name, call, &url, &direct, c, seconds, &here).await);
+                    let (mut floor, call) = (Vec::new(), WrkCall::Get(proxied_path));
+                    let name = format!("GET via Envoy alone, no decision{what} c={c}");
+                    floor.push(
+                        wrk_measured(name, call, &forwarding.url, &direct, c, seconds, &[("Envoy", forwarding.pid())])
+                            .await,
+                    );
+                    let name = format!("GET via envoy.yaml, a decision that costs nothing{what} c={c}");
+                    floor.push(
+                        wrk_measured(name, call, &fixed.url, &direct, c, seconds, &[("Envoy", fixed.pid())]).await,
+                    );
+                    reports.extend(floor.into_iter().map(|r| Report { measures_service: false, ..r }));
                 }
                 reports
             }
@@ -278,6 +300,52 @@ async fn run_scenario(
             report.notes.push(harness::cpu_per_request(report, &[("service", service.pid(), cpu_before)]));
         }
         reports.extend(produced);
+    }
+    reports
+}
+
+/// Names of the replicas in the CPU notes.
+const REPLICA_NAMES: [&str; 3] = ["replica 1", "replica 2", "replica 3"];
+
+/// 1, 2 and 3 replicas of the service on one PostgreSQL behind one Envoy (issue 18 point 4):
+/// JSON GetMe at each `--concurrency`, and JSON Login at c=8. The CPU notes show each
+/// replica's share, so a replica that gets no traffic shows as 0.
+async fn replicas(database: &Database, seeded: &Seeded, args: &Args) -> Vec<Report> {
+    if database.kind == "sqlite" {
+        println!("(replicas: SQLite is one instance; skipped)");
+        return Vec::new();
+    }
+    let seconds = Duration::from_secs(args.seconds);
+    let mut reports = Vec::new();
+    for n in 1..=REPLICA_NAMES.len() {
+        let env = database.service_env(false);
+        let services: Vec<ServiceProcess> = (0..n).map(|_| ServiceProcess::spawn(&env)).collect();
+        let sockets: Vec<_> = services.iter().map(|s| s.socket.clone()).collect();
+        let Some(envoy) = Envoy::start(&sockets).await else {
+            println!("(no envoy binary: skipping the replicas scenario)");
+            return reports;
+        };
+        let target = Target {
+            grpc_url: services[0].url(),
+            json_url: Some(envoy.url.clone()),
+            users: seeded.users.clone(),
+            tokens: seeded.tokens.clone(),
+            pid: Some(services[0].pid()),
+            api_key: None,
+            admin_token: None,
+        };
+        let mut watched = vec![("Envoy", envoy.pid())];
+        watched.extend(services.iter().zip(REPLICA_NAMES).map(|(s, name)| (name, s.pid())));
+        // Warm every replica's connections and caches through Envoy.
+        let _ =
+            wrk_measured(String::new(), WrkCall::JsonGetMe, &envoy.url, &target, 8, Duration::from_secs(2), &[]).await;
+        let replicas = if n == 1 { "1 replica".to_owned() } else { format!("{n} replicas") };
+        for &c in &args.concurrency {
+            let name = format!("getme json, {replicas} c={c}");
+            reports.push(wrk_measured(name, WrkCall::JsonGetMe, &envoy.url, &target, c, seconds, &watched).await);
+        }
+        let name = format!("login json, {replicas} c=8");
+        reports.push(wrk_measured(name, WrkCall::JsonLogin, &envoy.url, &target, 8, seconds, &watched).await);
     }
     reports
 }

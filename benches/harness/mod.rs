@@ -464,12 +464,14 @@ pub fn getme_json_wrk(target: &Target, connections: usize, duration: Duration, w
 }
 
 /// What wrk sends: GetMe as the JSON face's `GET /api/v1/users/me`, or as a grpc-web call; or
-/// a plain `GET` of a path (the backend proxy, or the backend itself).
+/// a plain `GET` of a path (the backend proxy, or the backend itself); or the JSON Login of
+/// the target's users in turn.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum WrkCall {
     JsonGetMe,
     GrpcWebGetMe,
     Get(&'static str),
+    JsonLogin,
 }
 
 /// GetMe by wrk against `url`, rotating the target's tokens: the same client work whatever
@@ -485,13 +487,27 @@ pub fn wrk_getme(
     workdir: &std::path::Path,
 ) -> Report {
     let script = workdir.join("getme.lua");
-    let tokens: Vec<String> = target.tokens.iter().map(|t| format!("\"{t}\"")).collect();
+    // What each request takes in turn: an access token, or a Login body (a Lua long string).
+    let tokens: Vec<String> = if call == WrkCall::JsonLogin {
+        let body = |(username, password): &(String, String)| {
+            serde_json::json!({ "username": username, "password": password }).to_string()
+        };
+        target.users.iter().map(|u| format!("[[{}]]", body(u))).collect()
+    } else {
+        target.tokens.iter().map(|t| format!("\"{t}\"")).collect()
+    };
     let get = |path: &str| {
         format!(r#"wrk.format("GET", "{path}", {{ ["Authorization"] = "Bearer " .. tokens[(i % #tokens) + 1] }})"#)
     };
     let (path, request, check) = match call {
         WrkCall::JsonGetMe => ("/api/v1/users/me", get("/api/v1/users/me"), ""),
         WrkCall::Get(path) => (path, get(path), ""),
+        WrkCall::JsonLogin => (
+            "/api/v1/auth/login",
+            r#"wrk.format("POST", "/api/v1/auth/login", { ["Content-Type"] = "application/json" }, tokens[(i % #tokens) + 1])"#
+                .to_owned(),
+            "",
+        ),
         WrkCall::GrpcWebGetMe => (
             "/instachatico.auth.v1.UserService/GetMe",
             r#"wrk.format("POST", "/instachatico.auth.v1.UserService/GetMe", {

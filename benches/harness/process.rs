@@ -163,6 +163,9 @@ impl From<std::path::PathBuf> for Upstream {
 }
 
 /// A real Envoy running `envoy/envoy.yaml` (only its ports rewritten) in front of `upstreams`.
+/// The listener address of [`Envoy::router_only`] configs, replaced by a free port.
+const ROUTER_ONLY_LISTEN: &str = "address: 127.0.0.1, port_value: 8080";
+
 pub struct Envoy {
     pub url: String,
     child: std::process::Child,
@@ -218,33 +221,62 @@ impl Envoy {
     /// request with `body` (JSON) from Envoy itself, no upstream and no filter but the router.
     /// Anything proxied through Envoy costs at least this much of Envoy.
     pub async fn start_static(body: &str) -> Option<Self> {
-        let config = format!(
+        let route = format!(
+            r#"              - match: {{ prefix: "/" }}
+                direct_response: {{ status: 200, body: {{ inline_string: {} }} }}
+                response_headers_to_add:
+                - {{ header: {{ key: content-type, value: application/json }} }}
+"#,
+            serde_json::to_string(body).unwrap()
+        );
+        Self::launch(&Self::router_only(&route, ""), ROUTER_ONLY_LISTEN).await
+    }
+
+    /// Envoy's proxying alone: `/backend/…` forwarded to `backend` as `/api/…`, no filter but
+    /// the router, no decision. What a proxied request costs at the least with Envoy in the path.
+    pub async fn start_forwarding(backend: std::net::SocketAddr) -> Option<Self> {
+        let route = r#"              - match: { prefix: "/backend/" }
+                route: { cluster: backend, prefix_rewrite: "/api/" }
+"#;
+        let cluster = format!(
+            r#"  clusters:
+  - name: backend
+    type: STATIC
+    load_assignment:
+      cluster_name: backend
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }}
+"#,
+            backend.ip(),
+            backend.port()
+        );
+        Self::launch(&Self::router_only(route, &cluster), ROUTER_ONLY_LISTEN).await
+    }
+
+    /// One HTTP listener with `routes`, no filter but the router, and `clusters`.
+    fn router_only(routes: &str, clusters: &str) -> String {
+        format!(
             r#"static_resources:
   listeners:
-  - name: static
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 8080 }} }}
+  - name: minimal
+    address: {{ socket_address: {{ {ROUTER_ONLY_LISTEN} }} }}
     filter_chains:
     - filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: static
+          stat_prefix: minimal
           route_config:
             virtual_hosts:
-            - name: static
+            - name: minimal
               domains: ["*"]
               routes:
-              - match: {{ prefix: "/" }}
-                direct_response: {{ status: 200, body: {{ inline_string: {} }} }}
-                response_headers_to_add:
-                - {{ header: {{ key: content-type, value: application/json }} }}
-          http_filters:
+{routes}          http_filters:
           - name: envoy.filters.http.router
             typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-"#,
-            serde_json::to_string(body).unwrap()
-        );
-        Self::launch(&config, "address: 127.0.0.1, port_value: 8080").await
+{clusters}"#
+        )
     }
 
     /// Runs `config` on a free port (`listen` is the config's listener address to replace).

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+#[path = "../../benches/harness/fixed_authz.rs"]
+mod fixed_authz;
 #[path = "../../benches/harness/mod.rs"]
 mod harness;
 
@@ -77,6 +79,8 @@ async fn every_scenario_runs(s: TestServer) {
         flows(&json);
         let envoy_url = envoy.url.clone();
         flows(&wrk(WrkCall::GrpcWebGetMe, &envoy_url, &target).await);
+        // The replicas scenario's Login: JSON bodies in turn, every one a 200.
+        flows(&wrk(WrkCall::JsonLogin, &envoy_url, &target).await);
         // A refused grpc-web call is still HTTP 200: the harness must count it by its grpc-status.
         let strangers = harness::Target { tokens: vec!["not-a-token".to_owned()], ..target.clone() };
         let refused = wrk(WrkCall::GrpcWebGetMe, &envoy_url, &strangers).await;
@@ -118,6 +122,12 @@ async fn bench_proxy_scenario_smoke() {
     flows(&wrk(WrkCall::Get("/backend/feed"), &envoy.url, &proxied).await);
     let direct = harness::Target { tokens: vec!["smoke-backend-token".into()], ..target.clone() };
     flows(&wrk(WrkCall::Get("/api/feed"), &format!("http://{}", backend.addr), &direct).await);
+    // The floors: Envoy forwarding with no decision, and envoy.yaml asking a fixed decision.
+    let forwarding = Envoy::start_forwarding(backend.addr).await.expect("forwarding Envoy");
+    flows(&wrk(WrkCall::Get("/backend/feed"), &forwarding.url, &direct).await);
+    let fixed = fixed_authz::start(backend.addr, "/api", "smoke-backend-token").await;
+    let fixed = Envoy::start(&[fixed]).await.expect("Envoy with the fixed decision");
+    flows(&wrk(WrkCall::Get("/backend/feed"), &fixed.url, &direct).await);
     // A refused credential is counted as an error, not a success.
     let strangers = harness::Target { tokens: vec!["ipx_not-a-credential".into()], ..target };
     let refused = wrk(WrkCall::Get("/backend/feed"), &envoy.url, &strangers).await;
