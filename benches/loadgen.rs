@@ -240,8 +240,12 @@ async fn run_scenario(
                 // The floors: Envoy forwarding with no decision, and the committed envoy.yaml
                 // asking a decision server that answers at once (in this process).
                 let fixed = fixed_authz::start(backend.addr, "/api", PROXIED_TOKEN).await;
-                let floors = (Envoy::start_forwarding(backend.addr).await, Envoy::start(&[fixed]).await);
-                let (Some(forwarding), Some(fixed)) = floors else { panic!("Envoy starts") };
+                let floors = (
+                    Envoy::start_forwarding(backend.addr).await,
+                    Envoy::start_checked_forwarding(backend.addr, fixed).await,
+                    Envoy::start(&[fixed]).await,
+                );
+                let (Some(forwarding), Some(checked), Some(fixed)) = floors else { panic!("Envoy starts") };
                 let mut reports = Vec::new();
                 // An instant backend (the proxy's whole cost shows), and one taking 5 ms.
                 for (what, proxied_path, direct_path) in [
@@ -260,6 +264,10 @@ async fn run_scenario(
                     floor.push(
                         wrk_measured(name, call, &forwarding.url, &direct, c, seconds, &[("Envoy", forwarding.pid())])
                             .await,
+                    );
+                    let name = format!("GET via Envoy with ext_authz only, a decision that costs nothing{what} c={c}");
+                    floor.push(
+                        wrk_measured(name, call, &checked.url, &direct, c, seconds, &[("Envoy", checked.pid())]).await,
                     );
                     let name = format!("GET via envoy.yaml, a decision that costs nothing{what} c={c}");
                     floor.push(

@@ -502,11 +502,16 @@ pub fn wrk_getme(
     let (path, request, check) = match call {
         WrkCall::JsonGetMe => ("/api/v1/users/me", get("/api/v1/users/me"), ""),
         WrkCall::Get(path) => (path, get(path), ""),
+        // A login shed for load (503 or 429, with Retry-After) is counted apart.
         WrkCall::JsonLogin => (
             "/api/v1/auth/login",
             r#"wrk.format("POST", "/api/v1/auth/login", { ["Content-Type"] = "application/json" }, tokens[(i % #tokens) + 1])"#
                 .to_owned(),
-            "",
+            r#"shed = 0
+response = function(status, headers, body)
+  if status == 503 or status == 429 then shed = shed + 1 end
+end
+"#,
         ),
         WrkCall::GrpcWebGetMe => (
             "/instachatico.auth.v1.UserService/GetMe",
@@ -535,10 +540,13 @@ local threads = {{}}
 setup = function(thread) table.insert(threads, thread) end
 done = function(summary, latency, requests)
   local e = summary.errors
-  local bad = 0
-  for _, t in ipairs(threads) do bad = bad + (t:get("bad") or 0) end
-  io.write(string.format("RESULT %d %d %d %d %d %d %d %d %d\n", summary.requests, e.status, e.connect + e.read + e.write + e.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, summary.duration, bad))
+  local bad, shed = 0, 0
+  for _, t in ipairs(threads) do
+    bad = bad + (t:get("bad") or 0)
+    shed = shed + (t:get("shed") or 0)
+  end
+  io.write(string.format("RESULT %d %d %d %d %d %d %d %d %d %d\n", summary.requests, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, summary.duration, bad, shed))
 end
 "#,
             tokens = tokens.join(", ")
@@ -567,9 +575,10 @@ end
         text.lines().find(|l| l.starts_with("RESULT ")).unwrap_or_else(|| panic!("wrk output without RESULT: {text}"));
     let v: Vec<u64> = line.split_whitespace().skip(1).map(|x| x.parse().unwrap_or(0)).collect();
     let mut report = Report::new(scenario);
-    let (requests, non2xx, socket, bad) = (v[0], v[1], v[2], v[8]);
+    let (requests, non2xx, socket, bad, shed) = (v[0], v[1], v[2], v[8], v[9]);
     report.ok = requests.saturating_sub(non2xx + bad);
-    report.errors = non2xx + socket + bad;
+    report.shed = shed;
+    report.errors = non2xx.saturating_sub(shed) + socket + bad;
     report.elapsed = Duration::from_micros(v[7]);
     // wrk reports percentiles, not its histogram.
     report.given_ms = Some([v[3] as f64 / 1e3, v[4] as f64 / 1e3, v[5] as f64 / 1e3]);

@@ -166,6 +166,36 @@ impl From<std::path::PathBuf> for Upstream {
 /// The listener address of [`Envoy::router_only`] configs, replaced by a free port.
 const ROUTER_ONLY_LISTEN: &str = "address: 127.0.0.1, port_value: 8080";
 
+/// The floors' one route: the proxy's path to the backend's.
+const FORWARD_ROUTE: &str = r#"              - match: { prefix: "/backend/" }
+                route: { cluster: backend, prefix_rewrite: "/api/" }
+"#;
+
+/// A cluster of one loopback address (`h2`: it speaks HTTP/2 without TLS, as gRPC does).
+fn static_cluster(name: &str, addr: std::net::SocketAddr, h2: bool) -> String {
+    let h2 = if h2 {
+        r#"    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: { http2_protocol_options: {} }
+"#
+    } else {
+        ""
+    };
+    format!(
+        r#"  - name: {name}
+    type: STATIC
+{h2}    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }}
+"#,
+        addr.ip(),
+        addr.port()
+    )
+}
+
 pub struct Envoy {
     pub url: String,
     child: std::process::Child,
@@ -229,33 +259,42 @@ impl Envoy {
 "#,
             serde_json::to_string(body).unwrap()
         );
-        Self::launch(&Self::router_only(&route, ""), ROUTER_ONLY_LISTEN).await
+        Self::launch(&Self::router_only(&route, "", ""), ROUTER_ONLY_LISTEN).await
     }
 
     /// Envoy's proxying alone: `/backend/…` forwarded to `backend` as `/api/…`, no filter but
     /// the router, no decision. What a proxied request costs at the least with Envoy in the path.
     pub async fn start_forwarding(backend: std::net::SocketAddr) -> Option<Self> {
-        let route = r#"              - match: { prefix: "/backend/" }
-                route: { cluster: backend, prefix_rewrite: "/api/" }
-"#;
-        let cluster = format!(
-            r#"  clusters:
-  - name: backend
-    type: STATIC
-    load_assignment:
-      cluster_name: backend
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }}
-"#,
-            backend.ip(),
-            backend.port()
-        );
-        Self::launch(&Self::router_only(route, &cluster), ROUTER_ONLY_LISTEN).await
+        Self::launch(
+            &Self::router_only(FORWARD_ROUTE, "", &static_cluster("backend", backend, false)),
+            ROUTER_ONLY_LISTEN,
+        )
+        .await
     }
 
-    /// One HTTP listener with `routes`, no filter but the router, and `clusters`.
-    fn router_only(routes: &str, clusters: &str) -> String {
+    /// The same with one filter before the router: ext_authz asking `authz` (gRPC) about each
+    /// request, nothing else. What the proxy's design (Envoy forwards, a service decides) costs
+    /// at the least; the decision's headers are applied, the route stays the static one.
+    pub async fn start_checked_forwarding(backend: std::net::SocketAddr, authz: std::net::SocketAddr) -> Option<Self> {
+        let filter = r#"          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              grpc_service: { envoy_grpc: { cluster_name: authz }, timeout: 3s }
+              allowed_headers: { patterns: [{ exact: authorization }] }
+              decoder_header_mutation_rules: { allow_all_routing: true }
+"#;
+        // The decision sets the backend's path itself.
+        let route = r#"              - match: { prefix: "/backend/" }
+                route: { cluster: backend }
+"#;
+        let clusters = static_cluster("backend", backend, false) + &static_cluster("authz", authz, true);
+        Self::launch(&Self::router_only(route, filter, &clusters), ROUTER_ONLY_LISTEN).await
+    }
+
+    /// One HTTP listener with `routes`, `filters` and then the router, and `clusters`.
+    fn router_only(routes: &str, filters: &str, clusters: &str) -> String {
+        let clusters = if clusters.is_empty() { String::new() } else { format!("  clusters:\n{clusters}") };
         format!(
             r#"static_resources:
   listeners:
@@ -273,7 +312,7 @@ impl Envoy {
               domains: ["*"]
               routes:
 {routes}          http_filters:
-          - name: envoy.filters.http.router
+{filters}          - name: envoy.filters.http.router
             typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
 {clusters}"#
         )

@@ -126,6 +126,8 @@ async fn bench_proxy_scenario_smoke() {
     let forwarding = Envoy::start_forwarding(backend.addr).await.expect("forwarding Envoy");
     flows(&wrk(WrkCall::Get("/backend/feed"), &forwarding.url, &direct).await);
     let fixed = fixed_authz::start(backend.addr, "/api", "smoke-backend-token").await;
+    let checked = Envoy::start_checked_forwarding(backend.addr, fixed).await.expect("Envoy with ext_authz only");
+    flows(&wrk(WrkCall::Get("/backend/feed"), &checked.url, &direct).await);
     let fixed = Envoy::start(&[fixed]).await.expect("Envoy with the fixed decision");
     flows(&wrk(WrkCall::Get("/backend/feed"), &fixed.url, &direct).await);
     // A refused credential is counted as an error, not a success.
