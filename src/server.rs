@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::Utc;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+use envoy_types::pb::envoy::service::accesslog::v3::access_log_service_server::AccessLogServiceServer;
 use http::{HeaderName, HeaderValue, Method};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -29,6 +30,7 @@ use crate::grpc::ext_authz::ExtAuthzApi;
 use crate::grpc::health::HealthApi;
 use crate::grpc::keys::KeysApi;
 use crate::grpc::mfa::MfaApi;
+use crate::grpc::proxy_log::ProxyLogApi;
 use crate::grpc::service_accounts::ServiceAccountApi;
 use crate::grpc::user::UserApi;
 use crate::grpc::{AccessLayer, ClientIpPolicy};
@@ -250,6 +252,7 @@ async fn serve(
     let health = HealthServiceServer::new(HealthApi::new(app.clone()));
     let keys = KeysServiceServer::new(KeysApi::new(app.clone()));
     let ext_authz = AuthorizationServer::new(ExtAuthzApi::new(app.clone()));
+    let proxy_log = AccessLogServiceServer::new(ProxyLogApi::new(app.clone()));
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving gRPC and grpc-web");
@@ -279,6 +282,7 @@ async fn serve(
         .add_service(keys)
         .add_service(service_accounts)
         .add_service(ext_authz)
+        .add_service(proxy_log)
         .add_service(grpc_health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);

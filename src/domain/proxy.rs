@@ -178,6 +178,10 @@ pub const HOST_NOT_ALLOWED: ProxyDenial = deny(403, "host_not_allowed", "The bac
 pub const ADDRESS_NOT_ALLOWED: ProxyDenial = deny(403, "address_not_allowed", "The backend's address is not allowed");
 pub const UNRESOLVABLE: ProxyDenial = deny(502, "unresolvable", "Backend unreachable");
 pub const UNAVAILABLE: ProxyDenial = deny(503, "unavailable", "Service unavailable");
+// Envoy's own refusals after an admitted decision, reported back through its access log.
+pub const BACKEND_UNREACHABLE: ProxyDenial = deny(502, "backend_unreachable", "Backend unreachable");
+pub const BACKEND_TIMED_OUT: ProxyDenial = deny(504, "backend_timed_out", "Backend timed out");
+pub const BODY_TOO_LARGE: ProxyDenial = deny(413, "body_too_large", "Request body too large");
 
 impl App {
     /// Decides one proxied request. Every refusal is counted and audited (coalesced).
@@ -300,6 +304,14 @@ impl App {
         }
         let allowed = self.allowed_hosts();
         addresses.iter().copied().find(|a| allowed.permits_address(*a)).ok_or(ADDRESS_NOT_ALLOWED)
+    }
+
+    /// A refusal Envoy made itself after admitting `user_id`'s request (the backend unreachable
+    /// or silent, the body too large): counted and audited like the service's own.
+    pub fn proxy_failed(&self, denial: ProxyDenial, user_id: UserId, client: &ClientInfo, now: DateTime<Utc>) {
+        if let Some(proxy) = self.inner.proxy.as_ref() {
+            self.refused(proxy, denial, Some(user_id), client, now);
+        }
     }
 
     /// Counts a refusal, and audits it unless one like it was audited this past minute.

@@ -255,8 +255,9 @@ where
         let (app, ips) = (self.app.clone(), self.ips.clone());
         Box::pin(async move {
             // The sidecar's own question (ext_authz), not part of the API: its answers carry
-            // backends' tokens, so only the sidecar may ask.
-            if request.uri().path() == super::ext_authz::CHECK_PATH {
+            // backends' tokens, so only the sidecar may ask; and its access log, which audits.
+            let path = request.uri().path();
+            if path == super::ext_authz::CHECK_PATH || path == super::proxy_log::STREAM_PATH {
                 if !ips.is_sidecar(request.extensions()) {
                     let refusal = Error::PermissionDenied("Only the Envoy sidecar may ask this");
                     return Ok(Status::from(refusal).into_http());

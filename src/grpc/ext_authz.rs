@@ -11,13 +11,14 @@ use envoy_types::ext_authz::v3::pb::{
     Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
     HttpResponse, HttpStatus, OkHttpResponse,
 };
+use envoy_types::pb::google::protobuf::{Struct, Value, value};
 use envoy_types::pb::google::rpc;
 use secrecy::ExposeSecret;
 use tonic::{Request, Response, Status};
 
 use crate::domain::App;
 use crate::domain::proxy::{COOKIE_NAME, Presented, ProxyDenial, ProxyGrant, ProxyRequest};
-use crate::domain::types::ClientInfo;
+use crate::domain::types::{ClientInfo, UserId};
 
 /// The one RPC, served beside the API but not part of it (no reflection, no JSON).
 pub const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
@@ -133,8 +134,18 @@ fn admitted(grant: &ProxyGrant, cors: Option<&str>) -> CheckResponse {
             response_headers_to_add: cors_headers(cors),
             ..Default::default()
         })),
-        ..Default::default()
+        dynamic_metadata: Some(admitted_metadata(grant.user_id)),
     }
+}
+
+/// The dynamic metadata key (namespace `envoy.filters.http.ext_authz`) naming whose request
+/// was admitted: Envoy's access log reports it back with a failure it made itself
+/// ([`proxy_log`](super::proxy_log)). Never sent to the backend.
+pub const USER_ID_METADATA: &str = "instachatico_user_id";
+
+fn admitted_metadata(user_id: UserId) -> Struct {
+    let id = Value { kind: Some(value::Kind::NumberValue(f64::from(user_id.0))) };
+    Struct { fields: HashMap::from([(USER_ID_METADATA.to_owned(), id)]) }
 }
 
 fn refused(denial: ProxyDenial, cors: Option<&str>) -> CheckResponse {

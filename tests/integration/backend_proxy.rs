@@ -102,6 +102,34 @@ impl Proxy {
         (response.status().as_u16(), response.text().await.unwrap())
     }
 
+    /// The id of the user signed in with `access`.
+    async fn user_id(&self, access: &str) -> i32 {
+        let me = self.api.get("/api/v1/users/me", Some(access)).await;
+        i32::try_from(me.body["id"].as_i64().expect("an id")).unwrap()
+    }
+
+    /// The reasons of the audited proxy refusals.
+    async fn refusal_reasons(&self) -> Vec<String> {
+        let entries = self.audit("proxy_refused").await;
+        entries.iter().filter_map(|e| e.metadata["reason"].as_str().map(str::to_owned)).collect()
+    }
+
+    /// Waits (up to 5 s: Envoy's access log reports in batches, every second) until `reason`
+    /// is audited, for the user `user_id`, without a credential or token; fails otherwise.
+    async fn audited_within(&self, reason: &str, user_id: i32) {
+        for _ in 0..50 {
+            let entries = self.audit("proxy_refused").await;
+            if let Some(entry) = entries.iter().find(|e| e.metadata["reason"] == reason) {
+                assert_eq!(entry.user_id.map(|u| u.0), Some(user_id), "{entry:?}");
+                let text = format!("{entry:?}");
+                assert!(!text.contains("ipx_") && !text.contains("backend-token"), "{text}");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no proxy_refused audit with reason {reason}: {:?}", self.refusal_reasons().await);
+    }
+
     async fn audit(&self, action: &str) -> Vec<instachatico_auth::model::AuditEntry> {
         let mut conn = self.s.app().db().get().await.unwrap();
         let query = AuditQuery { action: Some(action.into()), ..Default::default() };
@@ -424,6 +452,8 @@ async fn backends_outside_the_allow_list_are_refused(db: Backend) {
     let (status, body) = p.get("/down", &credential).await;
     assert_eq!(status, 502, "{body}");
     assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["detail"], "Backend unreachable");
+    // Envoy's own refusal, reported back by its access log: audited like the service's.
+    p.audited_within("backend_unreachable", p.user_id(&access).await).await;
 
     // A host taken off the list: 403 on the next request.
     let reply = p
@@ -444,12 +474,7 @@ async fn backends_outside_the_allow_list_are_refused(db: Backend) {
     // The forbidden target never saw a connection.
     let accepted = tokio::time::timeout(Duration::from_millis(200), forbidden.accept()).await;
     assert!(accepted.is_err(), "the proxy connected to a forbidden address");
-    let reasons: Vec<String> = p
-        .audit("proxy_refused")
-        .await
-        .iter()
-        .filter_map(|e| e.metadata["reason"].as_str().map(str::to_owned))
-        .collect();
+    let reasons = p.refusal_reasons().await;
     for reason in ["address_not_allowed", "host_not_allowed"] {
         assert!(reasons.iter().any(|r| r == reason), "{reason}: {reasons:?}");
     }
@@ -532,7 +557,8 @@ async fn revocation_wins_every_race_with_proxied_requests(db: Backend) {
 }
 
 /// The proxy's own limits: a request body over 10 MiB is refused (413) before the backend sees
-/// a byte, and a backend that goes quiet mid-request is a 504. Envoy's config, so one database;
+/// a byte, and a backend that goes quiet mid-request is a 504; both audited (Envoy's access log
+/// reports them to the service). Envoy's config, so one database;
 /// the idle timeout is cut from 60 s to 1 s here (the edit fails if the routes change).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_and_silent_backends_are_refused() {
@@ -544,7 +570,8 @@ async fn large_bodies_and_silent_backends_are_refused() {
     };
     let allowed = backend.addr.to_string();
     let Some(p) = Proxy::start_edited(Backend::Sqlite, &allowed, Options::default(), edit).await else { return };
-    let (_, credential) = p.user("tess", &base(&backend, "/api"), "tess-backend-token").await;
+    let (access, credential) = p.user("tess", &base(&backend, "/api"), "tess-backend-token").await;
+    let tess = p.user_id(&access).await;
 
     let post = |body: Vec<u8>| {
         p.request(reqwest::Method::POST, "/upload")
@@ -563,13 +590,67 @@ async fn large_bodies_and_silent_backends_are_refused() {
     let body: serde_json::Value = reply.json().await.unwrap();
     assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()), "{body}");
     assert_eq!(backend.received().len(), seen, "the backend saw nothing of the refused body");
+    p.audited_within("body_too_large", tess).await;
 
     let (status, body) = p.get("/feed?sleep_ms=3000", &credential).await;
     assert_eq!(status, 504, "{body}");
     assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["detail"], "Backend timed out");
     assert!(!body.contains("tess-backend-token"));
+    p.audited_within("backend_timed_out", tess).await;
     let (status, _) = p.get("/feed?sleep_ms=200", &credential).await;
     assert_eq!(status, 200, "a backend that answers within the idle timeout is served");
+}
+
+/// The sidecar's two RPCs answer only the sidecar (its Unix socket, or TRUSTED_PROXIES): a local
+/// process on the TCP port can neither ask for a decision (it carries the backend's token) nor
+/// report failures into the audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_sidecar_may_ask_for_decisions_or_report_failures() {
+    use envoy_types::pb::envoy::config::core::v3::Metadata;
+    use envoy_types::pb::envoy::data::accesslog::v3::{AccessLogCommon, HttpAccessLogEntry};
+    use envoy_types::pb::envoy::service::accesslog::v3::StreamAccessLogsMessage;
+    use envoy_types::pb::envoy::service::accesslog::v3::access_log_service_client::AccessLogServiceClient;
+    use envoy_types::pb::envoy::service::accesslog::v3::stream_access_logs_message::{
+        HttpAccessLogEntries, LogEntries,
+    };
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, attribute_context};
+    use envoy_types::pb::google::protobuf::{Struct, Value, value};
+
+    let backend = FakeBackend::start("sidecar").await;
+    let Some(p) = Proxy::start(Backend::Sqlite, &backend.addr.to_string(), Options::default()).await else { return };
+    let (access, credential) = p.user("sid", &base(&backend, "/api"), "sid-backend-token").await;
+    let sid = p.user_id(&access).await;
+    let channel = p.s.channel().await;
+
+    let http = attribute_context::HttpRequest {
+        method: "GET".into(),
+        path: "/backend/feed".into(),
+        headers: [("authorization".to_owned(), format!("Bearer {credential}"))].into(),
+        ..Default::default()
+    };
+    let request = attribute_context::Request { http: Some(http), ..Default::default() };
+    let check = CheckRequest { attributes: Some(AttributeContext { request: Some(request), ..Default::default() }) };
+    let refused = AuthorizationClient::new(channel.clone()).check(check).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(!format!("{refused:?}").contains("sid-backend-token"));
+
+    let user = Value { kind: Some(value::Kind::NumberValue(f64::from(sid))) };
+    let authz = Struct { fields: [("instachatico_user_id".to_owned(), user)].into() };
+    let metadata =
+        Metadata { filter_metadata: [("envoy.filters.http.ext_authz".to_owned(), authz)].into(), ..Default::default() };
+    let entry = HttpAccessLogEntry {
+        common_properties: Some(AccessLogCommon { metadata: Some(metadata), ..Default::default() }),
+        ..Default::default()
+    };
+    let forged = StreamAccessLogsMessage {
+        identifier: None,
+        log_entries: Some(LogEntries::HttpLogs(HttpAccessLogEntries { log_entry: vec![entry] })),
+    };
+    let refused = AccessLogServiceClient::new(channel).stream_access_logs(futures_util::stream::iter([forged])).await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::PermissionDenied);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(p.refusal_reasons().await.is_empty(), "a forged report was audited");
 }
 
 /// Proxy mode off (the default): nothing of the proxy is there, and Login hands out the real
@@ -636,12 +717,7 @@ async fn proxied_calls_have_their_own_limit_and_fail_closed(db: Backend) {
     assert_eq!(backend.received().len(), 3, "the refused call never reached the backend");
     // The API's own limit is apart: the account still works.
     assert_eq!(p.api.get("/api/v1/users/me", Some(&access)).await.status, 200);
-    let reasons: Vec<String> = p
-        .audit("proxy_refused")
-        .await
-        .iter()
-        .filter_map(|e| e.metadata["reason"].as_str().map(str::to_owned))
-        .collect();
+    let reasons = p.refusal_reasons().await;
     assert!(reasons.iter().any(|r| r == "rate_limited"), "{reasons:?}");
 
     let Proxy { s, envoy, api, .. } = p;
