@@ -18,7 +18,7 @@ use super::auth::client_key;
 use super::sessions::user_subject;
 use super::types::{Actor, ClientInfo, LoginOutcome, Principal, Scope, User, UserId};
 use super::writes::{Acting, Target};
-use crate::db::models::{mfa, sessions, users};
+use crate::db::models::{mfa, passkeys, sessions, users};
 use crate::error::{Error, Result};
 use crate::model::MfaChallenge;
 
@@ -26,6 +26,7 @@ use crate::model::MfaChallenge;
 pub const ISSUER: &str = "Instachatico";
 /// How to complete a sign-in with a TOTP factor, as Login lists them.
 pub const METHODS: [&str; 2] = [Claim::TOTP, Claim::RECOVERY_CODE];
+
 /// Wrong codes that end an mfa_token.
 pub const MAX_CODE_FAILURES: i32 = 5;
 /// How long an mfa_token lasts.
@@ -55,6 +56,9 @@ pub(super) enum Proof {
     /// The second step: the password behind the mfa_token is still the account's, the token
     /// is still live, and the claim wins.
     SecondFactor { password_sha256: String, token_sha256: String, claim: Claim },
+    /// A passkey, passwordless or as a second step: the ceremony is spent (once), the
+    /// credential's new counter stored; for a second step as above for the mfa_token.
+    Passkey(super::passkeys::PasskeyProof),
 }
 
 /// The single-use thing a second step spends.
@@ -144,11 +148,19 @@ pub struct MfaFactors {
 }
 
 impl App {
-    /// Whether `user_id` has a confirmed factor (a correct password then earns an mfa_token,
-    /// not a session).
-    pub(super) async fn has_second_factor(&self, user_id: UserId) -> Result<bool> {
+    /// The ways `user_id` can complete a sign-in, as Login lists them: empty without a factor
+    /// (a correct password then opens a session), else a correct password earns an mfa_token.
+    pub(super) async fn second_factor_methods(&self, user_id: UserId) -> Result<Vec<&'static str>> {
         let mut conn = self.db().get().await?;
-        mfa::has_confirmed_totp(&mut conn, user_id).await
+        let mut methods = Vec::new();
+        if mfa::has_confirmed_totp(&mut conn, user_id).await? {
+            methods.extend(METHODS);
+        }
+        drop(conn);
+        if self.has_passkey(user_id).await? {
+            methods.push(super::passkeys::METHOD);
+        }
+        Ok(methods)
     }
 
     /// Issues the mfa_token of a sign-in whose password was right (`enrolment`: of an admin who
@@ -483,7 +495,7 @@ impl App {
         .await
     }
 
-    /// Admin (or the CLI): clears a user's second factors and ends the user's sessions.
+    /// Admin (or the CLI): clears a user's second factors (TOTP, recovery codes, passkeys) and ends the user's sessions.
     /// Returns how many sessions were live.
     pub async fn reset_mfa(
         &self,
@@ -501,9 +513,11 @@ impl App {
             Box::new(move |c, _| {
                 Box::pin(async move {
                     let removed = mfa::delete_factors(c, user_id).await?;
+                    let passkeys_removed = passkeys::delete_all(c, user_id).await?;
                     let ended = sessions::revoke_all_for_user(c, user_id, None, now).await?;
                     let event = Event::new(Action::MfaReset, Some(user_id))
-                        .with("factors_removed", removed)
+                        .with("factors_removed", removed || passkeys_removed > 0)
+                        .with("passkeys_removed", passkeys_removed)
                         .with("sessions_ended", ended);
                     Ok((ended, event))
                 })

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use crate::crypto::password::{MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS};
 use crate::domain::api_keys::{ID_HEX, ROTATION_GRACE_MAX};
 use crate::domain::mfa::{CODE_DIGITS, RECOVERY_ALPHABET, RECOVERY_CODE_CHARS};
+use crate::domain::passkeys::{CEREMONY_MAX, CEREMONY_PREFIX, NAME_MAX as PASSKEY_NAME_MAX};
 use crate::domain::validate::{
     self, AUDIT_ACTION_MAX, BEARER_TOKEN_MAX, CIDRS_MAX, DESCRIPTION_MAX, EMAIL_MAX, EMAIL_TLD_MIN, INSTAGRAM_MAX,
     KEY_NAME_MAX, SERVICE_ACCOUNT_NAME_MAX, URL_MAX, USERNAME_MAX, USERNAME_MIN,
@@ -41,6 +42,8 @@ pub fn required(message: &str) -> &'static [&'static str] {
         "ConfirmTotpRequest" => &["code"],
         "ReauthenticateRequest" => &["password", "code"],
         "VerifyMfaRequest" => &["mfa_token"],
+        "FinishPasskeyRegistrationRequest" | "FinishPasskeySignInRequest" => &["ceremony", "credential"],
+        "RenamePasskeyRequest" => &["name"],
         _ => &[],
     }
 }
@@ -95,6 +98,25 @@ pub fn field(message: &str, field: &str) -> Option<Value> {
         ("ConfirmTotpRequest" | "ReauthenticateRequest", "code") => totp_code(),
         ("VerifyMfaRequest", "mfa_token") => {
             nonblank("The mfa_token Login answered; surrounding whitespace is ignored")
+        }
+        ("FinishPasskeyRegistrationRequest" | "FinishPasskeySignInRequest", "ceremony") => ceremony(),
+        ("FinishPasskeyRegistrationRequest", "name") => {
+            let mut rule = trimmed_text(PASSKEY_NAME_MAX);
+            rule["description"] = json!(format!(
+                "At most {PASSKEY_NAME_MAX} characters (surrounding whitespace is ignored); \"Passkey\" when empty"
+            ));
+            rule
+        }
+        ("RenamePasskeyRequest", "name") => {
+            let (any, solid) = (&*ANY, &*SOLID);
+            json!({"pattern": trimmed(&format!("{solid}({any}{{0,{}}}{solid})?", PASSKEY_NAME_MAX - 2)),
+                   "description": format!("1 to {PASSKEY_NAME_MAX} characters (surrounding whitespace is ignored)")})
+        }
+        ("FinishPasskeyRegistrationRequest", "credential") => {
+            webauthn_credential(&["attestationObject", "clientDataJSON"])
+        }
+        ("FinishPasskeySignInRequest", "credential") => {
+            webauthn_credential(&["authenticatorData", "clientDataJSON", "signature"])
         }
         ("RotateApiKeyRequest", "grace_seconds") => {
             json!({"minimum": 0, "maximum": ROTATION_GRACE_MAX.num_seconds()})
@@ -379,6 +401,51 @@ fn recovery_code() -> Value {
     );
     json!({"pattern": format!("^[- ]*(?:{class}[- ]*){{{RECOVERY_CODE_CHARS}}}$"),
            "description": "An unused recovery code, as shown (dashes, spaces and case are ignored)"})
+}
+
+/// A ceremony token as StartPasskeyRegistration or StartPasskeySignIn answered it.
+fn ceremony() -> Value {
+    let max = CEREMONY_MAX - CEREMONY_PREFIX.len();
+    json!({"pattern": trimmed(&format!("{CEREMONY_PREFIX}[A-Za-z0-9_-]{{1,{max}}}")),
+           "description": "The `ceremony` the start answered; surrounding whitespace is ignored"})
+}
+
+/// Bytes as canonical base64url without padding (what `PublicKeyCredential.toJSON()` gives).
+fn base64url() -> Value {
+    let c = "[A-Za-z0-9_-]";
+    json!({"type": "string", "pattern": format!("^(?:{c}{{4}})*(?:{c}[AQgw]|{c}{{2}}[AEIMQUYcgkosw048])?$")})
+}
+
+/// A PublicKeyCredential's JSON serialisation (`toJSON()`) with the `response` members given.
+/// Members the service does not read are ignored; extension outputs are not read.
+fn webauthn_credential(response: &[&str]) -> Value {
+    let unknown = json!({"$ref": format!("#/components/schemas/{UNKNOWN_FIELD}")});
+    let mut members = serde_json::Map::new();
+    for name in response {
+        members.insert((*name).to_owned(), base64url());
+    }
+    if response.contains(&"signature") {
+        members.insert("userHandle".into(), json!({"anyOf": [base64url(), {"type": "null"}]}));
+    } else {
+        members.insert(
+            "transports".into(),
+            json!({"anyOf": [{"type": "array", "items": {"type": "string", "pattern": text_pattern()}}, {"type": "null"}]}),
+        );
+    }
+    json!({
+        "required": ["id", "rawId", "type", "response"],
+        "properties": {
+            "id": {"type": "string", "pattern": text_pattern()},
+            "rawId": base64url(),
+            "type": {"type": "string", "pattern": text_pattern()},
+            "response": {"type": "object", "required": response, "properties": members,
+                         "propertyNames": {"minLength": 1}, "additionalProperties": unknown},
+        },
+        "propertyNames": {"minLength": 1},
+        "additionalProperties": unknown,
+        "description": "What navigator.credentials.create() or .get() gave, as PublicKeyCredential.toJSON() \
+                        serialises it: binary members are base64url without padding",
+    })
 }
 
 fn cidr() -> Value {

@@ -442,7 +442,7 @@ async fn the_mfa_token_is_short_lived_bound_and_nothing_else(s: TestServer) {
     let here = ClientInfo { ip: Some("127.0.0.1".parse().unwrap()), user_agent: None };
     let elsewhere = ClientInfo { ip: Some("198.51.100.9".parse().unwrap()), user_agent: None };
     let now = Utc::now();
-    let SignIn::MfaRequired { mfa_token } =
+    let SignIn::MfaRequired { mfa_token, .. } =
         s.app().login("bound", &SecretString::from(USER_PASSWORD), &here, now).await.unwrap()
     else {
         panic!("a second step expected");
