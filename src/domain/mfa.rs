@@ -272,7 +272,7 @@ impl App {
 
     /// A wrong code: counted against the mfa_token (which ends at the fifth), audited, and
     /// counted toward the account's throttling from this address as a wrong password is.
-    async fn wrong_code(
+    pub(super) async fn wrong_code(
         &self,
         token_sha256: &str,
         user_id: UserId,

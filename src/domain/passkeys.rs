@@ -420,6 +420,8 @@ impl App {
         let record = passkeys::find_by_credential(&mut conn, &credential_id).await?;
         drop(conn);
         let second_factor = found.purpose == PURPOSE_SECOND_FACTOR;
+        // The mfa_token a refused second step counts against.
+        let step = found.mfa_token_sha256.as_deref().filter(|_| second_factor);
 
         // Whose credential it is, before any signature is checked.
         let record = match (record, found.user_id) {
@@ -428,14 +430,14 @@ impl App {
                 let handle = rp.webauthn.identify_discoverable_authentication(&credential).ok().map(|(u, _)| u);
                 if handle.is_none_or(|h| h.to_string() != r.user_handle) {
                     let user = Some(r.user_id);
-                    return Err(self.passkey_refused(&ceremony_sha256, user, "user_handle", false, client, now).await);
+                    return Err(self.passkey_refused(&ceremony_sha256, user, None, "user_handle", client, now).await);
                 }
                 r
             }
             // Unknown, or another user's: counted against the user of a second step only.
             (_, owner) => {
                 let reason = "unknown_credential";
-                return Err(self.passkey_refused(&ceremony_sha256, owner, reason, second_factor, client, now).await);
+                return Err(self.passkey_refused(&ceremony_sha256, owner, step, reason, client, now).await);
             }
         };
         let user_id = record.user_id;
@@ -452,7 +454,7 @@ impl App {
             Ok(result) => result,
             Err(e) => {
                 let (reason, user) = (refusal_reason(&e), Some(user_id));
-                return Err(self.passkey_refused(&ceremony_sha256, user, reason, second_factor, client, now).await);
+                return Err(self.passkey_refused(&ceremony_sha256, user, step, reason, client, now).await);
             }
         };
         passkey.update_credential(&result);
@@ -554,27 +556,35 @@ impl App {
     }
 
     /// A refused sign-in with a passkey: the ceremony spent, the refusal audited and, for a
-    /// known user, counted toward the account's throttling (and against the mfa_token of a
-    /// second step) like a wrong password or code.
+    /// known user, counted toward the account's throttling like a wrong password; a refused
+    /// second step counts against its mfa_token like a wrong code (five end it).
     async fn passkey_refused(
         &self,
         ceremony_sha256: &str,
         user_id: Option<UserId>,
+        mfa_token_sha256: Option<&str>,
         reason: &'static str,
-        second_factor: bool,
         client: &ClientInfo,
         now: DateTime<Utc>,
     ) -> Error {
         self.spend_ceremony(ceremony_sha256, now).await;
-        let event = Event::new(Action::PasskeyRefused, user_id)
-            .with("ceremony", if second_factor { PURPOSE_SECOND_FACTOR } else { PURPOSE_PASSWORDLESS })
-            .with("reason", reason);
+        let ceremony = if mfa_token_sha256.is_some() { PURPOSE_SECOND_FACTOR } else { PURPOSE_PASSWORDLESS };
+        let event = Event::new(Action::PasskeyRefused, user_id).with("ceremony", ceremony).with("reason", reason);
         self.audit_best_effort(event, client, now).await;
-        crate::metrics::login_attempt("bad_passkey");
-        if let Some(user_id) = user_id {
-            self.count_failure(&user_subject(user_id), Some(user_id), client, now).await;
+        match (user_id, mfa_token_sha256) {
+            (Some(user_id), Some(token_sha256)) => {
+                self.wrong_code(token_sha256, user_id, "bad_passkey", client, now).await
+            }
+            (Some(user_id), None) => {
+                crate::metrics::login_attempt("bad_passkey");
+                self.count_failure(&user_subject(user_id), Some(user_id), client, now).await;
+                Error::Unauthenticated(NOT_VERIFIED)
+            }
+            (None, _) => {
+                crate::metrics::login_attempt("bad_passkey");
+                Error::Unauthenticated(NOT_VERIFIED)
+            }
         }
-        Error::Unauthenticated(NOT_VERIFIED)
     }
 
     async fn audit_best_effort(&self, event: Event, client: &ClientInfo, now: DateTime<Utc>) {

@@ -166,21 +166,36 @@ pub fn message_constraints(message: &str, schema: &mut Value) {
 /// The component schema of the value of a field the request message does not have.
 pub const UNKNOWN_FIELD: &str = "UnknownField";
 
+/// The component schema of a member of a WebAuthn credential the service does not read.
+pub const UNREAD_MEMBER: &str = "UnreadMember";
+
 /// An unknown field is ignored whatever its value, except that no list in a body may hold null
 /// or another list (envoy/json_face.lua), nor may an object have a member with an empty name.
-pub fn unknown_field() -> [(String, Value); 2] {
-    let field = format!("#/components/schemas/{UNKNOWN_FIELD}");
-    let item = format!("#/components/schemas/{UNKNOWN_FIELD}Item");
-    let object = json!({"type": "object", "additionalProperties": {"$ref": field}});
-    [
-        (
-            UNKNOWN_FIELD.to_owned(),
-            json!({
-            "description": "A field the request does not have: ignored.",
-            "anyOf": [{"type": ["null", "boolean", "number", "string"]}, object, {"type": "array", "items": {"$ref": item}}]}),
-        ),
-        (format!("{UNKNOWN_FIELD}Item"), json!({"anyOf": [{"type": ["boolean", "number", "string"]}, object]})),
-    ]
+/// A member of a WebAuthn credential the service does not read is the same, except that, being
+/// part of a field, its strings are checked like every string of a request: no control
+/// characters.
+pub fn unknown_field() -> [(String, Value); 4] {
+    let schemas = |name: &str, string: Value, description: &str| {
+        let field = format!("#/components/schemas/{name}");
+        let item = format!("#/components/schemas/{name}Item");
+        let object = json!({"type": "object", "additionalProperties": {"$ref": field}});
+        [
+            (
+                name.to_owned(),
+                json!({"description": description,
+                       "anyOf": [{"type": ["null", "boolean", "number"]}, string.clone(), object,
+                                 {"type": "array", "items": {"$ref": item}}]}),
+            ),
+            (format!("{name}Item"), json!({"anyOf": [{"type": ["boolean", "number"]}, string, object]})),
+        ]
+    };
+    let [a, b] = schemas(UNKNOWN_FIELD, json!({"type": "string"}), "A field the request does not have: ignored.");
+    let [c, d] = schemas(
+        UNREAD_MEMBER,
+        json!({"type": "string", "pattern": text_pattern()}),
+        "A member the service does not read: ignored.",
+    );
+    [a, b, c, d]
 }
 
 /// A string rule that does not also admit null (or any other type).
@@ -419,7 +434,7 @@ fn base64url() -> Value {
 /// A PublicKeyCredential's JSON serialisation (`toJSON()`) with the `response` members given.
 /// Members the service does not read are ignored; extension outputs are not read.
 fn webauthn_credential(response: &[&str]) -> Value {
-    let unknown = json!({"$ref": format!("#/components/schemas/{UNKNOWN_FIELD}")});
+    let unknown = json!({"$ref": format!("#/components/schemas/{UNREAD_MEMBER}")});
     let mut members = serde_json::Map::new();
     for name in response {
         members.insert((*name).to_owned(), base64url());

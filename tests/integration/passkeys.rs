@@ -580,6 +580,8 @@ async fn ceremonies_are_bound_and_single_use(s: TestServer) {
     // Ann's mfa_token still completes with her passkey (a wrong passkey is one wrong code).
     sign_in(&s, &mut ann_key, &ann_mfa).await.unwrap();
     assert!(audit_count(&s, &admin, ann.id, "passkey_refused").await >= 1);
+    // Bob's passkey counted as one wrong code against Ann's mfa_token (five end it).
+    assert_eq!(audit_count(&s, &admin, ann.id, "mfa_failure").await, 1);
     s.stop().await;
 }
 
