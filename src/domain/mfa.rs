@@ -220,17 +220,8 @@ impl App {
             SecondFactor::Totp(code) => Offered::Totp(normalize_code(code.expose_secret())?),
             SecondFactor::RecoveryCode(code) => Offered::Recovery(normalize_recovery_code(code.expose_secret())?),
         };
-        if token.len() > 128 || !is_mfa_token(token) || token.chars().any(char::is_control) {
-            return Err(Error::Unauthenticated(TOKEN_REFUSED));
-        }
-        let token_sha256 = sha256_hex(token);
+        let (token_sha256, challenge) = self.live_challenge(token, false, client, now).await?;
         let mut conn = self.db().get().await?;
-        let challenge = mfa::find_challenge(&mut conn, &token_sha256)
-            .await?
-            .filter(|c| {
-                !c.enrolment && c.ended_at.is_none() && c.expires_at > now && c.ip_address == client_key(client)
-            })
-            .ok_or(Error::Unauthenticated(TOKEN_REFUSED))?;
         let (user, backend) =
             users::find(&mut conn, challenge.user_id).await?.ok_or(Error::Unauthenticated(TOKEN_REFUSED))?;
         let totp = mfa::find_totp(&mut conn, user.id).await?.filter(|f| f.confirmed_at.is_some());
@@ -295,6 +286,32 @@ impl App {
         }
     }
 
+    /// The live mfa_token `token` (a sign-in's, or with `enrolment` an enrolment grant's) from
+    /// the address that signed in: its SHA-256 and its challenge. Anything else is refused alike.
+    pub(super) async fn live_challenge(
+        &self,
+        token: &str,
+        enrolment: bool,
+        client: &ClientInfo,
+        now: DateTime<Utc>,
+    ) -> Result<(String, MfaChallenge)> {
+        if token.len() > 128 || !is_mfa_token(token) || token.chars().any(char::is_control) {
+            return Err(Error::Unauthenticated(TOKEN_REFUSED));
+        }
+        let token_sha256 = sha256_hex(token);
+        let mut conn = self.db().get().await?;
+        let challenge = mfa::find_challenge(&mut conn, &token_sha256)
+            .await?
+            .filter(|c| {
+                c.enrolment == enrolment
+                    && c.ended_at.is_none()
+                    && c.expires_at > now
+                    && c.ip_address == client_key(client)
+            })
+            .ok_or(Error::Unauthenticated(TOKEN_REFUSED))?;
+        Ok((token_sha256, challenge))
+    }
+
     /// The enrolment grant behind an mfa_token Login handed an admin under
     /// MFA_REQUIRED_FOR_ADMINS: live, from the address that signed in, its user active.
     pub async fn authenticate_enrolment(
@@ -303,15 +320,8 @@ impl App {
         client: &ClientInfo,
         now: DateTime<Utc>,
     ) -> Result<Arc<EnrolmentGrant>> {
-        if token.len() > 128 || !is_mfa_token(token) {
-            return Err(Error::Unauthenticated(TOKEN_REFUSED));
-        }
-        let token_sha256 = sha256_hex(token);
+        let (token_sha256, challenge) = self.live_challenge(token, true, client, now).await?;
         let mut conn = self.db().get().await?;
-        let challenge = mfa::find_challenge(&mut conn, &token_sha256)
-            .await?
-            .filter(|c| c.enrolment && c.ended_at.is_none() && c.expires_at > now && c.ip_address == client_key(client))
-            .ok_or(Error::Unauthenticated(TOKEN_REFUSED))?;
         let (user, _) = users::find(&mut conn, challenge.user_id)
             .await?
             .filter(|(u, _)| u.is_active)

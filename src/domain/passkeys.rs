@@ -373,7 +373,8 @@ impl App {
             let ceremony = self.begin_ceremony(PURPOSE_PASSWORDLESS, None, None, to_json(&state)?, client, now).await?;
             return Ok(CeremonyStart { ceremony, options });
         }
-        let (challenge_sha256, user_id) = self.live_mfa_token(mfa_token, client, now).await?;
+        let (challenge_sha256, challenge) = self.live_challenge(mfa_token, false, client, now).await?;
+        let user_id = challenge.user_id;
         let mut conn = self.db().get().await?;
         let records = passkeys::list(&mut conn, user_id).await?;
         drop(conn);
@@ -522,22 +523,6 @@ impl App {
         let mut conn = self.db().get().await?;
         let found = passkeys::find_ceremony(&mut conn, ceremony_sha256, now).await?;
         Ok(found.filter(|c| c.ip_address == client_key(client)))
-    }
-
-    /// The live sign-in mfa_token `token` from this address: (its SHA-256, its user).
-    async fn live_mfa_token(&self, token: &str, client: &ClientInfo, now: DateTime<Utc>) -> Result<(String, UserId)> {
-        if token.len() > 128 || !super::mfa::is_mfa_token(token) || token.chars().any(char::is_control) {
-            return Err(Error::Unauthenticated(super::mfa::TOKEN_REFUSED));
-        }
-        let token_sha256 = sha256_hex(token);
-        let mut conn = self.db().get().await?;
-        let challenge = mfa::find_challenge(&mut conn, &token_sha256)
-            .await?
-            .filter(|c| {
-                !c.enrolment && c.ended_at.is_none() && c.expires_at > now && c.ip_address == client_key(client)
-            })
-            .ok_or(Error::Unauthenticated(super::mfa::TOKEN_REFUSED))?;
-        Ok((token_sha256, challenge.user_id))
     }
 
     /// Spends a ceremony whose finish failed (best effort: it expires anyway).
