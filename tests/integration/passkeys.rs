@@ -10,6 +10,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use instachatico_auth::pb;
+use instachatico_auth::pb::auth_service_client::AuthServiceClient;
 use instachatico_auth::pb::passkey_service_client::PasskeyServiceClient;
 use p256::ecdsa::signature::Signer as _;
 use p256::ecdsa::{Signature, SigningKey};
@@ -483,29 +484,10 @@ async fn one_ceremony_one_session_under_races(s: TestServer) {
                 mfa_token: mfa_token.clone(),
             });
         }
-        let mut clients = Vec::new();
-        for _ in 0..requests.len() {
-            clients.push(s.auth().await);
-        }
-        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(requests.len()));
-        let tasks: Vec<_> = clients
-            .into_iter()
-            .zip(requests)
-            .map(|(mut client, request)| {
-                let barrier = std::sync::Arc::clone(&barrier);
-                tokio::spawn(async move {
-                    barrier.wait().await;
-                    client.finish_passkey_sign_in(request).await
-                })
-            })
-            .collect();
-        let mut wins = 0;
-        for task in tasks {
-            match task.await.unwrap() {
-                Ok(_) => wins += 1,
-                Err(status) => assert_eq!(status.code(), Code::Unauthenticated, "{status:?}"),
-            }
-        }
+        let send = |mut client: AuthServiceClient<Channel>, request| async move {
+            client.finish_passkey_sign_in(request).await.map(drop)
+        };
+        let wins = crate::mfa::race_with(&s, requests, send).await;
         assert_eq!(wins, 1, "round {round}");
     }
     s.stop().await;
