@@ -567,6 +567,37 @@ async fn ceremonies_are_bound_and_single_use(s: TestServer) {
     s.stop().await;
 }
 
+/// A passkey that does not verify is a wrong code to the mfa_token: five end it.
+async fn five_refused_passkeys_end_the_mfa_token(s: TestServer) {
+    let admin = s.admin_token().await;
+    let user = s.create_user(&admin, "dora", None).await;
+    let token = s.login("dora", USER_PASSWORD).await;
+    let mut own = SoftAuthenticator::new();
+    register(&s, &token, &mut own, "own").await;
+    let mut stranger = SoftAuthenticator::new();
+    stranger.create(&json!({"publicKey": {"rp": {"id": "localhost"}, "challenge": "AAAA", "user": {"id": "AAAA"}}}));
+    let mfa_token = s.login_reply("dora", USER_PASSWORD).await.unwrap().mfa_token.unwrap();
+    let mut auth = s.auth().await;
+    for attempt in 1..=5 {
+        let start = auth.start_passkey_sign_in(pb::StartPasskeySignInRequest { mfa_token: mfa_token.clone() }).await;
+        let start = start.unwrap().into_inner();
+        let finish = pb::FinishPasskeySignInRequest {
+            ceremony: start.ceremony,
+            credential: Some(to_struct(stranger.get(&json!({"publicKey": {
+                "challenge": from_struct(start.options.unwrap())["publicKey"]["challenge"], "rpId": "localhost"}})))),
+            mfa_token: mfa_token.clone(),
+        };
+        let message = expect_code(auth.finish_passkey_sign_in(finish).await, Code::Unauthenticated);
+        let expected = if attempt < 5 { "Invalid authentication code" } else { "Too many wrong codes; sign in again" };
+        assert_eq!(message, expected, "attempt {attempt}");
+    }
+    // The token ended: even the right passkey is refused now.
+    expect_code(sign_in(&s, &mut own, &mfa_token).await, Code::Unauthenticated);
+    assert_eq!(audit_count(&s, &admin, user.id, "mfa_failure").await, 5);
+    assert_eq!(audit_count(&s, &admin, user.id, "passkey_refused").await, 5);
+    s.stop().await;
+}
+
 /// An authenticator whose counter goes back (a clone of it signed meanwhile) is refused.
 async fn a_cloned_authenticator_is_refused(s: TestServer) {
     let admin = s.admin_token().await;
@@ -675,6 +706,7 @@ crate::on_both_backends!(
     one_ceremony_one_session_under_races,
     ceremonies_are_bound_and_single_use,
     a_cloned_authenticator_is_refused,
+    five_refused_passkeys_end_the_mfa_token,
     hostile_passkey_input_changes_nothing,
     admin_reset_clears_passkeys,
 );
