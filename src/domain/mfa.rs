@@ -145,6 +145,8 @@ pub fn is_mfa_token(token: &str) -> bool {
 pub struct MfaFactors {
     pub totp_confirmed_at: Option<DateTime<Utc>>,
     pub recovery_codes_left: i64,
+    /// When the oldest of the user's passkeys was registered.
+    pub passkeys_since: Option<DateTime<Utc>>,
 }
 
 impl App {
@@ -598,7 +600,8 @@ impl App {
         let mut conn = self.db().get().await?;
         let totp = mfa::find_totp(&mut conn, user_id).await?;
         let recovery_codes_left = mfa::recovery_codes_left(&mut conn, user_id).await?;
-        Ok(MfaFactors { totp_confirmed_at: totp.and_then(|f| f.confirmed_at), recovery_codes_left })
+        let passkeys_since = passkeys::list(&mut conn, user_id).await?.first().map(|p| p.created_at);
+        Ok(MfaFactors { totp_confirmed_at: totp.and_then(|f| f.confirmed_at), recovery_codes_left, passkeys_since })
     }
 }
 

@@ -301,6 +301,11 @@ async fn register_list_rename_delete_and_sign_in_over_grpc(s: TestServer) {
     let renamed = pb::RenamePasskeyRequest { id: second.id, name: "Phone".into() };
     assert_eq!(passkeys.rename_passkey(authed(&token, renamed)).await.unwrap().into_inner().name, "Phone");
     assert_eq!(audit_count(&s, &admin, user.id, "passkey_registered").await, 2);
+    // The factor list names them as one factor.
+    let mut mfa = pb::mfa_service_client::MfaServiceClient::new(s.channel().await);
+    let factors = mfa.list_mfa_factors(authed(&token, pb::ListMfaFactorsRequest {})).await.unwrap().into_inner();
+    assert_eq!(factors.factors.iter().map(|f| f.method.as_str()).collect::<Vec<_>>(), ["webauthn"]);
+    assert_eq!(factors.factors[0].confirmed_at, laptop.created_at);
     assert_eq!(audit_count(&s, &admin, user.id, "passkey_renamed").await, 1);
 
     // Login now asks for the second step, naming the passkey.
