@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-const PROTOS: [&str; 8] = [
+const PROTOS: [&str; 9] = [
     "proto/instachatico/auth/v1/types.proto",
     "proto/instachatico/auth/v1/auth.proto",
     "proto/instachatico/auth/v1/user.proto",
@@ -14,6 +14,7 @@ const PROTOS: [&str; 8] = [
     "proto/instachatico/auth/v1/keys.proto",
     "proto/instachatico/auth/v1/service_accounts.proto",
     "proto/instachatico/auth/v1/mfa.proto",
+    "proto/instachatico/auth/v1/passkey.proto",
 ];
 
 /// The standard services tonic-health and tonic-reflection implement, vendored from those crates

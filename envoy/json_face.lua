@@ -25,6 +25,7 @@ local byte, find, sub = string.byte, string.find, string.sub
 -- Query names are matched as the transcoder reads them: proto name or JSON name.
 local PATH_BOUND = {
   { "^/api/v1/users/me/sessions/[^/]+$", { session_id = true, sessionId = true } },
+  { "^/api/v1/users/me/passkeys/[^/]+$", { id = true } },
   { "^/api/v1/users/[^/]+$", { id = true } },
   { "^/api/v1/users/[^/]+/[^/]+$", { id = true } },
   { "^/api/v1/service%-accounts/[^/]+$", { id = true } },

@@ -288,3 +288,45 @@ pub struct MfaChallenge {
     pub expires_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
 }
+
+/// A registered passkey (WebAuthn credential) of a user.
+#[derive(Debug, Clone)]
+pub struct PasskeyRecord {
+    pub id: i32,
+    pub user_id: UserId,
+    /// The credential id, base64url.
+    pub credential_id: String,
+    /// The UUID the authenticator holds as the user's id.
+    pub user_handle: String,
+    /// webauthn-rs's `Passkey` as JSON: public key and counter.
+    pub passkey_json: String,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// A WebAuthn ceremony between its start and its finish.
+#[derive(Clone)]
+pub struct PasskeyCeremony {
+    pub token_sha256: String,
+    /// "register", "second_factor" or "passwordless".
+    pub purpose: String,
+    pub user_id: Option<UserId>,
+    pub mfa_token_sha256: Option<String>,
+    pub ip_address: String,
+    /// webauthn-rs's ceremony state as JSON (holds the challenge).
+    pub state_json: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for PasskeyCeremony {
+    /// Without the state.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasskeyCeremony")
+            .field("purpose", &self.purpose)
+            .field("user_id", &self.user_id)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}

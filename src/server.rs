@@ -30,6 +30,7 @@ use crate::grpc::ext_authz::ExtAuthzApi;
 use crate::grpc::health::HealthApi;
 use crate::grpc::keys::KeysApi;
 use crate::grpc::mfa::MfaApi;
+use crate::grpc::passkeys::PasskeyApi;
 use crate::grpc::proxy_log::ProxyLogApi;
 use crate::grpc::service_accounts::ServiceAccountApi;
 use crate::grpc::user::UserApi;
@@ -40,6 +41,7 @@ use crate::pb::auth_service_server::AuthServiceServer;
 use crate::pb::health_service_server::HealthServiceServer;
 use crate::pb::keys_service_server::KeysServiceServer;
 use crate::pb::mfa_service_server::MfaServiceServer;
+use crate::pb::passkey_service_server::PasskeyServiceServer;
 use crate::pb::service_account_service_server::ServiceAccountServiceServer;
 use crate::pb::user_service_server::UserServiceServer;
 use crate::telemetry::{RpcTelemetryLayer, Transport};
@@ -138,7 +140,13 @@ pub async fn build_app(settings: &Settings) -> anyhow::Result<App> {
     let cache = crate::domain::cache::PrincipalCache::new(settings.session_cache_ttl, replicated);
     let key_cache = crate::domain::cache::KeyCache::new(settings.session_cache_ttl, replicated);
     let keys = settings.keys.clone();
-    let crypto = crate::domain::Crypto { hasher, jwt: keys.jwt, cipher: keys.cipher, names: keys.names };
+    let crypto = crate::domain::Crypto {
+        hasher,
+        jwt: keys.jwt,
+        cipher: keys.cipher,
+        names: keys.names,
+        relying_party: settings.relying_party.clone(),
+    };
     let app = App::new(
         pool,
         crypto,
@@ -233,6 +241,7 @@ async fn serve(
     health_reporter.set_serving::<AuthServiceServer<AuthApi>>().await;
     health_reporter.set_serving::<UserServiceServer<UserApi>>().await;
     health_reporter.set_serving::<MfaServiceServer<MfaApi>>().await;
+    health_reporter.set_serving::<PasskeyServiceServer<PasskeyApi>>().await;
     let probe = tokio::spawn(background::probe_database(app.clone(), health_reporter));
     let janitor = tokio::spawn(background::housekeeping(app.clone()));
     // DATABASE_LISTEN_URL (default DATABASE_URL): LISTEN needs a session, not a pooler's turn.
@@ -248,6 +257,8 @@ async fn serve(
     let service_accounts = ServiceAccountServiceServer::new(ServiceAccountApi::new(app.clone(), ips.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let mfa = MfaServiceServer::new(MfaApi::new(app.clone(), ips.clone())).max_decoding_message_size(MAX_REQUEST_BYTES);
+    let passkeys = PasskeyServiceServer::new(PasskeyApi::new(app.clone(), ips.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
     let audit = AuditServiceServer::new(AuditApi::new(app.clone())).max_decoding_message_size(MAX_REQUEST_BYTES);
     let health = HealthServiceServer::new(HealthApi::new(app.clone()));
     let keys = KeysServiceServer::new(KeysApi::new(app.clone()));
@@ -277,6 +288,7 @@ async fn serve(
         .add_service(auth)
         .add_service(users)
         .add_service(mfa)
+        .add_service(passkeys)
         .add_service(audit)
         .add_service(health)
         .add_service(keys)

@@ -51,6 +51,9 @@ pub struct Settings {
     pub proxy_socket: Option<PathBuf>,
     /// UI origins allowed by CORS (FRONTEND_URL), as response header values.
     pub cors_origins: Vec<HeaderValue>,
+    /// WebAuthn's relying party: id and origins from FRONTEND_URL; `None` (passkeys off) when
+    /// the first origin names no domain.
+    pub relying_party: Option<std::sync::Arc<crate::domain::passkeys::RelyingParty>>,
     /// TCP peers whose X-Forwarded-For is believed.
     pub trusted_proxies: Vec<IpNet>,
     /// Per-request deadline.
@@ -88,6 +91,11 @@ impl Settings {
         let metrics = metrics_addr(&config.metrics_addr)?;
         let proxy_socket = proxy_socket_path(config)?;
         let cors_origins = cors_origins(&config.frontend_url)?;
+        let relying_party = crate::domain::passkeys::RelyingParty::from_origins(&config.frontend_url)?;
+        if relying_party.is_none() {
+            tracing::warn!("passkeys are off: the first FRONTEND_URL origin names no domain (WebAuthn needs one)");
+        }
+        let relying_party = relying_party.map(std::sync::Arc::new);
         let trusted_proxies = trusted_proxies(&config.trusted_proxies)?;
         let hashing = hashing(config)?;
         let retention = RetentionPolicy { audit: audit_retention(config.audit_retention_days.as_deref())? };
@@ -133,6 +141,7 @@ impl Settings {
             metrics,
             proxy_socket,
             cors_origins,
+            relying_party,
             trusted_proxies,
             request_timeout: Duration::from_secs(config.request_timeout_seconds),
         })

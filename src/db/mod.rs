@@ -332,6 +332,8 @@ pub fn map_err(e: DieselError) -> Error {
                 "username"
             } else if text.contains("service_accounts") {
                 "name"
+            } else if text.contains("credential_id") {
+                "credential_id"
             } else {
                 "record"
             };

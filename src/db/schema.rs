@@ -138,3 +138,29 @@ diesel::table! {
         ended_at -> Nullable<Timestamp>,
     }
 }
+
+diesel::table! {
+    passkeys (id) {
+        id -> Integer,
+        user_id -> Integer,
+        credential_id -> Text,
+        user_handle -> Text,
+        passkey -> Text,
+        name -> Text,
+        created_at -> Timestamp,
+        last_used_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    passkey_ceremonies (token_sha256) {
+        token_sha256 -> Text,
+        purpose -> Text,
+        user_id -> Nullable<Integer>,
+        mfa_token_sha256 -> Nullable<Text>,
+        ip_address -> Text,
+        state -> Text,
+        created_at -> Timestamp,
+        expires_at -> Timestamp,
+    }
+}

@@ -57,6 +57,14 @@ pub enum Action {
     MfaRecoveryCodesRegenerated,
     /// An admin (or the CLI) cleared a user's factors; the user's sessions ended.
     MfaReset,
+    /// The user registered a passkey.
+    PasskeyRegistered,
+    /// The user renamed a passkey.
+    PasskeyRenamed,
+    /// The user deleted a passkey.
+    PasskeyDeleted,
+    /// A passkey ceremony failed its checks (reason and ceremony in the metadata).
+    PasskeyRefused,
 }
 
 impl Action {
@@ -115,6 +123,10 @@ impl Action {
             Self::MfaRecoveryCodeUsed => "mfa_recovery_code_used",
             Self::MfaTotpRemoved => "mfa_totp_removed",
             Self::MfaRecoveryCodesRegenerated => "mfa_recovery_codes_regenerated",
+            Self::PasskeyRegistered => "passkey_registered",
+            Self::PasskeyRenamed => "passkey_renamed",
+            Self::PasskeyDeleted => "passkey_deleted",
+            Self::PasskeyRefused => "passkey_refused",
             Self::MfaReset => "mfa_reset",
         }
     }

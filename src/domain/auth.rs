@@ -17,7 +17,7 @@ use super::types::{
 };
 use crate::crypto::jwt::{Claims, Subject};
 use crate::db::models::audit as audit_rows;
-use crate::db::models::{mfa, sessions, throttles, users};
+use crate::db::models::{mfa, passkeys, sessions, throttles, users};
 use crate::model::Backend;
 
 use crate::error::{Error, Result};
@@ -76,9 +76,10 @@ impl App {
             return Err(Error::AccountInactive);
         }
 
-        if self.has_second_factor(user.id).await? {
+        let methods = self.second_factor_methods(user.id).await?;
+        if !methods.is_empty() {
             let mfa_token = self.issue_mfa_challenge(&user, false, client, now).await?;
-            return Ok(SignIn::MfaRequired { mfa_token });
+            return Ok(SignIn::MfaRequired { mfa_token, methods });
         }
         if self.security().mfa_required_for_admins && user.role == Role::Admin {
             let mfa_token = self.issue_mfa_challenge(&user, true, client, now).await?;
@@ -140,6 +141,7 @@ impl App {
                     users::lock(c, user_id).await?;
                     let (current, _) = users::find(c, user_id).await?.ok_or(Error::InvalidCredentials)?;
                     let mut method = None;
+                    let mut passwordless = false;
                     match &proof {
                         Proof::Password { checked_hash } => {
                             if current.password_hash != *checked_hash {
@@ -162,6 +164,26 @@ impl App {
                             }
                             method = Some(claim.method());
                         }
+                        Proof::Passkey(passkey) => {
+                            if let Some((password_sha256, _)) = &passkey.second_factor
+                                && super::mfa::sha256_hex(&current.password_hash) != *password_sha256
+                            {
+                                return Err(Error::Unauthenticated(super::mfa::TOKEN_REFUSED));
+                            }
+                            // The ceremony is spent once: of concurrent finishes, one gets here.
+                            if !passkeys::take_ceremony(c, &passkey.ceremony_sha256, now).await? {
+                                return Ok(None);
+                            }
+                            if let Some((_, token_sha256)) = &passkey.second_factor {
+                                if !mfa::end_challenge(c, token_sha256, now).await? {
+                                    return Err(Error::Unauthenticated(super::mfa::TOKEN_REFUSED));
+                                }
+                                method = Some(super::passkeys::METHOD);
+                            } else {
+                                passwordless = true;
+                            }
+                            passkeys::mark_used(c, passkey.passkey_id, &passkey.passkey_json, now).await?;
+                        }
                     }
                     if !current.is_active {
                         return Err(Error::AccountInactive);
@@ -182,6 +204,9 @@ impl App {
                         Event::new(Action::LoginSuccess, Some(user_id)).with("session_id", session.id.as_str());
                     if let Some(method) = method {
                         event = event.with("second_factor", method);
+                    }
+                    if passwordless {
+                        event = event.with("method", "passkey");
                     }
                     audit::record(c, event, &client, now).await.map(Some)
                 })

@@ -1,5 +1,6 @@
 //! Upkeep: periodic cleanup of state that only grows (drained rate-limit keys, old throttling
-//! rows, long-ended sessions, audit entries past AUDIT_RETENTION_DAYS), and re-encryption of
+//! rows, long-ended sessions, ended or expired mfa_tokens and passkey ceremonies, audit entries
+//! past AUDIT_RETENTION_DAYS), and re-encryption of
 //! backend tokens after a key rotation.
 
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use super::audit::{self, Action, Event};
 use super::types::{ClientInfo, UserId};
 use crate::crypto::secrets::KeyUsed;
 use crate::db::DbConn;
-use crate::db::models::{audit as audit_rows, backends, mfa, rate_limits, sessions, throttles};
+use crate::db::models::{audit as audit_rows, backends, mfa, passkeys, rate_limits, sessions, throttles};
 use crate::error::Result;
 use secrecy::ExposeSecret;
 
@@ -31,6 +32,10 @@ pub struct Purged {
     pub rate_limits: usize,
     pub throttles: usize,
     pub audit: usize,
+    /// mfa_tokens that ended or expired.
+    pub mfa_challenges: usize,
+    /// Passkey ceremonies that expired unfinished.
+    pub passkey_ceremonies: usize,
 }
 
 /// One batch of a purge: deletes at most `limit` rows, returns how many.
@@ -88,7 +93,9 @@ impl App {
 
     /// Deletes what has outlived its use as of `now`, `batch` rows per statement: drained
     /// rate-limit keys, throttling rows untouched for a day (lock over), sessions ended
-    /// [`KEEP_ENDED_SESSIONS`] days ago, audit entries older than AUDIT_RETENTION_DAYS (if set).
+    /// [`KEEP_ENDED_SESSIONS`] days ago, mfa_tokens ended or expired and passkey ceremonies
+    /// expired (the audit log keeps their history), audit entries older than
+    /// AUDIT_RETENTION_DAYS (if set).
     pub async fn purge(&self, now: DateTime<Utc>, batch: i64) -> Result<Purged> {
         let at = now.timestamp_micros();
         let rate_limits = self
@@ -106,6 +113,16 @@ impl App {
         let sessions = self
             .purge_in_batches("sessions", batch, Arc::new(move |c, n| Box::pin(sessions::purge_ended(c, ended, n))))
             .await?;
+        let mfa_challenges = self
+            .purge_in_batches("mfa_challenges", batch, Arc::new(move |c, n| Box::pin(mfa::purge_challenges(c, now, n))))
+            .await?;
+        let passkey_ceremonies = self
+            .purge_in_batches(
+                "passkey_ceremonies",
+                batch,
+                Arc::new(move |c, n| Box::pin(passkeys::purge_ceremonies(c, now, n))),
+            )
+            .await?;
         let audit = match self.inner.retention.audit {
             Some(keep) => {
                 let before = now - keep;
@@ -118,7 +135,7 @@ impl App {
             }
             None => 0,
         };
-        Ok(Purged { sessions, rate_limits, throttles, audit })
+        Ok(Purged { sessions, rate_limits, throttles, audit, mfa_challenges, passkey_ceremonies })
     }
 
     /// Runs `delete` until a batch comes back short, each batch in its own write transaction,

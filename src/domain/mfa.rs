@@ -18,7 +18,7 @@ use super::auth::client_key;
 use super::sessions::user_subject;
 use super::types::{Actor, ClientInfo, LoginOutcome, Principal, Scope, User, UserId};
 use super::writes::{Acting, Target};
-use crate::db::models::{mfa, sessions, users};
+use crate::db::models::{mfa, passkeys, sessions, users};
 use crate::error::{Error, Result};
 use crate::model::MfaChallenge;
 
@@ -26,6 +26,7 @@ use crate::model::MfaChallenge;
 pub const ISSUER: &str = "Instachatico";
 /// How to complete a sign-in with a TOTP factor, as Login lists them.
 pub const METHODS: [&str; 2] = [Claim::TOTP, Claim::RECOVERY_CODE];
+
 /// Wrong codes that end an mfa_token.
 pub const MAX_CODE_FAILURES: i32 = 5;
 /// How long an mfa_token lasts.
@@ -55,6 +56,9 @@ pub(super) enum Proof {
     /// The second step: the password behind the mfa_token is still the account's, the token
     /// is still live, and the claim wins.
     SecondFactor { password_sha256: String, token_sha256: String, claim: Claim },
+    /// A passkey, passwordless or as a second step: the ceremony is spent (once), the
+    /// credential's new counter stored; for a second step as above for the mfa_token.
+    Passkey(super::passkeys::PasskeyProof),
 }
 
 /// The single-use thing a second step spends.
@@ -141,14 +145,24 @@ pub fn is_mfa_token(token: &str) -> bool {
 pub struct MfaFactors {
     pub totp_confirmed_at: Option<DateTime<Utc>>,
     pub recovery_codes_left: i64,
+    /// When the oldest of the user's passkeys was registered.
+    pub passkeys_since: Option<DateTime<Utc>>,
 }
 
 impl App {
-    /// Whether `user_id` has a confirmed factor (a correct password then earns an mfa_token,
-    /// not a session).
-    pub(super) async fn has_second_factor(&self, user_id: UserId) -> Result<bool> {
+    /// The ways `user_id` can complete a sign-in, as Login lists them: empty without a factor
+    /// (a correct password then opens a session), else a correct password earns an mfa_token.
+    pub(super) async fn second_factor_methods(&self, user_id: UserId) -> Result<Vec<&'static str>> {
         let mut conn = self.db().get().await?;
-        mfa::has_confirmed_totp(&mut conn, user_id).await
+        let mut methods = Vec::new();
+        if mfa::has_confirmed_totp(&mut conn, user_id).await? {
+            methods.extend(METHODS);
+        }
+        drop(conn);
+        if self.has_passkey(user_id).await? {
+            methods.push(super::passkeys::METHOD);
+        }
+        Ok(methods)
     }
 
     /// Issues the mfa_token of a sign-in whose password was right (`enrolment`: of an admin who
@@ -208,17 +222,8 @@ impl App {
             SecondFactor::Totp(code) => Offered::Totp(normalize_code(code.expose_secret())?),
             SecondFactor::RecoveryCode(code) => Offered::Recovery(normalize_recovery_code(code.expose_secret())?),
         };
-        if token.len() > 128 || !is_mfa_token(token) || token.chars().any(char::is_control) {
-            return Err(Error::Unauthenticated(TOKEN_REFUSED));
-        }
-        let token_sha256 = sha256_hex(token);
+        let (token_sha256, challenge) = self.live_challenge(token, false, client, now).await?;
         let mut conn = self.db().get().await?;
-        let challenge = mfa::find_challenge(&mut conn, &token_sha256)
-            .await?
-            .filter(|c| {
-                !c.enrolment && c.ended_at.is_none() && c.expires_at > now && c.ip_address == client_key(client)
-            })
-            .ok_or(Error::Unauthenticated(TOKEN_REFUSED))?;
         let (user, backend) =
             users::find(&mut conn, challenge.user_id).await?.ok_or(Error::Unauthenticated(TOKEN_REFUSED))?;
         let totp = mfa::find_totp(&mut conn, user.id).await?.filter(|f| f.confirmed_at.is_some());
@@ -260,7 +265,7 @@ impl App {
 
     /// A wrong code: counted against the mfa_token (which ends at the fifth), audited, and
     /// counted toward the account's throttling from this address as a wrong password is.
-    async fn wrong_code(
+    pub(super) async fn wrong_code(
         &self,
         token_sha256: &str,
         user_id: UserId,
@@ -283,6 +288,32 @@ impl App {
         }
     }
 
+    /// The live mfa_token `token` (a sign-in's, or with `enrolment` an enrolment grant's) from
+    /// the address that signed in: its SHA-256 and its challenge. Anything else is refused alike.
+    pub(super) async fn live_challenge(
+        &self,
+        token: &str,
+        enrolment: bool,
+        client: &ClientInfo,
+        now: DateTime<Utc>,
+    ) -> Result<(String, MfaChallenge)> {
+        if token.len() > 128 || !is_mfa_token(token) || token.chars().any(char::is_control) {
+            return Err(Error::Unauthenticated(TOKEN_REFUSED));
+        }
+        let token_sha256 = sha256_hex(token);
+        let mut conn = self.db().get().await?;
+        let challenge = mfa::find_challenge(&mut conn, &token_sha256)
+            .await?
+            .filter(|c| {
+                c.enrolment == enrolment
+                    && c.ended_at.is_none()
+                    && c.expires_at > now
+                    && c.ip_address == client_key(client)
+            })
+            .ok_or(Error::Unauthenticated(TOKEN_REFUSED))?;
+        Ok((token_sha256, challenge))
+    }
+
     /// The enrolment grant behind an mfa_token Login handed an admin under
     /// MFA_REQUIRED_FOR_ADMINS: live, from the address that signed in, its user active.
     pub async fn authenticate_enrolment(
@@ -291,15 +322,8 @@ impl App {
         client: &ClientInfo,
         now: DateTime<Utc>,
     ) -> Result<Arc<EnrolmentGrant>> {
-        if token.len() > 128 || !is_mfa_token(token) {
-            return Err(Error::Unauthenticated(TOKEN_REFUSED));
-        }
-        let token_sha256 = sha256_hex(token);
+        let (token_sha256, challenge) = self.live_challenge(token, true, client, now).await?;
         let mut conn = self.db().get().await?;
-        let challenge = mfa::find_challenge(&mut conn, &token_sha256)
-            .await?
-            .filter(|c| c.enrolment && c.ended_at.is_none() && c.expires_at > now && c.ip_address == client_key(client))
-            .ok_or(Error::Unauthenticated(TOKEN_REFUSED))?;
         let (user, _) = users::find(&mut conn, challenge.user_id)
             .await?
             .filter(|(u, _)| u.is_active)
@@ -483,7 +507,7 @@ impl App {
         .await
     }
 
-    /// Admin (or the CLI): clears a user's second factors and ends the user's sessions.
+    /// Admin (or the CLI): clears a user's second factors (TOTP, recovery codes, passkeys) and ends the user's sessions.
     /// Returns how many sessions were live.
     pub async fn reset_mfa(
         &self,
@@ -501,9 +525,11 @@ impl App {
             Box::new(move |c, _| {
                 Box::pin(async move {
                     let removed = mfa::delete_factors(c, user_id).await?;
+                    let passkeys_removed = passkeys::delete_all(c, user_id).await?;
                     let ended = sessions::revoke_all_for_user(c, user_id, None, now).await?;
                     let event = Event::new(Action::MfaReset, Some(user_id))
-                        .with("factors_removed", removed)
+                        .with("factors_removed", removed || passkeys_removed > 0)
+                        .with("passkeys_removed", passkeys_removed)
                         .with("sessions_ended", ended);
                     Ok((ended, event))
                 })
@@ -574,7 +600,8 @@ impl App {
         let mut conn = self.db().get().await?;
         let totp = mfa::find_totp(&mut conn, user_id).await?;
         let recovery_codes_left = mfa::recovery_codes_left(&mut conn, user_id).await?;
-        Ok(MfaFactors { totp_confirmed_at: totp.and_then(|f| f.confirmed_at), recovery_codes_left })
+        let passkeys_since = passkeys::list(&mut conn, user_id).await?.first().map(|p| p.created_at);
+        Ok(MfaFactors { totp_confirmed_at: totp.and_then(|f| f.confirmed_at), recovery_codes_left, passkeys_since })
     }
 }
 

@@ -14,6 +14,7 @@ mod legacy;
 mod limits;
 pub mod maintenance;
 pub mod mfa;
+pub mod passkeys;
 pub mod proxy;
 pub mod sessions;
 pub mod types;
@@ -81,6 +82,8 @@ pub struct Crypto {
     pub jwt: JwtKeys,
     pub cipher: TokenCipher,
     pub names: NameHasher,
+    /// WebAuthn's relying party (from FRONTEND_URL); `None`: passkeys are off.
+    pub relying_party: Option<Arc<passkeys::RelyingParty>>,
 }
 
 /// Everything a request needs; shared by all transports. Cheap to clone.
@@ -102,6 +105,7 @@ pub struct AppInner {
     pub cache: cache::PrincipalCache,
     pub key_cache: cache::KeyCache,
     pub(crate) names: NameHasher,
+    pub(crate) relying_party: Option<Arc<passkeys::RelyingParty>>,
     pub(crate) allowed_hosts: allowed_hosts::AllowedHosts,
     pub(crate) proxy: Option<proxy::ProxyState>,
     /// Set by the start-up key check when stored backend tokens do not decrypt.
@@ -118,7 +122,7 @@ impl App {
         caches: (cache::PrincipalCache, cache::KeyCache),
         backends: BackendPolicy,
     ) -> Self {
-        let Crypto { hasher, jwt, cipher, names } = crypto;
+        let Crypto { hasher, jwt, cipher, names, relying_party } = crypto;
         let (cache, key_cache) = caches;
         let api_limiter = limits::ApiLimiter::new(security.api_per_minute);
         let key_limiter = limits::ApiLimiter::new(security.api_key_per_minute);
@@ -136,6 +140,7 @@ impl App {
                 cache,
                 key_cache,
                 names,
+                relying_party,
                 allowed_hosts: backends.allowed_hosts,
                 proxy: backends.proxy.map(proxy::ProxyState::new),
                 keys_unreadable: std::sync::atomic::AtomicBool::new(false),

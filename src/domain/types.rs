@@ -197,7 +197,7 @@ pub enum SignIn {
     /// A session: the user has no second factor.
     Session(Box<LoginOutcome>),
     /// The password was right; the sign-in completes with a second factor (VerifyMfa).
-    MfaRequired { mfa_token: SecretString },
+    MfaRequired { mfa_token: SecretString, methods: Vec<&'static str> },
     /// The password was right, but this admin must enrol a second factor first
     /// (MFA_REQUIRED_FOR_ADMINS): the token only serves TOTP enrolment.
     EnrollmentRequired { mfa_token: SecretString },

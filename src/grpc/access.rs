@@ -90,6 +90,15 @@ const TOTP_ENABLED: Refusal = Refusal { http: 409, when: "TOTP is already enable
 const NOTHING_TO_CONFIRM: Refusal =
     Refusal { http: 409, when: "TOTP is already enabled, or there is no enrolment to confirm (start one first)" };
 const TOTP_NOT_ENABLED: Refusal = Refusal { http: 409, when: "TOTP is not enabled" };
+const CEREMONY_REFUSED: Refusal =
+    Refusal { http: 409, when: "The ceremony is unknown, used or expired, or the passkey is already registered" };
+const PASSKEY_NOT_VERIFIED: Refusal = Refusal { http: 403, when: "The passkey could not be verified" };
+const PASSKEYS_FULL: Refusal =
+    Refusal { http: 409, when: "20 passkeys already; or passkeys are off (FRONTEND_URL names no domain)" };
+const NO_SUCH_PASSKEY: Refusal = Refusal { http: 404, when: "No such passkey of yours" };
+const PASSKEYS_OFF: Refusal = Refusal { http: 409, when: "Passkeys are off (FRONTEND_URL names no domain)" };
+const PASSKEY_SIGN_IN_REFUSED: Refusal =
+    Refusal { http: 401, when: "Invalid or expired MFA token or ceremony, or the passkey could not be verified" };
 const MFA_REFUSED: Refusal =
     Refusal { http: 401, when: "Invalid or expired MFA token, or a wrong, used or replayed code" };
 
@@ -123,6 +132,13 @@ pub const RPCS: &[(&str, RpcRule)] = {
         ("/instachatico.auth.v1.MfaService/RegenerateRecoveryCodes", rule(Session, &[WRONG_PROOF, TOTP_NOT_ENABLED])),
         ("/instachatico.auth.v1.MfaService/ResetUserMfa", or_key(rule(Admin, &[NO_SUCH_USER]), UsersWrite)),
         ("/instachatico.auth.v1.MfaService/ListMfaFactors", rule(Session, &[])),
+        ("/instachatico.auth.v1.AuthService/StartPasskeySignIn", rule(Public, &[PASSKEY_SIGN_IN_REFUSED, PASSKEYS_OFF])),
+        ("/instachatico.auth.v1.AuthService/FinishPasskeySignIn", rule(Public, &[PASSKEY_SIGN_IN_REFUSED, INACTIVE])),
+        ("/instachatico.auth.v1.PasskeyService/StartPasskeyRegistration", rule(Session, &[PASSKEYS_FULL])),
+        ("/instachatico.auth.v1.PasskeyService/FinishPasskeyRegistration", created(Session, &[PASSKEY_NOT_VERIFIED, CEREMONY_REFUSED])),
+        ("/instachatico.auth.v1.PasskeyService/ListPasskeys", rule(Session, &[])),
+        ("/instachatico.auth.v1.PasskeyService/RenamePasskey", rule(Session, &[NO_SUCH_PASSKEY])),
+        ("/instachatico.auth.v1.PasskeyService/DeletePasskey", rule(Session, &[NO_SUCH_PASSKEY])),
         ("/instachatico.auth.v1.AuthService/Register", created(Public, &[REGISTRATION_OFF, TAKEN])),
         ("/instachatico.auth.v1.AuthService/Refresh", rule(OwnToken, &[])),
         ("/instachatico.auth.v1.AuthService/Logout", rule(OwnToken, &[])),

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::meta::{self, ClientIpPolicy};
 use crate::domain::App;
-use crate::domain::mfa::{METHODS, SecondFactor};
+use crate::domain::mfa::SecondFactor;
 use crate::domain::types::{LoginOutcome, NewUser, SignIn};
 use crate::error::Error;
 use crate::pb;
@@ -67,11 +67,11 @@ impl AuthService for AuthApi {
         let password = SecretString::from(body.password);
         match self.app.login(&body.username, &password, &client, Utc::now()).await? {
             SignIn::Session(outcome) => self.session_reply(*outcome),
-            SignIn::MfaRequired { mfa_token } => Ok(Response::new(pb::LoginResponse {
+            SignIn::MfaRequired { mfa_token, methods } => Ok(Response::new(pb::LoginResponse {
                 mfa_required: Some(true),
                 mfa_token: Some(mfa_token.expose_secret().to_owned()),
                 methods: Some(prost_types::ListValue {
-                    values: METHODS
+                    values: methods
                         .iter()
                         .map(|m| prost_types::Value {
                             kind: Some(prost_types::value::Kind::StringValue((*m).to_owned())),
@@ -97,6 +97,28 @@ impl AuthService for AuthApi {
             _ => return Err(Error::invalid("code", "give either code or recovery_code").into()),
         };
         let outcome = self.app.verify_mfa(&body.mfa_token, &factor, &client, Utc::now()).await?;
+        self.session_reply(outcome)
+    }
+
+    async fn start_passkey_sign_in(
+        &self,
+        request: Request<pb::StartPasskeySignInRequest>,
+    ) -> Result<Response<pb::PasskeyChallenge>, Status> {
+        let client = self.ips.client_info(&request);
+        let body = super::text::body(request)?;
+        let start = self.app.start_passkey_sign_in(&body.mfa_token, &client, Utc::now()).await?;
+        Ok(Response::new(super::passkeys::challenge(start)))
+    }
+
+    async fn finish_passkey_sign_in(
+        &self,
+        request: Request<pb::FinishPasskeySignInRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        let client = self.ips.client_info(&request);
+        let body = super::text::body(request)?;
+        let credential = super::passkeys::credential(body.credential)?;
+        let outcome =
+            self.app.finish_passkey_sign_in(&body.ceremony, credential, &body.mfa_token, &client, Utc::now()).await?;
         self.session_reply(outcome)
     }
 

@@ -141,6 +141,39 @@ impl From<AuditEntry> for pb::AuditLog {
     }
 }
 
+/// A JSON object as google.protobuf.Struct (WebAuthn options for the browser).
+pub fn json_struct(v: serde_json::Value) -> prost_types::Struct {
+    match json_value(v).kind {
+        Some(prost_types::value::Kind::StructValue(s)) => s,
+        _ => prost_types::Struct::default(),
+    }
+}
+
+/// google.protobuf.Struct as the JSON object it holds (a WebAuthn credential from the browser).
+/// Whole numbers come back as integers (a Struct holds every number as a double).
+pub fn struct_json(s: prost_types::Struct) -> serde_json::Value {
+    serde_json::Value::Object(s.fields.into_iter().map(|(k, v)| (k, value_json(v))).collect())
+}
+
+fn value_json(v: prost_types::Value) -> serde_json::Value {
+    use prost_types::value::Kind;
+    match v.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::BoolValue(b)) => serde_json::Value::Bool(b),
+        Some(Kind::NumberValue(n)) => {
+            #[expect(clippy::cast_possible_truncation, reason = "only whole numbers within i64 take this path")]
+            let whole = (n.fract() == 0.0 && n.abs() < 9.0e15).then_some(n as i64);
+            whole.map_or_else(
+                || serde_json::Number::from_f64(n).map_or(serde_json::Value::Null, serde_json::Value::Number),
+                |i| serde_json::Value::Number(i.into()),
+            )
+        }
+        Some(Kind::StringValue(s)) => serde_json::Value::String(s),
+        Some(Kind::ListValue(l)) => serde_json::Value::Array(l.values.into_iter().map(value_json).collect()),
+        Some(Kind::StructValue(s)) => struct_json(s),
+    }
+}
+
 /// serde_json -> google.protobuf.Value (Envoy prints it back as the same JSON).
 fn json_value(v: serde_json::Value) -> prost_types::Value {
     use prost_types::value::Kind;

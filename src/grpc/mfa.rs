@@ -14,6 +14,7 @@ use super::meta::ClientIpPolicy;
 use super::{caller, principal};
 use crate::domain::App;
 use crate::domain::mfa::{Claim, Enroller, EnrolmentGrant};
+use crate::domain::passkeys::METHOD;
 use crate::pb;
 use crate::pb::mfa_service_server::MfaService;
 
@@ -112,10 +113,11 @@ impl MfaService for MfaApi {
         let me = principal(&request)?;
         let factors = self.app.mfa_factors(me.user.id).await?;
         Ok(Response::new(pb::ListMfaFactorsResponse {
-            factors: factors
-                .totp_confirmed_at
-                .map(|at| pb::MfaFactor { method: Claim::TOTP.to_owned(), confirmed_at: Some(timestamp(at)) })
+            factors: [(Claim::TOTP, factors.totp_confirmed_at), (METHOD, factors.passkeys_since)]
                 .into_iter()
+                .filter_map(|(method, at)| {
+                    at.map(|at| pb::MfaFactor { method: method.to_owned(), confirmed_at: Some(timestamp(at)) })
+                })
                 .collect(),
             recovery_codes_remaining: i32::try_from(factors.recovery_codes_left).unwrap_or(i32::MAX),
         }))

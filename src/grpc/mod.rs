@@ -13,6 +13,7 @@ pub mod health;
 pub mod keys;
 pub mod meta;
 pub mod mfa;
+pub mod passkeys;
 pub mod proxy_log;
 pub mod service_accounts;
 pub mod status;

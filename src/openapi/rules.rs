@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use crate::crypto::password::{MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS};
 use crate::domain::api_keys::{ID_HEX, ROTATION_GRACE_MAX};
 use crate::domain::mfa::{CODE_DIGITS, RECOVERY_ALPHABET, RECOVERY_CODE_CHARS};
+use crate::domain::passkeys::{CEREMONY_MAX, CEREMONY_PREFIX, NAME_MAX as PASSKEY_NAME_MAX};
 use crate::domain::validate::{
     self, AUDIT_ACTION_MAX, BEARER_TOKEN_MAX, CIDRS_MAX, DESCRIPTION_MAX, EMAIL_MAX, EMAIL_TLD_MIN, INSTAGRAM_MAX,
     KEY_NAME_MAX, SERVICE_ACCOUNT_NAME_MAX, URL_MAX, USERNAME_MAX, USERNAME_MIN,
@@ -41,6 +42,8 @@ pub fn required(message: &str) -> &'static [&'static str] {
         "ConfirmTotpRequest" => &["code"],
         "ReauthenticateRequest" => &["password", "code"],
         "VerifyMfaRequest" => &["mfa_token"],
+        "FinishPasskeyRegistrationRequest" | "FinishPasskeySignInRequest" => &["ceremony", "credential"],
+        "RenamePasskeyRequest" => &["name"],
         _ => &[],
     }
 }
@@ -96,6 +99,25 @@ pub fn field(message: &str, field: &str) -> Option<Value> {
         ("VerifyMfaRequest", "mfa_token") => {
             nonblank("The mfa_token Login answered; surrounding whitespace is ignored")
         }
+        ("FinishPasskeyRegistrationRequest" | "FinishPasskeySignInRequest", "ceremony") => ceremony(),
+        ("FinishPasskeyRegistrationRequest", "name") => {
+            let mut rule = trimmed_text(PASSKEY_NAME_MAX);
+            rule["description"] = json!(format!(
+                "At most {PASSKEY_NAME_MAX} characters (surrounding whitespace is ignored); \"Passkey\" when empty"
+            ));
+            rule
+        }
+        ("RenamePasskeyRequest", "name") => {
+            let (any, solid) = (&*ANY, &*SOLID);
+            json!({"pattern": trimmed(&format!("{solid}({any}{{0,{}}}{solid})?", PASSKEY_NAME_MAX - 2)),
+                   "description": format!("1 to {PASSKEY_NAME_MAX} characters (surrounding whitespace is ignored)")})
+        }
+        ("FinishPasskeyRegistrationRequest", "credential") => {
+            webauthn_credential(&["attestationObject", "clientDataJSON"])
+        }
+        ("FinishPasskeySignInRequest", "credential") => {
+            webauthn_credential(&["authenticatorData", "clientDataJSON", "signature"])
+        }
         ("RotateApiKeyRequest", "grace_seconds") => {
             json!({"minimum": 0, "maximum": ROTATION_GRACE_MAX.num_seconds()})
         }
@@ -144,21 +166,36 @@ pub fn message_constraints(message: &str, schema: &mut Value) {
 /// The component schema of the value of a field the request message does not have.
 pub const UNKNOWN_FIELD: &str = "UnknownField";
 
+/// The component schema of a member of a WebAuthn credential the service does not read.
+pub const UNREAD_MEMBER: &str = "UnreadMember";
+
 /// An unknown field is ignored whatever its value, except that no list in a body may hold null
 /// or another list (envoy/json_face.lua), nor may an object have a member with an empty name.
-pub fn unknown_field() -> [(String, Value); 2] {
-    let field = format!("#/components/schemas/{UNKNOWN_FIELD}");
-    let item = format!("#/components/schemas/{UNKNOWN_FIELD}Item");
-    let object = json!({"type": "object", "additionalProperties": {"$ref": field}});
-    [
-        (
-            UNKNOWN_FIELD.to_owned(),
-            json!({
-            "description": "A field the request does not have: ignored.",
-            "anyOf": [{"type": ["null", "boolean", "number", "string"]}, object, {"type": "array", "items": {"$ref": item}}]}),
-        ),
-        (format!("{UNKNOWN_FIELD}Item"), json!({"anyOf": [{"type": ["boolean", "number", "string"]}, object]})),
-    ]
+/// A member of a WebAuthn credential the service does not read is the same, except that, being
+/// part of a field, its strings are checked like every string of a request: no control
+/// characters.
+pub fn unknown_field() -> [(String, Value); 4] {
+    let schemas = |name: &str, string: Value, description: &str| {
+        let field = format!("#/components/schemas/{name}");
+        let item = format!("#/components/schemas/{name}Item");
+        let object = json!({"type": "object", "additionalProperties": {"$ref": field}});
+        [
+            (
+                name.to_owned(),
+                json!({"description": description,
+                       "anyOf": [{"type": ["null", "boolean", "number"]}, string.clone(), object,
+                                 {"type": "array", "items": {"$ref": item}}]}),
+            ),
+            (format!("{name}Item"), json!({"anyOf": [{"type": ["boolean", "number"]}, string, object]})),
+        ]
+    };
+    let [a, b] = schemas(UNKNOWN_FIELD, json!({"type": "string"}), "A field the request does not have: ignored.");
+    let [c, d] = schemas(
+        UNREAD_MEMBER,
+        json!({"type": "string", "pattern": text_pattern()}),
+        "A member the service does not read: ignored.",
+    );
+    [a, b, c, d]
 }
 
 /// A string rule that does not also admit null (or any other type).
@@ -379,6 +416,51 @@ fn recovery_code() -> Value {
     );
     json!({"pattern": format!("^[- ]*(?:{class}[- ]*){{{RECOVERY_CODE_CHARS}}}$"),
            "description": "An unused recovery code, as shown (dashes, spaces and case are ignored)"})
+}
+
+/// A ceremony token as StartPasskeyRegistration or StartPasskeySignIn answered it.
+fn ceremony() -> Value {
+    let max = CEREMONY_MAX - CEREMONY_PREFIX.len();
+    json!({"pattern": trimmed(&format!("{CEREMONY_PREFIX}[A-Za-z0-9_-]{{1,{max}}}")),
+           "description": "The `ceremony` the start answered; surrounding whitespace is ignored"})
+}
+
+/// Bytes as canonical base64url without padding (what `PublicKeyCredential.toJSON()` gives).
+fn base64url() -> Value {
+    let c = "[A-Za-z0-9_-]";
+    json!({"type": "string", "pattern": format!("^(?:{c}{{4}})*(?:{c}[AQgw]|{c}{{2}}[AEIMQUYcgkosw048])?$")})
+}
+
+/// A PublicKeyCredential's JSON serialisation (`toJSON()`) with the `response` members given.
+/// Members the service does not read are ignored; extension outputs are not read.
+fn webauthn_credential(response: &[&str]) -> Value {
+    let unknown = json!({"$ref": format!("#/components/schemas/{UNREAD_MEMBER}")});
+    let mut members = serde_json::Map::new();
+    for name in response {
+        members.insert((*name).to_owned(), base64url());
+    }
+    if response.contains(&"signature") {
+        members.insert("userHandle".into(), json!({"anyOf": [base64url(), {"type": "null"}]}));
+    } else {
+        members.insert(
+            "transports".into(),
+            json!({"anyOf": [{"type": "array", "items": {"type": "string", "pattern": text_pattern()}}, {"type": "null"}]}),
+        );
+    }
+    json!({
+        "required": ["id", "rawId", "type", "response"],
+        "properties": {
+            "id": {"type": "string", "pattern": text_pattern()},
+            "rawId": base64url(),
+            "type": {"type": "string", "pattern": text_pattern()},
+            "response": {"type": "object", "required": response, "properties": members,
+                         "propertyNames": {"minLength": 1}, "additionalProperties": unknown},
+        },
+        "propertyNames": {"minLength": 1},
+        "additionalProperties": unknown,
+        "description": "What navigator.credentials.create() or .get() gave, as PublicKeyCredential.toJSON() \
+                        serialises it: binary members are base64url without padding",
+    })
 }
 
 fn cidr() -> Value {

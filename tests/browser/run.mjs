@@ -164,6 +164,13 @@ async function main() {
     cleanups.unshift(() => context.close()); // browser first, then servers and the profile dir
 
     const page = context.pages()[0] ?? (await context.newPage());
+    // A platform authenticator for the page's passkey checks: Chromium's virtual one, with
+    // resident keys and user verification, as a phone or laptop would have.
+    const cdp = await context.newCDPSession(page);
+    await cdp.send("WebAuthn.enable");
+    const { authenticatorId } = await cdp.send("WebAuthn.addVirtualAuthenticator", {
+      options: { protocol: "ctap2", transport: "internal", hasResidentKey: true, hasUserVerification: true, isUserVerified: true },
+    });
     const consoleErrors = [];
     page.on("console", (m) => m.type() === "error" && consoleErrors.push(m.text()));
     page.on("pageerror", (e) => consoleErrors.push(String(e)));
@@ -175,6 +182,7 @@ async function main() {
       fail(`the page never set window.__results; browser console: ${consoleErrors.join(" | ") || "(nothing)"}`);
     }
     const results = await page.evaluate(() => window.__results);
+    const { credentials: heldCredentials } = await cdp.send("WebAuthn.getCredentials", { authenticatorId });
     const bodyText = await page.textContent("body");
     const screenshot = join(outputDir, "browser-flow.png");
     await page.screenshot({ path: screenshot, fullPage: true });
@@ -283,6 +291,15 @@ async function main() {
       `grpc-web Login backendConfig: ${JSON.stringify(g.backendConfig)}`);
     expect(o.grpcMe?.id === me.id && o.grpcMe?.username === USER.username, `grpc-web GetMe ${JSON.stringify(o.grpcMe)} vs JSON id ${me.id}`);
     expect(o.grpcBadLogin?.code === 16, `grpc-web wrong-password Login: ${JSON.stringify(o.grpcBadLogin)}`);
+    const pk = o.passkey ?? {};
+    expect(pk.registered?.length === 1 && pk.registered[0].name === "Chromium" && typeof pk.registered[0].last_used_at === "undefined",
+      `passkeys after registration: ${JSON.stringify(pk.registered)}`);
+    expect(pk.passwordless?.user?.id === u.id && pk.passwordless?.me === USER.username && pk.passwordless?.backend === USER.api_base_url,
+      `passwordless sign-in: ${JSON.stringify(pk.passwordless)}`);
+    expect(isDeepStrictEqual(pk.secondFactor?.methods, ["webauthn"]) && pk.secondFactor?.user?.id === u.id,
+      `second factor: ${JSON.stringify(pk.secondFactor)}`);
+    expect(heldCredentials.length === 1 && heldCredentials[0].isResidentCredential && heldCredentials[0].rpId === "localhost" && heldCredentials[0].signCount >= 2,
+      `the virtual authenticator holds ${JSON.stringify(heldCredentials.map(({ privateKey, ...c }) => c))}`);
     expect(refused.envoy.error === "TypeError", `fetch of ENVOY_URL/api/v1/health from ${OTHER_ORIGIN} was not refused: ${JSON.stringify(refused.envoy)}`);
     expect(refused.grpcWeb.error === "TypeError", `grpc-web request to GRPC_WEB_URL from ${OTHER_ORIGIN} was not refused: ${JSON.stringify(refused.grpcWeb)}`);
 
@@ -300,6 +317,7 @@ async function main() {
     console.log(`  ✓ cors: ${OTHER_ORIGIN} refused by Envoy (/api/v1/health) and by the service (grpc-web): TypeError`);
     console.log(`  ✓ csrf: from ${OTHER_ORIGIN}, a text/plain form post and no-preflight fetches (text/plain, form, multipart, untyped) checked no password`);
     console.log(`  ✓ node: user fields, backend_config, localStorage set/cleared, JSON and grpc-web ids agree`);
+    console.log(`  ✓ node: one resident passkey for rp "localhost" in the virtual authenticator, used ${heldCredentials[0]?.signCount} times`);
     console.log(`browser e2e OK: ${results.checks.length + 3} checks; screenshot ${screenshot}`);
   } finally {
     for (const cleanup of cleanups) await cleanup().catch(() => {});

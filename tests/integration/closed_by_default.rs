@@ -5,10 +5,13 @@ use crate::common::TestServer;
 use crate::generated_input::call;
 
 /// The methods anyone may call.
-const PUBLIC: [&str; 6] = [
+const PUBLIC: [&str; 8] = [
     "instachatico.auth.v1.AuthService/Login",
     // Its credential is the mfa_token in the body, checked by the domain.
     "instachatico.auth.v1.AuthService/VerifyMfa",
+    // Passwordless passkey sign-in (or a second step, with the mfa_token in the body).
+    "instachatico.auth.v1.AuthService/StartPasskeySignIn",
+    "instachatico.auth.v1.AuthService/FinishPasskeySignIn",
     "instachatico.auth.v1.AuthService/Register",
     "instachatico.auth.v1.HealthService/Check",
     "instachatico.auth.v1.KeysService/GetJwks",

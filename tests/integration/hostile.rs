@@ -68,6 +68,7 @@ async fn path_is_the_only_source_of_its_field(s: TestServer) {
             let mut effect = match route.rpc.as_str() {
                 "UserService.UpdateUser" => json!({"is_active": false}),
                 "UserService.ResetPassword" => json!({"new_password": "Reset_password789!"}),
+                "PasskeyService.RenamePasskey" => json!({"name": "renamed"}),
                 _ => json!({}),
             };
             let body = (!route.body.is_empty()).then(|| effect.clone());

@@ -473,7 +473,7 @@ async fn docs_and_every_documented_route_is_served(s: TestServer) {
             count += 1;
         }
     }
-    assert_eq!(count, 37);
+    assert_eq!(count, 44);
     s.stop().await;
 }
 

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, Duration, Utc};
 use instachatico_auth::domain::mfa::SecondFactor;
 use instachatico_auth::domain::types::{ClientInfo, SignIn};
+use instachatico_auth::pb::auth_service_client::AuthServiceClient;
 use instachatico_auth::pb::mfa_service_client::MfaServiceClient;
 use instachatico_auth::pb::{self};
 use reqwest::Method;
@@ -304,6 +305,17 @@ const CONTENDERS: usize = 4;
 
 /// Submits `requests` at once (each on its own connection) and counts the successes.
 async fn race(s: &TestServer, requests: Vec<pb::VerifyMfaRequest>) -> usize {
+    race_with(s, requests, |mut client, request| async move { client.verify_mfa(request).await.map(drop) }).await
+}
+
+/// Sends each of `requests` with `send` at once, each on its own connection, and counts the
+/// successes; every loser must be refused as UNAUTHENTICATED.
+pub(crate) async fn race_with<R, F, Fut>(s: &TestServer, requests: Vec<R>, send: F) -> usize
+where
+    R: Send + 'static,
+    F: Fn(AuthServiceClient<Channel>, R) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send,
+{
     let mut clients = Vec::new();
     for _ in 0..requests.len() {
         clients.push(s.auth().await);
@@ -312,18 +324,18 @@ async fn race(s: &TestServer, requests: Vec<pb::VerifyMfaRequest>) -> usize {
     let tasks: Vec<_> = clients
         .into_iter()
         .zip(requests)
-        .map(|(mut client, request)| {
-            let barrier = std::sync::Arc::clone(&barrier);
+        .map(|(client, request)| {
+            let (barrier, send) = (std::sync::Arc::clone(&barrier), send.clone());
             tokio::spawn(async move {
                 barrier.wait().await;
-                client.verify_mfa(request).await
+                send(client, request).await
             })
         })
         .collect();
     let mut wins = 0;
     for task in tasks {
         match task.await.unwrap() {
-            Ok(_) => wins += 1,
+            Ok(()) => wins += 1,
             Err(status) => assert_eq!(status.code(), Code::Unauthenticated, "{status:?}"),
         }
     }
@@ -442,7 +454,7 @@ async fn the_mfa_token_is_short_lived_bound_and_nothing_else(s: TestServer) {
     let here = ClientInfo { ip: Some("127.0.0.1".parse().unwrap()), user_agent: None };
     let elsewhere = ClientInfo { ip: Some("198.51.100.9".parse().unwrap()), user_agent: None };
     let now = Utc::now();
-    let SignIn::MfaRequired { mfa_token } =
+    let SignIn::MfaRequired { mfa_token, .. } =
         s.app().login("bound", &SecretString::from(USER_PASSWORD), &here, now).await.unwrap()
     else {
         panic!("a second step expected");

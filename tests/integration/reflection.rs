@@ -64,6 +64,7 @@ async fn standard_services_have_canonical_file_names() {
             "instachatico.auth.v1.HealthService",
             "instachatico.auth.v1.KeysService",
             "instachatico.auth.v1.MfaService",
+            "instachatico.auth.v1.PasskeyService",
             "instachatico.auth.v1.ServiceAccountService",
             "instachatico.auth.v1.UserService",
         ]

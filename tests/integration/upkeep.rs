@@ -5,9 +5,11 @@
 
 use chrono::{DateTime, Duration, Utc};
 use instachatico_auth::db::DbConn;
-use instachatico_auth::db::models::{audit, rate_limits, sessions, throttles, users};
+use instachatico_auth::db::models::{audit, mfa, passkeys, rate_limits, sessions, throttles, users};
 use instachatico_auth::domain::maintenance::{PURGE_BATCH, Purged};
-use instachatico_auth::model::{AuditEntry, AuditQuery, NewUserRecord, Role, Session, SessionId, UserId};
+use instachatico_auth::model::{
+    AuditEntry, AuditQuery, MfaChallenge, NewUserRecord, PasskeyCeremony, Role, Session, SessionId, UserId,
+};
 
 use crate::common::{Backend, Options, TestServer};
 
@@ -140,7 +142,7 @@ async fn purge_deletes_exactly_what_has_ended(s: TestServer) {
     let audit_before = audit_count(&mut conn).await;
 
     let purged = s.app().purge(now, 7).await.unwrap();
-    assert_eq!(purged, Purged { sessions: 35, rate_limits: 20, throttles: 15, audit: 0 });
+    assert_eq!(purged, Purged { sessions: 35, rate_limits: 20, throttles: 15, audit: 0, ..Purged::default() });
     assert_eq!(live(&mut conn, &alive, now).await, alive.len(), "live sessions stay");
     assert_eq!(audit_count(&mut conn).await, audit_before, "no AUDIT_RETENTION_DAYS: every audit entry stays");
     for i in 0..2 {
@@ -153,7 +155,7 @@ async fn purge_deletes_exactly_what_has_ended(s: TestServer) {
     // Nothing more is due now; what was kept goes once it is due.
     assert_eq!(s.app().purge(now, 7).await.unwrap(), Purged::default());
     let later = s.app().purge(now + Duration::days(9), 7).await.unwrap();
-    assert_eq!(later, Purged { sessions: 5 + 4 + 9, rate_limits: 3, throttles: 2 + 4, audit: 0 });
+    assert_eq!(later, Purged { sessions: 5 + 4 + 9, rate_limits: 3, throttles: 2 + 4, audit: 0, ..Purged::default() });
     assert_eq!(live(&mut conn, &alive, now).await, 0);
 }
 
@@ -173,7 +175,68 @@ async fn housekeeping_purges_beyond_one_batch(s: TestServer) {
     assert_eq!(s.app().housekeeping(now).await.unwrap().sessions, 0);
 }
 
-crate::on_both_backends!(purge_deletes_exactly_what_has_ended, housekeeping_purges_beyond_one_batch);
+/// mfa_tokens go once ended or expired, passkey ceremonies once expired; live ones stay.
+async fn purge_ends_mfa_tokens_and_passkey_ceremonies(s: TestServer) {
+    let now = now();
+    let mut conn = s.app().db().get().await.unwrap();
+    let carol = user(&mut conn, "carol", now).await;
+    let challenge = |n: usize, expires: DateTime<Utc>| MfaChallenge {
+        token_sha256: format!("{n:064x}"),
+        user_id: carol,
+        ip_address: "192.0.2.1".into(),
+        password_sha256: "0".repeat(64),
+        enrolment: false,
+        failures: 0,
+        created_at: now - Duration::hours(1),
+        expires_at: expires,
+        ended_at: None,
+    };
+    // Inserted "an hour ago": the insert's own cleanup of the user's old tokens sees none due.
+    let an_hour_ago = now - Duration::hours(1);
+    for n in 0..9 {
+        mfa::insert_challenge(&mut conn, &challenge(n, now - Duration::minutes(1)), an_hour_ago).await.unwrap();
+    }
+    for n in 9..16 {
+        mfa::insert_challenge(&mut conn, &challenge(n, now + Duration::minutes(4)), an_hour_ago).await.unwrap();
+    }
+    // Four of the live ones were used.
+    for n in 9..13 {
+        assert!(mfa::end_challenge(&mut conn, &format!("{n:064x}"), now).await.unwrap());
+    }
+    let ceremony = |n: usize, expires: DateTime<Utc>| PasskeyCeremony {
+        token_sha256: format!("{n:064x}"),
+        purpose: "passwordless".into(),
+        user_id: None,
+        mfa_token_sha256: None,
+        ip_address: "192.0.2.1".into(),
+        state_json: "{}".into(),
+        created_at: now - Duration::minutes(10),
+        expires_at: expires,
+    };
+    for n in 0..11 {
+        passkeys::insert_ceremony(&mut conn, &ceremony(n, now - Duration::seconds(1))).await.unwrap();
+    }
+    for n in 11..14 {
+        passkeys::insert_ceremony(&mut conn, &ceremony(n, now + Duration::minutes(3))).await.unwrap();
+    }
+
+    let purged = s.app().purge(now, 4).await.unwrap();
+    assert_eq!((purged.mfa_challenges, purged.passkey_ceremonies), (9 + 4, 11));
+    for n in 13..16 {
+        assert!(mfa::find_challenge(&mut conn, &format!("{n:064x}")).await.unwrap().is_some(), "live token {n} stays");
+    }
+    for n in 11..14 {
+        assert!(passkeys::find_ceremony(&mut conn, &format!("{n:064x}"), now).await.unwrap().is_some());
+    }
+    let later = s.app().purge(now + Duration::minutes(5), 4).await.unwrap();
+    assert_eq!((later.mfa_challenges, later.passkey_ceremonies), (3, 3));
+}
+
+crate::on_both_backends!(
+    purge_deletes_exactly_what_has_ended,
+    housekeeping_purges_beyond_one_batch,
+    purge_ends_mfa_tokens_and_passkey_ceremonies,
+);
 
 /// AUDIT_RETENTION_DAYS=30: entries older than 30 days go, in batches; newer ones stay.
 async fn audit_retention_drops_old_entries(backend: Backend) {

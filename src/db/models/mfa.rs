@@ -7,6 +7,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
+use super::delete_batch;
 use crate::db::schema::{mfa_challenges, mfa_recovery_codes, mfa_totp};
 use crate::db::{DbConn, map_err};
 use crate::db_run;
@@ -389,4 +390,18 @@ pub async fn delete_factors(conn: &mut DbConn, user_id: UserId) -> Result<bool> 
             .map_err(map_err)
     })?;
     Ok(removed > 0)
+}
+
+/// Deletes at most `limit` challenges that ended or expired before `now`.
+pub async fn purge_challenges(conn: &mut DbConn, now: DateTime<Utc>, limit: i64) -> Result<usize> {
+    let now = now.naive_utc();
+    db_run!(conn, "mfa::purge_challenges": {
+        delete_batch!(
+            conn,
+            "mfa_challenges",
+            "ended_at <= {p}1 OR expires_at <= {p}1",
+            limit,
+            diesel::sql_types::Timestamp = now
+        )
+    })
 }

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod backends;
 pub mod import;
 pub mod mfa;
+pub mod passkeys;
 pub mod rate_limits;
 pub mod sessions;
 pub mod throttles;

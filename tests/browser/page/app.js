@@ -56,17 +56,90 @@ async function call(url, init = {}) {
   return { status: res.status, body };
 }
 
+// WebAuthn's JSON carries bytes as base64url; navigator.credentials wants ArrayBuffers.
+const fromB64u = (s) => Uint8Array.from(atob(s.replace(/-/g, "+").replace(/_/g, "/")), (c) => c.charCodeAt(0));
+const toB64u = (buf) =>
+  btoa(String.fromCharCode(...new Uint8Array(buf))).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+
+// The options the service answered ({"publicKey": {...}}), for navigator.credentials.create().
+function creationOptions(options) {
+  const pk = structuredClone(options.publicKey);
+  pk.challenge = fromB64u(pk.challenge);
+  pk.user = { ...pk.user, id: fromB64u(pk.user.id) };
+  pk.excludeCredentials = (pk.excludeCredentials ?? []).map((c) => ({ ...c, id: fromB64u(c.id) }));
+  return { publicKey: pk };
+}
+
+// ... and for navigator.credentials.get().
+function requestOptions(options) {
+  const pk = structuredClone(options.publicKey);
+  pk.challenge = fromB64u(pk.challenge);
+  pk.allowCredentials = (pk.allowCredentials ?? []).map((c) => ({ ...c, id: fromB64u(c.id) }));
+  return { publicKey: pk };
+}
+
+// A PublicKeyCredential as the JSON the service reads (what toJSON() gives where it exists).
+function credentialJson(credential) {
+  const r = credential.response;
+  const response = { clientDataJSON: toB64u(r.clientDataJSON) };
+  if (r.attestationObject) {
+    response.attestationObject = toB64u(r.attestationObject);
+    response.transports = r.getTransports?.() ?? [];
+  } else {
+    response.authenticatorData = toB64u(r.authenticatorData);
+    response.signature = toB64u(r.signature);
+    response.userHandle = r.userHandle ? toB64u(r.userHandle) : null;
+  }
+  return { id: credential.id, rawId: toB64u(credential.rawId), type: credential.type, response };
+}
+
+const post = (url, body, token) =>
+  call(url, {
+    method: "POST",
+    headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) },
+    body: JSON.stringify(body),
+  });
+
+// A sign-in with a passkey: passwordless without mfa_token, else the second step of that login.
+async function passkeySignIn(apiUrl, mfaToken) {
+  const start = await post(`${apiUrl}/auth/passkey/start`, mfaToken ? { mfa_token: mfaToken } : {});
+  if (start.status !== 200) return start;
+  const credential = await navigator.credentials.get(requestOptions(start.body.options));
+  const body = { ceremony: start.body.ceremony, credential: credentialJson(credential) };
+  if (mfaToken) body.mfa_token = mfaToken;
+  return post(`${apiUrl}/auth/passkey/finish`, body);
+}
+
 // The seed's useAuthStore, minus Vue: login() stores the four keys, logout() removes them.
-function makeAuthStore(apiUrl) {
+// The one addition for a user with a second factor: when Login answers mfa_required, the
+// second step (a passkey if the methods list "webauthn", else a TOTP code from `totpCode`)
+// answers the LoginResponse the seed's code expects.
+function makeAuthStore(apiUrl, { totpCode } = {}) {
   return {
     error: null,
+    lastMfaMethods: null,
     async login(username, password) {
       this.error = null;
-      const { status, body } = await call(`${apiUrl}/auth/login`, {
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify({ username, password }),
-      });
+      let { status, body } = await post(`${apiUrl}/auth/login`, { username, password });
+      if (status === 200 && body.mfa_required) {
+        this.lastMfaMethods = body.methods;
+        if (body.methods.includes("webauthn") && window.PublicKeyCredential) {
+          ({ status, body } = await passkeySignIn(apiUrl, body.mfa_token));
+        } else if (body.methods.includes("totp") && totpCode) {
+          ({ status, body } = await post(`${apiUrl}/auth/mfa`, { mfa_token: body.mfa_token, code: await totpCode() }));
+        } else {
+          this.error = "A second factor is needed";
+          return { ok: false, status, body };
+        }
+      }
+      return this.finish(status, body);
+    },
+    async loginWithPasskey() {
+      this.error = null;
+      const { status, body } = await passkeySignIn(apiUrl, null);
+      return this.finish(status, body);
+    },
+    finish(status, body) {
       if (status !== 200) {
         // The seed reads err.response.data.detail.
         this.error = body?.detail || "Login failed";
@@ -203,6 +276,54 @@ async function main() {
       return `code ${err.code}, "${err.rawMessage}"`;
     }
     throw new Error("login with a wrong password succeeded");
+  });
+
+  // Passkeys, last (once the user has one, a password alone no longer signs in). Chromium's
+  // virtual authenticator (run.mjs adds it over CDP) plays the platform authenticator.
+  const signOut = async (token) => {
+    const { status } = await post(`${api}/auth/logout`, {}, token);
+    store.logout();
+    assert(status === 200, `logout: HTTP ${status}`);
+  };
+  observed.passkey = {};
+  await check("passkey: register one from the page (navigator.credentials.create)", async () => {
+    const r = await store.login(cfg.username, cfg.password);
+    assert(r.ok && !store.lastMfaMethods, `password login: HTTP ${r.status} ${JSON.stringify(r.body)}`);
+    const token = localStorage.getItem("jwt_token");
+    const start = await post(`${api}/users/me/passkeys/start`, {}, token);
+    assert(start.status === 200, `start: HTTP ${start.status} ${JSON.stringify(start.body)}`);
+    const credential = await navigator.credentials.create(creationOptions(start.body.options));
+    const finish = await post(`${api}/users/me/passkeys/finish`,
+      { ceremony: start.body.ceremony, name: "Chromium", credential: credentialJson(credential) }, token);
+    assert(finish.status === 201, `finish: HTTP ${finish.status} ${JSON.stringify(finish.body)}`);
+    const listed = await call(`${api}/users/me/passkeys`, { headers: { authorization: `Bearer ${token}` } });
+    observed.passkey.registered = listed.body.passkeys;
+    assert(listed.status === 200 && listed.body.passkeys.length === 1, `list: ${JSON.stringify(listed.body)}`);
+    await signOut(token);
+    return `passkey #${finish.body.id} "${finish.body.name}", rp ${start.body.options.publicKey.rp.id}`;
+  });
+
+  await check("passkey: passwordless sign-in with the discoverable credential", async () => {
+    const r = await store.loginWithPasskey();
+    assert(r.ok, `HTTP ${r.status} ${JSON.stringify(r.body)}`);
+    const token = localStorage.getItem("jwt_token");
+    const me = await call(`${api}/users/me`, { headers: { authorization: `Bearer ${token}` } });
+    observed.passkey.passwordless = { user: r.body.user, backend: r.body.backend_config?.api_base_url, me: me.body.username };
+    assert(me.status === 200 && me.body.username === cfg.username, `/users/me: ${JSON.stringify(me.body)}`);
+    await signOut(token);
+    return `signed in as ${me.body.username}, no password`;
+  });
+
+  await check("passkey: password, then the passkey as the second factor", async () => {
+    const r = await store.login(cfg.username, cfg.password);
+    observed.passkey.secondFactor = { methods: store.lastMfaMethods, user: r.body?.user };
+    assert(r.ok, `HTTP ${r.status} ${JSON.stringify(r.body)}`);
+    assert(JSON.stringify(store.lastMfaMethods) === JSON.stringify(["webauthn"]), `methods ${JSON.stringify(store.lastMfaMethods)}`);
+    const token = localStorage.getItem("jwt_token");
+    const me = await call(`${api}/users/me`, { headers: { authorization: `Bearer ${token}` } });
+    assert(me.status === 200 && me.body.username === cfg.username, `/users/me: ${JSON.stringify(me.body)}`);
+    await signOut(token);
+    return `mfa_required (methods ${store.lastMfaMethods.join(", ")}), then a session`;
   });
 }
 
