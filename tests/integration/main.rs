@@ -26,6 +26,7 @@ mod import_seed;
 mod json;
 mod mfa;
 mod observability;
+mod paging;
 mod pgbouncer;
 mod proxy_socket;
 mod races;
