@@ -27,6 +27,7 @@ mod json;
 mod mfa;
 mod observability;
 mod paging;
+mod plans;
 mod pgbouncer;
 mod proxy_socket;
 mod races;
