@@ -165,17 +165,35 @@ pub async fn list(conn: &mut DbConn, limit: i64, offset: i64, after: Option<i64>
     // Ids are 32-bit: past a larger one there is nothing.
     let after = after.map(|id| i32::try_from(id).unwrap_or(i32::MAX));
     let rows = db_run!(conn, "users::list": {
-        let mut q = users::table.left_join(user_backends::table).order(users::id.asc()).limit(limit).into_boxed();
-        if offset > 0 {
-            q = q.offset(offset);
+        match after {
+            None => {
+                users::table
+                    .left_join(user_backends::table)
+                    .order(users::id.asc())
+                    .limit(limit)
+                    .offset(offset)
+                    .select((UserRow::as_select(), Option::<BackendRow>::as_select()))
+                    .load(conn)
+                    .await
+            }
+            // The bound on the backends too: PostgreSQL merge-joins the two id-ordered indexes
+            // and would otherwise read the backends' from the first (90,000 entries to reach a
+            // page at 90,000; measured 21 ms against 0.07 ms).
+            Some(after) => {
+                let backends = user_backends::table
+                    .on(user_backends::user_id.eq(users::id).and(user_backends::user_id.gt(after)));
+                users::table
+                    .left_join(backends)
+                    .filter(users::id.gt(after))
+                    .order(users::id.asc())
+                    .limit(limit)
+                    .offset(offset)
+                    .select((UserRow::as_select(), Option::<BackendRow>::as_select()))
+                    .load(conn)
+                    .await
+            }
         }
-        if let Some(after) = after {
-            q = q.filter(users::id.gt(after));
-        }
-        q.select((UserRow::as_select(), Option::<BackendRow>::as_select()))
-            .load(conn)
-            .await
-            .map_err(map_err)
+        .map_err(map_err)
     })?;
     Ok(rows.into_iter().map(with_backend).collect())
 }
