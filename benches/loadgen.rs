@@ -42,10 +42,18 @@ struct Args {
     /// EdDSA-signed tokens), introspect (RFC 7662 by an API key) and apikey (GetUser by an API
     /// key and by an admin session), proxy (a request through the backend proxy vs. the same
     /// request straight to the backend), login-mfa (a sign-in with a TOTP step vs. a plain
-    /// Login, one after another), replicas (JSON GetMe and Login through one Envoy in front of
-    /// 1, 2 and 3 replicas; PostgreSQL only).
+    /// Login, one after another); replicas (JSON GetMe and Login through one Envoy in front of
+    /// 1, 2 and 3 replicas; PostgreSQL only); scale (issue 18: the calls on the seeded database, then again
+    /// after a bulk seed of 100,000 users, 1,000,000 audit rows and 200,000 sessions divided by
+    /// --scale-divisor, with ratios; then GetMe while housekeeping purges the old rows).
     #[arg(long, value_delimiter = ',', default_value = "null,getme,json,login,storm,sustained")]
     scenarios: Vec<String>,
+    /// The scale scenario's sizes are issue 18's divided by this (1: full size).
+    #[arg(long, default_value_t = 1)]
+    scale_divisor: usize,
+    /// Concurrency of the scale scenario's calls (Login: 2).
+    #[arg(long, default_value_t = 4)]
+    scale_concurrency: usize,
     /// Seconds per closed-loop run.
     #[arg(long, default_value_t = 20)]
     seconds: u64,
@@ -122,6 +130,13 @@ async fn run(args: Args) {
         let seeded = database.seed(args.users, args.bcrypt_cost).await;
         for scenario in &args.scenarios {
             if scenario == "sustained" && !args.sustained_on.contains(db) {
+                continue;
+            }
+            if scenario == "scale" {
+                for report in run_scale(&database, &seeded, &args).await {
+                    println!("[{db}] {}", report.summary());
+                    all.push((db.clone(), report));
+                }
                 continue;
             }
             for report in run_scenario(scenario, &database, &seeded, &args, &mut sustained_windows).await {
@@ -316,7 +331,7 @@ async fn run_scenario(
 const REPLICA_NAMES: [&str; 3] = ["replica 1", "replica 2", "replica 3"];
 
 /// 1, 2 and 3 replicas of the service on one PostgreSQL behind one Envoy (issue 18 point 4):
-/// JSON GetMe at each `--concurrency`, and JSON Login at c=8. The CPU notes show each
+/// JSON GetMe at each `--concurrency`, and JSON Login at c=4. The CPU notes show each
 /// replica's share, so a replica that gets no traffic shows as 0.
 async fn replicas(database: &Database, seeded: &Seeded, args: &Args) -> Vec<Report> {
     if database.kind == "sqlite" {
@@ -352,10 +367,112 @@ async fn replicas(database: &Database, seeded: &Seeded, args: &Args) -> Vec<Repo
             let name = format!("getme json, {replicas} c={c}");
             reports.push(wrk_measured(name, WrkCall::JsonGetMe, &envoy.url, &target, c, seconds, &watched).await);
         }
-        let name = format!("login json, {replicas} c=8");
-        reports.push(wrk_measured(name, WrkCall::JsonLogin, &envoy.url, &target, 8, seconds, &watched).await);
+        // Logins at 4 in flight: two per core, so bcrypt is busy without the admission control
+        // shedding most of them (a closed loop retries a shed login at once).
+        let name = format!("login json, {replicas} c=4");
+        reports.push(wrk_measured(name, WrkCall::JsonLogin, &envoy.url, &target, 4, seconds, &watched).await);
     }
     reports
+}
+
+/// Issue 18's scale runs on one database: the calls on the database as seeded (200 users), a bulk
+/// seed, the same calls again, the ratios; then GetMe while housekeeping purges the audit rows
+/// older than a day and the sessions ended a week ago (AUDIT_RETENTION_DAYS=1), against GetMe on
+/// the same database before. SESSION_CACHE_TTL_MS=0: every GetMe reads its session from the
+/// database, which is what grows.
+async fn run_scale(database: &Database, seeded: &Seeded, args: &Args) -> Vec<Report> {
+    let seconds = Duration::from_secs(args.seconds);
+    let c = args.scale_concurrency;
+    let workdir = tempfile::tempdir().unwrap();
+    let mut env = database.service_env(false);
+    env.push(("SESSION_CACHE_TTL_MS".to_owned(), "0".to_owned()));
+    env.extend(args.service_env.iter().map(|setting| {
+        let (key, value) = setting.split_once('=').expect("--service-env KEY=VALUE");
+        (key.to_owned(), value.to_owned())
+    }));
+    let phase = async |env: &[(String, String)], name: &str| {
+        let service = ServiceProcess::spawn(env);
+        let envoy = Envoy::start(&[Upstream::Unix(service.socket.clone())]).await;
+        let target = scale_target(&service, envoy.as_ref(), seeded);
+        let _ = harness::getme_grpc(&target, 8, Duration::from_secs(2)).await;
+        harness::scale::suite(&target, name, c, seconds, workdir.path()).await
+    };
+    let small = phase(&env, &format!("{} users", args.users)).await;
+
+    let spec = instachatico_auth::db::bulk_seed::ScaleSpec::divided_by(args.scale_divisor);
+    let pool = database.pool().await;
+    let cipher =
+        instachatico_auth::crypto::secrets::TokenCipher::new(&SecretString::from(FERNET_KEY.to_owned()), &[]).unwrap();
+    let took = harness::scale::seed_large(&pool, &cipher, &spec).await;
+    println!("[{}] bulk seed {spec:?}: {:.1} s", database.kind, took.as_secs_f64());
+    // A service's start-up housekeeping purges the seeded sessions that ended over a week ago:
+    // let one do that before the large phase measures (and before PostgreSQL's VACUUM ANALYZE).
+    let mut housekeeping_env = env.clone();
+    housekeeping_env.retain(|(k, _)| k != "LOG_LEVEL");
+    housekeeping_env.push((
+        "LOG_LEVEL".to_owned(),
+        "warn,instachatico_auth::server=info,instachatico_auth::domain::maintenance=info".to_owned(),
+    ));
+    let service = ServiceProcess::spawn(&housekeeping_env);
+    let started = std::time::Instant::now();
+    while !service.log().iter().any(|l| l.contains("purged") && l.contains("sessions"))
+        && started.elapsed() < Duration::from_secs(600)
+    {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!("[{}] start-up purge of the ended sessions: {:.1} s", database.kind, started.elapsed().as_secs_f64());
+    drop(service);
+    database.settle().await;
+    println!("[{}] after the bulk seed: {}", database.kind, database.size_note().await);
+    let large_name = format!("{} users", spec.users + args.users);
+    let large = phase(&env, &large_name).await;
+
+    println!("\n[{}] p99 of {large_name} against {} users (target <= 1.5x):", database.kind, args.users);
+    println!("| call | small p50 ms | small p99 ms | large p50 ms | large p99 ms | p50 ratio | p99 ratio | |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for line in harness::scale::ratios(&small, &large, 1.5) {
+        println!("{line}");
+    }
+
+    // The purge: housekeeping runs at start-up.
+    let mut purge_env = env.clone();
+    purge_env.push(("AUDIT_RETENTION_DAYS".to_owned(), "1".to_owned()));
+    purge_env.retain(|(k, _)| k != "LOG_LEVEL");
+    purge_env.push((
+        "LOG_LEVEL".to_owned(),
+        "warn,instachatico_auth::server=info,instachatico_auth::domain::maintenance=info".to_owned(),
+    ));
+    let service = ServiceProcess::spawn(&purge_env);
+    let target = scale_target(&service, None, seeded);
+    let done = || service.log().iter().any(|l| l.contains("purged") && l.contains("audit_logs"));
+    let (mut during, took) =
+        harness::scale::getme_during(&target, c, Duration::from_secs(2), Duration::from_secs(1800), done).await;
+    let purged: Vec<String> = service.log().into_iter().filter(|l| l.contains("purged")).collect();
+    let quiet = harness::getme_grpc(&target, c, seconds).await;
+    let before = large.iter().find(|r| r.scenario.contains("getme grpc")).expect("GetMe at size");
+    during.notes.push(format!(
+        "purge seen for {:.1} s; {purged:?}; p99 during / before = {:.2}, during / after = {:.2} (target < 2)",
+        took.as_secs_f64(),
+        during.ms(0.99) / before.ms(0.99),
+        during.ms(0.99) / quiet.ms(0.99)
+    ));
+    println!("[{}] {}\n         {}", database.kind, during.summary(), during.notes[0]);
+    println!("[{}] after the purge: {}", database.kind, database.size_note().await);
+    let mut quiet = quiet;
+    quiet.scenario = format!("after the purge: {}", quiet.scenario);
+    small.into_iter().chain(large).chain([during, quiet]).collect()
+}
+
+fn scale_target(service: &ServiceProcess, envoy: Option<&Envoy>, seeded: &Seeded) -> Target {
+    Target {
+        grpc_url: service.url(),
+        json_url: envoy.map(|e| e.url.clone()),
+        users: seeded.users.clone(),
+        tokens: seeded.tokens.clone(),
+        pid: Some(service.pid()),
+        api_key: Some(seeded.api_key.clone()),
+        admin_token: Some(seeded.admin_token.clone()),
+    }
 }
 
 /// A wrk run with the CPU time each of `watched` spent per request.
@@ -458,14 +575,52 @@ impl Database {
         Self { kind: kind.to_owned(), url, service_db, _bouncer: bouncer, pg_admin, signing_key, _dir: dir }
     }
 
-    async fn seed(&self, n: usize, cost: u32) -> Seeded {
+    /// A small pool on the database, as the harness seeds through it.
+    async fn pool(&self) -> instachatico_auth::db::DbPool {
         let target = instachatico_auth::db::DbTarget::parse(&self.url).unwrap();
         let options = instachatico_auth::db::PoolOptions {
             max_size: 2,
             wait_timeout: Duration::from_secs(10),
             prepared_statements: true,
         };
-        let pool = instachatico_auth::db::DbPool::connect(&target, options).await.unwrap();
+        instachatico_auth::db::DbPool::connect(&target, options).await.unwrap()
+    }
+
+    /// After a bulk load: PostgreSQL's `VACUUM ANALYZE`, what autovacuum does soon after (done
+    /// now so that it does not run during the measurement). SQLite: nothing (the service never
+    /// analyzes; its planner's defaults favour indexes).
+    async fn settle(&self) {
+        use diesel_async::{AsyncConnection, RunQueryDsl};
+        if self.pg_admin.is_some() {
+            let mut conn = diesel_async::AsyncPgConnection::establish(&self.url).await.unwrap();
+            diesel::sql_query("VACUUM ANALYZE").execute(&mut conn).await.unwrap();
+        }
+    }
+
+    /// The database's size on disk: SQLite's file and its WAL, or PostgreSQL's database size.
+    async fn size_note(&self) -> String {
+        use diesel_async::{AsyncConnection, RunQueryDsl};
+        #[derive(diesel::QueryableByName)]
+        struct Size {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            bytes: i64,
+        }
+        if self.pg_admin.is_some() {
+            let mut conn = diesel_async::AsyncPgConnection::establish(&self.url).await.unwrap();
+            let size: Size = diesel::sql_query("SELECT pg_database_size(current_database()) AS bytes")
+                .get_result(&mut conn)
+                .await
+                .unwrap();
+            return format!("PostgreSQL database {:.1} MiB", size.bytes as f64 / 1_048_576.0);
+        }
+        let mib = |suffix: &str| {
+            std::fs::metadata(format!("{}{suffix}", self.url)).map_or(0.0, |m| m.len() as f64 / 1_048_576.0)
+        };
+        format!("SQLite file {:.1} MiB, WAL {:.1} MiB", mib(""), mib("-wal"))
+    }
+
+    async fn seed(&self, n: usize, cost: u32) -> Seeded {
+        let pool = self.pool().await;
         let jwt =
             instachatico_auth::crypto::jwt::JwtKeys::new(&SecretString::from(JWT_SECRET.to_owned()), &[]).unwrap();
         let hash = tokio::task::spawn_blocking(move || bcrypt::hash(harness::PASSWORD, cost).unwrap()).await.unwrap();

@@ -542,7 +542,8 @@ mod tests {
             assert_eq!(documented(rule, role), role.is_empty() || crate::model::Role::parse("role", role).is_ok());
         }
         // Bounds of numbers, from the same constants the handlers check.
-        use crate::domain::{PAGE_MAX, page};
+        use crate::domain::PAGE_MAX;
+        use crate::domain::paging::page;
         for path in ["/api/v1/users", "/api/v1/audit-logs"] {
             let parameters = document["paths"][path]["get"]["parameters"].as_array().unwrap();
             let query = |name: &str| &parameters.iter().find(|p| p["name"] == name).unwrap()["schema"];

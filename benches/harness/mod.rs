@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod scale;
+
 use hdrhistogram::Histogram;
 use instachatico_auth::pb;
 use instachatico_auth::pb::auth_service_client::AuthServiceClient;

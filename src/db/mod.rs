@@ -3,6 +3,7 @@
 //! into the domain's error. SQL lives only under `models/`.
 //! Follows vaultwarden's `db_run!`: one Diesel code path, dispatched per backend.
 
+pub mod bulk_seed;
 pub mod models;
 pub mod notify;
 mod redact;

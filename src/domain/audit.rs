@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
+use super::paging::{Listing, Page, Paged};
 use super::types::{ClientInfo, Scope, UserId};
 use crate::db::DbConn;
 use crate::db::models::audit;
@@ -236,17 +237,18 @@ impl super::App {
         }
     }
 
-    /// Admin: a page of audit rows, newest first, and the number of matches.
+    /// Admin: a page of audit rows, newest first, the number of matches (without a page token)
+    /// and the next page's token.
     pub async fn list_audit(
         &self,
         actor: &super::types::Actor<'_>,
         filter: &AuditQuery,
-        limit: i64,
-        offset: i64,
-    ) -> crate::error::Result<(Vec<AuditEntry>, i64)> {
+        page: Page,
+    ) -> crate::error::Result<Paged<AuditEntry>> {
         actor.require(Scope::AuditRead)?;
-        let (limit, offset) = super::page(limit, offset)?;
         let mut conn = self.db().get().await?;
-        audit::query(&mut conn, filter, limit, offset).await
+        let (rows, total) =
+            audit::page(&mut conn, filter, page.limit + 1, page.offset, page.after, page.counts_total()).await?;
+        Ok(Paged::from_rows(Listing::Audit, page, rows, total, |e| e.id))
     }
 }

@@ -14,6 +14,7 @@ mod legacy;
 mod limits;
 pub mod maintenance;
 pub mod mfa;
+pub mod paging;
 pub mod passkeys;
 pub mod proxy;
 pub mod sessions;
@@ -181,17 +182,4 @@ impl App {
     }
 }
 
-pub const PAGE_DEFAULT: i64 = 50;
-pub const PAGE_MAX: i64 = 200;
-
-/// Validates `limit` (0 means the default) and `offset` of a listing.
-pub(crate) fn page(limit: i64, offset: i64) -> crate::error::Result<(i64, i64)> {
-    let limit = if limit == 0 { PAGE_DEFAULT } else { limit };
-    if !(1..=PAGE_MAX).contains(&limit) {
-        return Err(crate::error::Error::invalid("limit", "must be between 1 and 200"));
-    }
-    if offset < 0 {
-        return Err(crate::error::Error::invalid("offset", "must not be negative"));
-    }
-    Ok((limit, offset))
-}
+pub use paging::{PAGE_DEFAULT, PAGE_MAX};

@@ -6,6 +6,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::App;
 use super::audit::{Action, Event};
+use super::paging::{Listing, Page, Paged};
 use super::sessions::user_subject;
 use super::types::{
     Actor, Backend, BackendChange, BackendInput, BackendView, ClientInfo, NewUser, Principal, Role, Scope, UserId,
@@ -204,14 +205,15 @@ impl App {
         .await
     }
 
-    /// Admin: a page of users by id, and the total count.
-    pub async fn list_users(&self, actor: &Actor<'_>, limit: i64, offset: i64) -> Result<(Vec<UserView>, i64)> {
+    /// Admin: a page of users by id, the number of users (without a page token) and the next
+    /// page's token.
+    pub async fn list_users(&self, actor: &Actor<'_>, page: Page) -> Result<Paged<UserView>> {
         actor.require(Scope::UsersRead)?;
-        let (limit, offset) = super::page(limit, offset)?;
         let mut conn = self.db().get().await?;
-        let rows = users::list(&mut conn, limit, offset).await?;
-        let total = users::count(&mut conn).await?;
-        Ok((rows.iter().map(view).collect(), total))
+        let rows = users::list(&mut conn, page.limit + 1, page.offset, page.after).await?;
+        let total = if page.counts_total() { Some(users::count(&mut conn).await?) } else { None };
+        let views = rows.iter().map(view).collect();
+        Ok(Paged::from_rows(Listing::Users, page, views, total, |u: &UserView| i64::from(u.id.get())))
     }
 
     /// Admin: one user.

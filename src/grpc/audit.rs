@@ -5,6 +5,7 @@ use tonic::{Request, Response, Status};
 use super::caller;
 use super::convert::audit_query;
 use crate::domain::App;
+use crate::domain::paging::{Listing, Page};
 use crate::pb;
 use crate::pb::audit_service_server::AuditService;
 
@@ -27,11 +28,12 @@ impl AuditService for AuditApi {
         let me = caller(&request)?;
         let body = super::text::body(request)?;
         let query = audit_query(&body)?;
-        let (entries, total) =
-            self.app.list_audit(&me.actor(), &query, i64::from(body.limit), i64::from(body.offset)).await?;
+        let page = Page::parse(Listing::Audit, i64::from(body.limit), i64::from(body.offset), &body.page_token)?;
+        let listed = self.app.list_audit(&me.actor(), &query, page).await?;
         Ok(Response::new(pb::ListAuditLogsResponse {
-            entries: entries.into_iter().map(pb::AuditLog::from).collect(),
-            total: i32::try_from(total).unwrap_or(i32::MAX),
+            entries: listed.rows.into_iter().map(pb::AuditLog::from).collect(),
+            total: listed.total.map_or(0, |t| i32::try_from(t).unwrap_or(i32::MAX)),
+            next_page_token: listed.next_page_token.unwrap_or_default(),
         }))
     }
 }

@@ -9,6 +9,7 @@ use super::convert::user_id;
 use super::meta::ClientIpPolicy;
 use super::{caller, principal};
 use crate::domain::App;
+use crate::domain::paging::{Listing, Page};
 use crate::domain::types::{BackendInput, NewUser, UserPatch};
 use crate::pb;
 use crate::pb::user_service_server::UserService;
@@ -75,10 +76,12 @@ impl UserService for UserApi {
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
         let me = caller(&request)?;
         let body = super::text::body(request)?;
-        let (users, total) = self.app.list_users(&me.actor(), i64::from(body.limit), i64::from(body.offset)).await?;
+        let page = Page::parse(Listing::Users, i64::from(body.limit), i64::from(body.offset), &body.page_token)?;
+        let listed = self.app.list_users(&me.actor(), page).await?;
         Ok(Response::new(pb::ListUsersResponse {
-            users: users.iter().map(pb::User::from).collect(),
-            total: i32::try_from(total).unwrap_or(i32::MAX),
+            users: listed.rows.iter().map(pb::User::from).collect(),
+            total: listed.total.map_or(0, |t| i32::try_from(t).unwrap_or(i32::MAX)),
+            next_page_token: listed.next_page_token.unwrap_or_default(),
         }))
     }
 

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use crate::crypto::password::{MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS};
 use crate::domain::api_keys::{ID_HEX, ROTATION_GRACE_MAX};
 use crate::domain::mfa::{CODE_DIGITS, RECOVERY_ALPHABET, RECOVERY_CODE_CHARS};
+use crate::domain::paging::Listing;
 use crate::domain::passkeys::{CEREMONY_MAX, CEREMONY_PREFIX, NAME_MAX as PASSKEY_NAME_MAX};
 use crate::domain::validate::{
     self, AUDIT_ACTION_MAX, BEARER_TOKEN_MAX, CIDRS_MAX, DESCRIPTION_MAX, EMAIL_MAX, EMAIL_TLD_MIN, INSTAGRAM_MAX,
@@ -79,6 +80,8 @@ pub fn field(message: &str, field: &str) -> Option<Value> {
             json!({"minimum": 0})
         }
         ("ListAuditLogsRequest", "action") => trimmed_text(AUDIT_ACTION_MAX),
+        ("ListUsersRequest", "page_token") => page_token(Listing::Users),
+        ("ListAuditLogsRequest", "page_token") => page_token(Listing::Audit),
         // Envoy refuses an escaped slash or backslash in a path (400).
         ("RevokeMySessionRequest", "session_id") => {
             let (any, solid) = (format!("[^{}/\\\\]", *CONTROL), format!("[^{}/\\\\]", &SOLID[2..SOLID.len() - 1]));
@@ -468,6 +471,13 @@ fn cidr() -> Value {
     json!({"anyOf": [{"format": "ipv4"}, {"format": "ipv6"},
                      {"pattern": format!("^{octet}(\\.{octet}){{3}}/(3[0-2]|[12]?[0-9])$")}],
            "description": "A network such as 10.0.0.0/8 or 2001:db8::/32, or a single address"})
+}
+
+/// A listing's page token: empty, or exactly what its `next_page_token` gives. An offset other
+/// than 0 beside a token is refused too (a rule between fields the document does not state).
+fn page_token(listing: Listing) -> Value {
+    json!({"pattern": listing.token_pattern(),
+           "description": "Empty for the first page; then the previous page's next_page_token, as given"})
 }
 
 #[cfg(test)]

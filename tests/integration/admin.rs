@@ -72,7 +72,7 @@ async fn list_get_and_paging(s: TestServer) {
         s.create_user(&admin, name, Some(("https://backend.example.com", "tok"))).await;
     }
     let mut users = s.users().await;
-    let page = |limit, offset| authed(&admin, pb::ListUsersRequest { limit, offset });
+    let page = |limit, offset| authed(&admin, pb::ListUsersRequest { limit, offset, ..Default::default() });
     let first = users.list_users(page(2, 0)).await.unwrap().into_inner();
     assert_eq!(first.total, 4);
     let names: Vec<_> = first.users.iter().map(|u| u.username.as_str()).collect();

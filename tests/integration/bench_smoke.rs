@@ -101,6 +101,45 @@ async fn bench_harness_smoke() {
     every_scenario_runs(s).await;
 }
 
+/// The scale scenario (issue 18) at a thousandth of its size: every call of both phases flows,
+/// the ratios pair them up, and GetMe runs while a purge of the old rows does.
+async fn scale_scenario_runs(s: TestServer) {
+    let second = Duration::from_secs(1);
+    let (target, envoy) = target(&s, true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let small = harness::scale::suite(&target, "small", 2, second, dir.path()).await;
+    let spec = instachatico_auth::db::bulk_seed::ScaleSpec::divided_by(1000);
+    harness::scale::seed_large(s.app().db(), s.app().cipher(), &spec).await;
+    let large = harness::scale::suite(&target, "large", 2, second, dir.path()).await;
+    for report in small.iter().chain(&large) {
+        flows(report);
+    }
+    let expected =
+        if envoy.is_some() && std::process::Command::new("wrk").arg("--version").output().is_ok() { 10 } else { 9 };
+    assert_eq!(harness::scale::ratios(&small, &large, 1.5).len(), expected, "every call in both phases");
+
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let purge = tokio::spawn({
+        let (app, done) = (s.app().clone(), std::sync::Arc::clone(&done));
+        async move {
+            // The seeded sessions that ended over a week ago, ten a batch (no audit retention here).
+            let purged = app.purge(chrono::Utc::now(), 10).await.unwrap();
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            purged
+        }
+    });
+    let during = harness::scale::getme_during(&target, 2, Duration::from_millis(200), Duration::from_secs(60), || {
+        done.load(std::sync::atomic::Ordering::SeqCst)
+    })
+    .await;
+    let purged = purge.await.unwrap();
+    assert!(purged.sessions > 0, "{purged:?}");
+    assert_eq!(during.0.errors, 0, "{}", during.0.summary());
+    s.stop().await;
+}
+
+crate::on_both_backends!(scale_scenario_runs);
+
 /// The proxy scenario: wrk through the backend proxy, and straight to the same backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_proxy_scenario_smoke() {

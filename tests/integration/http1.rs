@@ -287,7 +287,7 @@ async fn early_refusals_over_http1_reach_the_client(s: TestServer) {
             kind: "forbidden (ListUsers as a user)",
             path: LIST_USERS,
             token: Some(user.clone()),
-            body: frame(&pb::ListUsersRequest { limit: 10, offset: 0 }, 40_000),
+            body: frame(&pb::ListUsersRequest { limit: 10, offset: 0, ..Default::default() }, 40_000),
             code: "7",
             closes: false,
         },

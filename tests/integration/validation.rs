@@ -105,8 +105,8 @@ async fn update_and_self_service_rules(s: TestServer) {
         assert!(msg.starts_with(&format!("{field}:")), "{field}: {msg}");
     }
     for (field, request) in [
-        ("limit", pb::ListUsersRequest { limit: 201, offset: 0 }),
-        ("offset", pb::ListUsersRequest { limit: 10, offset: -1 }),
+        ("limit", pb::ListUsersRequest { limit: 201, offset: 0, ..Default::default() }),
+        ("offset", pb::ListUsersRequest { limit: 10, offset: -1, ..Default::default() }),
     ] {
         let msg = expect_code(users.list_users(authed(&admin, request)).await, Code::InvalidArgument);
         assert!(msg.starts_with(field), "{msg}");

@@ -43,6 +43,8 @@ impl From<AuditRow> for AuditEntry {
 
 #[derive(Debug, Insertable)]
 #[diesel(table_name = audit_logs)]
+// NULL for `None` (each column's default is NULL anyway): what lets SQLite take many rows in one INSERT.
+#[diesel(treat_none_as_default_value = false)]
 struct NewAuditRow<'a> {
     user_id: Option<i32>,
     actor_id: Option<i32>,
@@ -55,15 +57,7 @@ struct NewAuditRow<'a> {
 
 /// Stores `entry` (its `id` is assigned by the database).
 pub async fn insert(conn: &mut DbConn, entry: &AuditEntry) -> Result<()> {
-    let row = NewAuditRow {
-        user_id: entry.user_id.map(UserId::get),
-        actor_id: entry.actor_id.map(UserId::get),
-        action: &entry.action,
-        ip_address: entry.ip_address.as_deref(),
-        user_agent: entry.user_agent.as_deref(),
-        metadata: entry.metadata.to_string(),
-        created_at: entry.created_at.naive_utc(),
-    };
+    let row = new_row(entry);
     db_run!(conn, "audit::insert": {
         diesel::insert_into(audit_logs::table)
             .values(&row)
@@ -72,6 +66,38 @@ pub async fn insert(conn: &mut DbConn, entry: &AuditEntry) -> Result<()> {
             .map(drop)
             .map_err(map_err)
     })
+}
+
+fn new_row(entry: &AuditEntry) -> NewAuditRow<'_> {
+    NewAuditRow {
+        user_id: entry.user_id.map(UserId::get),
+        actor_id: entry.actor_id.map(UserId::get),
+        action: &entry.action,
+        ip_address: entry.ip_address.as_deref(),
+        user_agent: entry.user_agent.as_deref(),
+        metadata: entry.metadata.to_string(),
+        created_at: entry.created_at.naive_utc(),
+    }
+}
+
+/// Stores `entries` in one multi-row statement (bulk seeding; their `id`s are assigned).
+/// SQLite's multi-row INSERT is the sync connection's own (diesel-async does not pass it on).
+pub async fn insert_many(conn: &mut DbConn, entries: &[AuditEntry]) -> Result<usize> {
+    match conn {
+        DbConn::Postgres(c) => {
+            let rows: Vec<NewAuditRow<'_>> = entries.iter().map(new_row).collect();
+            diesel::insert_into(audit_logs::table).values(&rows).execute(&mut **c).await.map_err(map_err)
+        }
+        DbConn::Sqlite(c) => {
+            let entries = entries.to_vec();
+            c.spawn_blocking(move |c| {
+                let rows: Vec<NewAuditRow<'_>> = entries.iter().map(new_row).collect();
+                diesel::RunQueryDsl::execute(diesel::insert_into(audit_logs::table).values(&rows), c)
+            })
+            .await
+            .map_err(map_err)
+        }
+    }
 }
 
 /// Whether an event among `actions` about `user_id` was written at or after `since`.
@@ -100,6 +126,20 @@ pub async fn purge_before(conn: &mut DbConn, before: DateTime<Utc>, limit: i64) 
 
 /// One page of matching entries, newest first, and the number of matches.
 pub async fn query(conn: &mut DbConn, filter: &AuditQuery, limit: i64, offset: i64) -> Result<(Vec<AuditEntry>, i64)> {
+    let (rows, total) = page(conn, filter, limit, offset, None, true).await?;
+    Ok((rows, total.unwrap_or_default()))
+}
+
+/// Up to `limit` matching entries, newest first, skipping `offset`, below id `after` when given
+/// (keyset paging), and the number of matches in all pages when `count`.
+pub async fn page(
+    conn: &mut DbConn,
+    filter: &AuditQuery,
+    limit: i64,
+    offset: i64,
+    after: Option<i64>,
+    count: bool,
+) -> Result<(Vec<AuditEntry>, Option<i64>)> {
     let (since, until) = (filter.since.map(|t| t.naive_utc()), filter.until.map(|t| t.naive_utc()));
     // One boxed query per use: the filters apply to the page and to the count alike.
     macro_rules! filtered {
@@ -120,16 +160,16 @@ pub async fn query(conn: &mut DbConn, filter: &AuditQuery, limit: i64, offset: i
             q
         }};
     }
-    let (rows, total): (Vec<AuditRow>, i64) = db_run!(conn, "audit::query": {
-        let rows = filtered!()
-            .order(audit_logs::id.desc())
-            .limit(limit)
-            .offset(offset)
-            .select(AuditRow::as_select())
-            .load(conn)
-            .await
-            .map_err(map_err)?;
-        let total = filtered!().count().get_result(conn).await.map_err(map_err)?;
+    let (rows, total): (Vec<AuditRow>, Option<i64>) = db_run!(conn, "audit::page": {
+        let mut page = filtered!().order(audit_logs::id.desc()).limit(limit);
+        if offset > 0 {
+            page = page.offset(offset);
+        }
+        if let Some(after) = after {
+            page = page.filter(audit_logs::id.lt(after));
+        }
+        let rows = page.select(AuditRow::as_select()).load(conn).await.map_err(map_err)?;
+        let total = if count { Some(filtered!().count().get_result(conn).await.map_err(map_err)?) } else { None };
         Ok((rows, total))
     })?;
     Ok((rows.into_iter().map(Into::into).collect(), total))
@@ -138,7 +178,7 @@ pub async fn query(conn: &mut DbConn, filter: &AuditQuery, limit: i64, offset: i
 /// Entries about `user_id` (or all when `None`), newest first.
 pub async fn list_for_user(conn: &mut DbConn, user_id: Option<UserId>, limit: i64) -> Result<Vec<AuditEntry>> {
     let filter = AuditQuery { user_id, ..Default::default() };
-    query(conn, &filter, limit, 0).await.map(|(rows, _)| rows)
+    page(conn, &filter, limit, 0, None, false).await.map(|(rows, _)| rows)
 }
 
 /// Failed logins from `ip` since `since` (the suspicious-address alert).

@@ -34,6 +34,8 @@ impl From<BackendRow> for Backend {
 
 #[derive(Debug, Insertable)]
 #[diesel(table_name = user_backends)]
+// NULL for `None` (each column's default is NULL anyway): what lets SQLite take many rows in one INSERT.
+#[diesel(treat_none_as_default_value = false)]
 struct NewBackendRow<'a> {
     user_id: i32,
     instagram_username: &'a str,
@@ -74,6 +76,41 @@ pub async fn upsert(conn: &mut DbConn, record: &BackendRecord) -> Result<Backend
             .map_err(map_err)
     })?;
     Ok(stored.into())
+}
+
+fn new_rows(records: &[BackendRecord]) -> Vec<NewBackendRow<'_>> {
+    records
+        .iter()
+        .map(|record| NewBackendRow {
+            user_id: record.user_id.0,
+            instagram_username: &record.instagram_username,
+            api_base_url: &record.api_base_url,
+            bearer_token_encrypted: &record.encrypted_token,
+            is_active: true,
+            created_at: record.updated_at.naive_utc(),
+            updated_at: record.updated_at.naive_utc(),
+        })
+        .collect()
+}
+
+/// Inserts the backends of users that have none, in one multi-row statement (bulk seeding).
+/// SQLite's multi-row INSERT is the sync connection's own (diesel-async does not pass it on).
+pub async fn insert_many(conn: &mut DbConn, records: &[BackendRecord]) -> Result<usize> {
+    match conn {
+        DbConn::Postgres(c) => diesel::insert_into(user_backends::table)
+            .values(&new_rows(records))
+            .execute(&mut **c)
+            .await
+            .map_err(map_err),
+        DbConn::Sqlite(c) => {
+            let records = records.to_vec();
+            c.spawn_blocking(move |c| {
+                diesel::RunQueryDsl::execute(diesel::insert_into(user_backends::table).values(&new_rows(&records)), c)
+            })
+            .await
+            .map_err(map_err)
+        }
+    }
 }
 
 pub async fn find_for_user(conn: &mut DbConn, user_id: UserId) -> Result<Option<Backend>> {

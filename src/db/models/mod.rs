@@ -20,43 +20,49 @@ diesel::define_sql_function!(fn lower(x: diesel::sql_types::Text) -> diesel::sql
 use users::UserRow;
 
 /// What batched deletes need to know of a backend's SQL: the physical address of a row
-/// (`ctid` on PostgreSQL, `rowid` on SQLite; either is found without an index) and how a
-/// numbered parameter is written (`$1`, `?1`; both may repeat a number).
+/// (`ctid` on PostgreSQL, `rowid` on SQLite; either is found without an index), how a set of
+/// them picked by a subquery is matched, and how a numbered parameter is written (`$1`, `?1`;
+/// both may repeat a number).
 pub(crate) trait Dialect {
     const ROW_ADDRESS: &'static str;
+    /// `{row}` and `{sub}` stand for the address column and the subquery.
+    const AMONG: &'static str;
     const PARAM: char;
 }
 
 impl Dialect for diesel_async::AsyncPgConnection {
     const ROW_ADDRESS: &'static str = "ctid";
+    // `ctid IN (SELECT ...)` is planned as a join, and PostgreSQL hashes it against a sequential
+    // scan of the whole table (the plans test caught it); `= ANY(ARRAY(...))` is a TID scan.
+    const AMONG: &'static str = "{row} = ANY(ARRAY({sub}))";
     const PARAM: char = '$';
 }
 
 impl Dialect for crate::db::SqliteConn {
     const ROW_ADDRESS: &'static str = "rowid";
+    const AMONG: &'static str = "{row} IN ({sub})";
     const PARAM: char = '?';
 }
 
-/// (row address column, parameter prefix) of `conn`'s backend.
-pub(crate) fn dialect<C: Dialect>(_conn: &C) -> (&'static str, char) {
-    (C::ROW_ADDRESS, C::PARAM)
+/// (row address column, its membership form, parameter prefix) of `conn`'s backend.
+pub(crate) fn dialect<C: Dialect>(_conn: &C) -> (&'static str, &'static str, char) {
+    (C::ROW_ADDRESS, C::AMONG, C::PARAM)
 }
 
 /// Deletes at most `$limit` rows of `$table` matching `$pred`, in one statement, and returns how
-/// many: `DELETE FROM t WHERE ctid|rowid IN (SELECT ctid|rowid FROM t WHERE pred LIMIT n) AND
-/// pred`. `$pred` writes its parameters as `{p}1`, `{p}2`, ... bound in order by the
+/// many: `DELETE FROM t WHERE ctid = ANY(ARRAY(SELECT ctid FROM t WHERE pred LIMIT n)) AND pred`
+/// (SQLite: `rowid IN (SELECT rowid ...)`). `$pred` writes its parameters as `{p}1`, `{p}2`, ... bound in order by the
 /// `Type = value` pairs. The predicate is checked again on delete so that a row changed between
 /// the two (a rate-limit key taken again) stays. Written as SQL text because Diesel's DSL has no
 /// self-referencing subquery; the tests run it on both backends. Use inside `db_run!`.
 macro_rules! delete_batch {
     ($conn:ident, $table:literal, $pred:literal, $limit:expr $(, $ty:ty = $val:expr)* $(,)?) => {{
-        let (row, p) = $crate::db::models::dialect(&*$conn);
+        let (row, among, p) = $crate::db::models::dialect(&*$conn);
         let pred = format!($pred, p = p);
         let limit: i64 = $limit;
-        let sql = format!(
-            "DELETE FROM {table} WHERE {row} IN (SELECT {row} FROM {table} WHERE ({pred}) LIMIT {limit}) AND ({pred})",
-            table = $table,
-        );
+        let sub = format!("SELECT {row} FROM {table} WHERE ({pred}) LIMIT {limit}", table = $table);
+        let among = among.replace("{row}", row).replace("{sub}", &sub);
+        let sql = format!("DELETE FROM {table} WHERE {among} AND ({pred})", table = $table);
         diesel::sql_query(sql)$(.bind::<$ty, _>($val))*.execute($conn).await.map_err($crate::db::map_err)
     }};
 }

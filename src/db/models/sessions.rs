@@ -15,6 +15,8 @@ use crate::model::{Backend, Session, SessionId, User, UserId};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = sessions)]
+// NULL for `None` (each column's default is NULL anyway): what lets SQLite take many rows in one INSERT.
+#[diesel(treat_none_as_default_value = false)]
 struct SessionRow {
     id: String,
     user_id: i32,
@@ -69,6 +71,23 @@ pub async fn insert(conn: &mut DbConn, session: &Session) -> Result<()> {
             .map(drop)
             .map_err(map_err)
     })
+}
+
+/// Inserts `sessions` in one multi-row statement (bulk seeding). SQLite's multi-row INSERT is
+/// the sync connection's own (diesel-async does not pass it on).
+pub async fn insert_many(conn: &mut DbConn, sessions: &[Session]) -> Result<usize> {
+    let rows: Vec<SessionRow> = sessions.iter().map(SessionRow::from).collect();
+    match conn {
+        DbConn::Postgres(c) => {
+            diesel::insert_into(sessions::table).values(&rows).execute(&mut **c).await.map_err(map_err)
+        }
+        DbConn::Sqlite(c) => c
+            .spawn_blocking(move |c| {
+                diesel::RunQueryDsl::execute(diesel::insert_into(sessions::table).values(&rows), c)
+            })
+            .await
+            .map_err(map_err),
+    }
 }
 
 /// Inserts the session unless one with its id exists (ended or not); true when it was inserted.

@@ -53,6 +53,8 @@ pub(super) fn with_backend((user, backend): (UserRow, Option<BackendRow>)) -> Us
 
 #[derive(Debug, Insertable)]
 #[diesel(table_name = users)]
+// NULL for `None` (each column's default is NULL anyway): what lets SQLite take many rows in one INSERT.
+#[diesel(treat_none_as_default_value = false)]
 struct NewUserRow<'a> {
     username: &'a str,
     email: &'a str,
@@ -74,8 +76,8 @@ struct UserChanges<'a> {
     updated_at: Option<NaiveDateTime>,
 }
 
-pub async fn insert(conn: &mut DbConn, new: &NewUserRecord) -> Result<User> {
-    let row = NewUserRow {
+fn new_row(new: &NewUserRecord) -> NewUserRow<'_> {
+    NewUserRow {
         username: &new.username,
         email: &new.email,
         password_hash: &new.password_hash,
@@ -83,7 +85,11 @@ pub async fn insert(conn: &mut DbConn, new: &NewUserRecord) -> Result<User> {
         is_active: true,
         created_at: new.created_at.naive_utc(),
         updated_at: new.created_at.naive_utc(),
-    };
+    }
+}
+
+pub async fn insert(conn: &mut DbConn, new: &NewUserRecord) -> Result<User> {
+    let row = new_row(new);
     let row = db_run!(conn, "users::insert": {
         diesel::insert_into(users::table)
             .values(&row)
@@ -93,6 +99,35 @@ pub async fn insert(conn: &mut DbConn, new: &NewUserRecord) -> Result<User> {
             .map_err(map_err)
     })?;
     Ok(row.into())
+}
+
+fn new_rows(records: &[NewUserRecord]) -> Vec<NewUserRow<'_>> {
+    records.iter().map(new_row).collect()
+}
+
+/// Inserts `records` in one multi-row statement (bulk seeding); returns their ids, in order.
+/// SQLite's multi-row INSERT is the sync connection's own (diesel-async does not pass it on).
+pub async fn insert_many(conn: &mut DbConn, records: &[NewUserRecord]) -> Result<Vec<UserId>> {
+    let ids: Vec<i32> = match conn {
+        DbConn::Postgres(c) => diesel::insert_into(users::table)
+            .values(&new_rows(records))
+            .returning(users::id)
+            .get_results(&mut **c)
+            .await
+            .map_err(map_err)?,
+        DbConn::Sqlite(c) => {
+            let records = records.to_vec();
+            c.spawn_blocking(move |c| {
+                diesel::RunQueryDsl::get_results(
+                    diesel::insert_into(users::table).values(&new_rows(&records)).returning(users::id),
+                    c,
+                )
+            })
+            .await
+            .map_err(map_err)?
+        }
+    };
+    Ok(ids.into_iter().map(UserId).collect())
 }
 
 pub async fn find(conn: &mut DbConn, id: UserId) -> Result<Option<UserWithBackend>> {
@@ -125,17 +160,40 @@ pub async fn find_by_login(conn: &mut DbConn, login: &str) -> Result<Option<User
     Ok(row.map(with_backend))
 }
 
-pub async fn list(conn: &mut DbConn, limit: i64, offset: i64) -> Result<Vec<UserWithBackend>> {
+/// Up to `limit` users by id, skipping `offset`, past id `after` when given (keyset paging).
+pub async fn list(conn: &mut DbConn, limit: i64, offset: i64, after: Option<i64>) -> Result<Vec<UserWithBackend>> {
+    // Ids are 32-bit: past a larger one there is nothing.
+    let after = after.map(|id| i32::try_from(id).unwrap_or(i32::MAX));
     let rows = db_run!(conn, "users::list": {
-        users::table
-            .left_join(user_backends::table)
-            .order(users::id.asc())
-            .limit(limit)
-            .offset(offset)
-            .select((UserRow::as_select(), Option::<BackendRow>::as_select()))
-            .load(conn)
-            .await
-            .map_err(map_err)
+        match after {
+            None => {
+                users::table
+                    .left_join(user_backends::table)
+                    .order(users::id.asc())
+                    .limit(limit)
+                    .offset(offset)
+                    .select((UserRow::as_select(), Option::<BackendRow>::as_select()))
+                    .load(conn)
+                    .await
+            }
+            // The bound on the backends too: PostgreSQL merge-joins the two id-ordered indexes
+            // and would otherwise read the backends' from the first (90,000 entries to reach a
+            // page at 90,000; measured 21 ms against 0.07 ms).
+            Some(after) => {
+                let backends = user_backends::table
+                    .on(user_backends::user_id.eq(users::id).and(user_backends::user_id.gt(after)));
+                users::table
+                    .left_join(backends)
+                    .filter(users::id.gt(after))
+                    .order(users::id.asc())
+                    .limit(limit)
+                    .offset(offset)
+                    .select((UserRow::as_select(), Option::<BackendRow>::as_select()))
+                    .load(conn)
+                    .await
+            }
+        }
+        .map_err(map_err)
     })?;
     Ok(rows.into_iter().map(with_backend).collect())
 }

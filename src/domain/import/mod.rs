@@ -129,7 +129,7 @@ impl App {
         options: &ImportOptions,
         now: DateTime<Utc>,
     ) -> Result<(plan::Plan, ImportReport)> {
-        let existing = users::list(c, i64::MAX, 0).await?;
+        let existing = users::list(c, i64::MAX, 0, None).await?;
         let imported_audit: HashSet<i32> = rows::imported_audit_ids(c).await?.into_iter().collect();
         let plan = plan::plan(source, &existing, &imported_audit, self.cipher(), options, now);
         let report = ImportReport {

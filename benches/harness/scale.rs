@@ -1,0 +1,194 @@
+//! The scale runs of issue 18: the same calls on a young database (the 200 seeded users) and on
+//! a large one (`instachatico_auth::db::bulk_seed`), in one run, so that their ratio says what
+//! size alone costs. GetMe (gRPC and JSON), Login, ListUsers (first page, a page at offset
+//! 90,000, and the same depth by `page_token`), ListAuditLogs (one user, one action, one day
+//! a month ago) and ListMySessions; and GetMe while housekeeping purges a million rows.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use instachatico_auth::pb;
+use instachatico_auth::pb::audit_service_client::AuditServiceClient;
+use instachatico_auth::pb::user_service_client::UserServiceClient;
+
+use super::{Report, Target, authed, channels, closed_loop, outcome};
+
+/// The page of ListUsers the issue names: offset 90,000 (or as deep as a small table goes).
+pub const DEEP_OFFSET: i32 = 90_000;
+/// Logins' concurrency: bcrypt-bound, more only queues.
+const LOGIN_CONCURRENCY: usize = 2;
+
+/// The calls of one phase, each a closed loop of `concurrency` (logins: 2) for `duration`, with
+/// `phase` in their names; GetMe as JSON too when Envoy runs (and wrk is installed).
+pub async fn suite(
+    target: &Target,
+    phase: &str,
+    concurrency: usize,
+    duration: Duration,
+    workdir: &std::path::Path,
+) -> Vec<Report> {
+    let admin = target.admin_token.clone().expect("the target's admin");
+    let channel = channels(&target.grpc_url, 1).await.remove(0);
+    let mut users = UserServiceClient::new(channel.clone());
+    let me = users.get_me(authed(&target.tokens[0], pb::GetMeRequest {})).await.expect("GetMe").into_inner();
+    let first = pb::ListUsersRequest { limit: 50, ..Default::default() };
+    let total = users.list_users(authed(&admin, first.clone())).await.expect("ListUsers").into_inner().total;
+    let deep = DEEP_OFFSET.min(total - 51).max(0);
+    let probe = pb::ListUsersRequest { limit: 1, offset: deep, ..Default::default() };
+    let token = users.list_users(authed(&admin, probe)).await.expect("ListUsers").into_inner().next_page_token;
+    let now = Utc::now();
+    let day = |days_ago: i64| prost_types::Timestamp {
+        seconds: (now - chrono::Duration::days(days_ago)).timestamp(),
+        nanos: 0,
+    };
+
+    let mut reports = Vec::new();
+    let mut named = |mut report: Report| {
+        report.scenario = format!("{phase}: {}", report.scenario);
+        reports.push(report);
+    };
+    named(super::getme_grpc(target, concurrency, duration).await);
+    if target.json_url.is_some() && std::process::Command::new("wrk").arg("--version").output().is_ok() {
+        let (t, dir) = (target.clone(), workdir.to_owned());
+        named(
+            tokio::task::spawn_blocking(move || super::getme_json_wrk(&t, concurrency, duration, &dir)).await.unwrap(),
+        );
+    }
+    named(super::login(target, LOGIN_CONCURRENCY, duration).await);
+    // Deep pages are named alike in both phases (the ratios pair them by name); the depth is a note.
+    for (what, request) in [
+        ("first page", first),
+        ("deep by offset", pb::ListUsersRequest { limit: 50, offset: deep, ..Default::default() }),
+        ("deep by page_token", pb::ListUsersRequest { limit: 50, page_token: token.clone(), ..Default::default() }),
+    ] {
+        let mut report = list_users(target, &admin, what, request, concurrency, duration).await;
+        if what.starts_with("deep") {
+            report.notes.push(format!("{total} users; the page after the first {deep}"));
+        }
+        named(report);
+    }
+    for (what, request) in [
+        ("one user", pb::ListAuditLogsRequest { user_id: me.id, ..Default::default() }),
+        ("action login_success", pb::ListAuditLogsRequest { action: "login_success".into(), ..Default::default() }),
+        (
+            "one day, 30 days ago",
+            pb::ListAuditLogsRequest { since: Some(day(31)), until: Some(day(30)), ..Default::default() },
+        ),
+    ] {
+        named(list_audit(target, &admin, what, request, concurrency, duration).await);
+    }
+    named(list_my_sessions(target, concurrency, duration).await);
+    reports
+}
+
+/// ListUsers as `request` asks, by the admin.
+pub async fn list_users(
+    target: &Target,
+    admin: &str,
+    what: &str,
+    request: pb::ListUsersRequest,
+    concurrency: usize,
+    duration: Duration,
+) -> Report {
+    let channels = channels(&target.grpc_url, concurrency.clamp(1, 8)).await;
+    let admin = admin.to_owned();
+    closed_loop(&format!("listusers {what} c={concurrency}"), concurrency, duration, move |w, _| {
+        let mut client = UserServiceClient::new(channels[w % channels.len()].clone());
+        let request = authed(&admin, request.clone());
+        async move { outcome(client.list_users(request).await) }
+    })
+    .await
+}
+
+/// ListAuditLogs (first page, with its count) as `request` asks, by the admin.
+pub async fn list_audit(
+    target: &Target,
+    admin: &str,
+    what: &str,
+    request: pb::ListAuditLogsRequest,
+    concurrency: usize,
+    duration: Duration,
+) -> Report {
+    let channels = channels(&target.grpc_url, concurrency.clamp(1, 8)).await;
+    let admin = admin.to_owned();
+    closed_loop(&format!("listauditlogs {what} c={concurrency}"), concurrency, duration, move |w, _| {
+        let mut client = AuditServiceClient::new(channels[w % channels.len()].clone());
+        let request = authed(&admin, request.clone());
+        async move { outcome(client.list_audit_logs(request).await) }
+    })
+    .await
+}
+
+/// ListMySessions of many users.
+pub async fn list_my_sessions(target: &Target, concurrency: usize, duration: Duration) -> Report {
+    let channels = channels(&target.grpc_url, concurrency.clamp(1, 8)).await;
+    let tokens = Arc::new(target.tokens.clone());
+    closed_loop(&format!("listmysessions c={concurrency}"), concurrency, duration, move |w, n| {
+        let mut client = UserServiceClient::new(channels[w % channels.len()].clone());
+        let token = tokens[(w + n as usize * 7919) % tokens.len()].clone();
+        async move { outcome(client.list_my_sessions(authed(&token, pb::ListMySessionsRequest {})).await) }
+    })
+    .await
+}
+
+/// One line per call of `large` against the same call of `small` (matched by name after the
+/// phase): p50 and p99 of both and the ratios, and whether p99 is within `target`x.
+pub fn ratios(small: &[Report], large: &[Report], target: f64) -> Vec<String> {
+    let call = |r: &Report| r.scenario.split_once(": ").map_or(r.scenario.clone(), |(_, c)| c.to_owned());
+    large
+        .iter()
+        .filter_map(|l| {
+            let s = small.iter().find(|s| call(s) == call(l))?;
+            let (p99, p50) = (l.ms(0.99) / s.ms(0.99), l.ms(0.5) / s.ms(0.5));
+            let verdict = if p99 <= target { "ok" } else { "over" };
+            Some(format!(
+                "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {p50:.2} | {p99:.2} | {verdict} |",
+                call(l),
+                s.ms(0.5),
+                s.ms(0.99),
+                l.ms(0.5),
+                l.ms(0.99)
+            ))
+        })
+        .collect()
+}
+
+/// Writes `spec`'s rows through the storage code (one precomputed bcrypt hash of
+/// [`super::PASSWORD`] at cost 4, one backend token encrypted with `cipher`); returns how long
+/// it took.
+pub async fn seed_large(
+    db: &instachatico_auth::db::DbPool,
+    cipher: &instachatico_auth::crypto::secrets::TokenCipher,
+    spec: &instachatico_auth::db::bulk_seed::ScaleSpec,
+) -> Duration {
+    let started = std::time::Instant::now();
+    let hash = tokio::task::spawn_blocking(|| bcrypt::hash(super::PASSWORD, 4).unwrap()).await.unwrap();
+    let token = cipher.encrypt("scale-backend-token");
+    instachatico_auth::db::bulk_seed::seed(db, spec, &hash, &token, Utc::now()).await.expect("bulk seed");
+    started.elapsed()
+}
+
+/// GetMe while a purge runs: closed-loop runs of `chunk` until `done()` says the purge is over
+/// (at most `limit`), merged into one report; and how long the purge took, as seen from here.
+pub async fn getme_during(
+    target: &Target,
+    concurrency: usize,
+    chunk: Duration,
+    limit: Duration,
+    done: impl Fn() -> bool,
+) -> (Report, Duration) {
+    let started = std::time::Instant::now();
+    let mut all = Report::new(&format!("getme grpc during the purge c={concurrency}"));
+    let mut elapsed = Duration::ZERO;
+    while !done() && started.elapsed() < limit {
+        let part = super::getme_grpc(target, concurrency, chunk).await;
+        all.ok += part.ok;
+        all.shed += part.shed;
+        all.errors += part.errors;
+        all.latency.add(&part.latency).expect("same histogram bounds");
+        elapsed += part.elapsed;
+    }
+    all.elapsed = elapsed;
+    (all, started.elapsed())
+}

@@ -1,0 +1,211 @@
+//! Keyset paging of ListUsers and ListAuditLogs through the real server: the pages asked by
+//! `next_page_token` see every row that exists throughout exactly once, in order, while other
+//! clients insert and delete rows between (and during) the pages; a token the listing never gave
+//! is refused with INVALID_ARGUMENT (400 through Envoy) and changes nothing.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chrono::{Duration, Utc};
+use instachatico_auth::db::bulk_seed::{self, ScaleSpec};
+use instachatico_auth::db::models::{audit, users};
+use instachatico_auth::model::{AuditEntry, AuditQuery, NewUserRecord, Role, UserId};
+use instachatico_auth::pb::audit_service_client::AuditServiceClient;
+use instachatico_auth::pb::{self};
+use tonic::Code;
+
+use crate::common::{Envoy, Json, TestServer, authed, expect_code};
+
+const SPEC: ScaleSpec = ScaleSpec { users: 120, audit_rows: 900, live_sessions: 40, ended_sessions: 40, days: 90 };
+
+async fn seed(s: &TestServer) {
+    let token = s.app().cipher().encrypt("backend-token");
+    bulk_seed::seed(
+        s.app().db(),
+        &SPEC,
+        "$2b$04$invalidinvalidinvalidinvalidinvalidinvalidinvalidinva",
+        &token,
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+}
+
+/// Inserts and deletes users and audit rows until `stop`; returns the ids it deleted.
+fn churn(s: &TestServer, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(HashSet<i32>, HashSet<i64>)> {
+    let db = s.app().db().clone();
+    tokio::spawn(async move {
+        let (mut gone_users, mut gone_rows) = (HashSet::new(), HashSet::new());
+        let mut i = 0;
+        while !stop.load(Ordering::Relaxed) {
+            i += 1;
+            let mut conn = db.get().await.unwrap();
+            let now = Utc::now();
+            let new = NewUserRecord {
+                username: format!("churn{i}"),
+                email: format!("churn{i}@example.com"),
+                password_hash: "x".into(),
+                role: Role::User,
+                created_at: now,
+            };
+            users::insert(&mut conn, &new).await.unwrap();
+            // A seeded user (low ids: some before the pages reach them, some after) goes.
+            let victim = UserId(3 + (i * 7) % 110);
+            if users::delete(&mut conn, victim).await.unwrap() {
+                gone_users.insert(victim.get());
+            }
+            let entry = AuditEntry {
+                id: 0,
+                user_id: None,
+                actor_id: None,
+                action: "login_success".into(),
+                ip_address: None,
+                user_agent: None,
+                metadata: serde_json::json!({}),
+                created_at: now,
+            };
+            audit::insert(&mut conn, &entry).await.unwrap();
+            // The oldest rows go, as the retention purge deletes them.
+            let before = now - Duration::days(SPEC.days) + Duration::hours(i64::from(i) * 6);
+            let older = AuditQuery { until: Some(before), ..Default::default() };
+            let doomed = audit::query(&mut conn, &older, 1000, 0).await.unwrap().0;
+            gone_rows.extend(doomed.iter().map(|e| e.id));
+            audit::purge_before(&mut conn, before, 1000).await.unwrap();
+            drop(conn);
+            tokio::task::yield_now().await;
+        }
+        (gone_users, gone_rows)
+    })
+}
+
+async fn keyset_pages_see_every_row_once_despite_concurrent_changes(s: TestServer) {
+    seed(&s).await;
+    let admin = s.admin_token().await;
+    let mut users_api = s.users().await;
+    let mut audit_api = AuditServiceClient::new(s.channel().await);
+    let before_users: HashSet<i32> = {
+        let mut conn = s.app().db().get().await.unwrap();
+        users::list(&mut conn, 10_000, 0, None).await.unwrap().iter().map(|(u, _)| u.id.get()).collect()
+    };
+    let before_rows: HashSet<i64> = {
+        let mut conn = s.app().db().get().await.unwrap();
+        audit::query(&mut conn, &Default::default(), 10_000, 0).await.unwrap().0.iter().map(|e| e.id).collect()
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let churner = churn(&s, Arc::clone(&stop));
+
+    let (mut seen_users, mut token, mut first) = (Vec::new(), String::new(), true);
+    loop {
+        let request = pb::ListUsersRequest { limit: 7, offset: 0, page_token: token.clone() };
+        let page = users_api.list_users(authed(&admin, request)).await.unwrap().into_inner();
+        assert_eq!(page.total > 0, first, "only the first page counts");
+        first = false;
+        seen_users.extend(page.users.iter().map(|u| u.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+        tokio::task::yield_now().await;
+    }
+    let (mut seen_rows, mut token) = (Vec::new(), String::new());
+    loop {
+        let request = pb::ListAuditLogsRequest { limit: 13, page_token: token.clone(), ..Default::default() };
+        let page = audit_api.list_audit_logs(authed(&admin, request)).await.unwrap().into_inner();
+        seen_rows.extend(page.entries.iter().map(|e| e.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+        tokio::task::yield_now().await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (gone_users, gone_rows) = churner.await.unwrap();
+    assert!(!gone_users.is_empty() && !gone_rows.is_empty(), "the churn deleted rows while the pages were read");
+
+    assert!(seen_users.is_sorted_by(|a, b| a < b), "users ascending, none twice: {seen_users:?}");
+    let seen: HashSet<i32> = seen_users.iter().copied().collect();
+    let throughout: HashSet<i32> = before_users.difference(&gone_users).copied().collect();
+    assert!(throughout.is_subset(&seen), "missed users: {:?}", throughout.difference(&seen).collect::<Vec<_>>());
+    assert!(seen_rows.is_sorted_by(|a, b| a > b), "audit rows newest first, none twice");
+    let seen: HashSet<i64> = seen_rows.iter().copied().collect();
+    let throughout: HashSet<i64> = before_rows.difference(&gone_rows).copied().collect();
+    assert!(throughout.is_subset(&seen), "missed rows: {:?}", throughout.difference(&seen).collect::<Vec<_>>());
+}
+
+/// Filtered keyset pages are the filtered rows, the same as one big page.
+async fn filtered_keyset_pages_are_the_filtered_rows(s: TestServer) {
+    seed(&s).await;
+    let admin = s.admin_token().await;
+    let mut audit_api = AuditServiceClient::new(s.channel().await);
+    let now = Utc::now();
+    let since = prost_types::Timestamp { seconds: (now - Duration::days(20)).timestamp(), nanos: 0 };
+    let until = prost_types::Timestamp { seconds: (now - Duration::days(15)).timestamp(), nanos: 0 };
+    let filters = [
+        pb::ListAuditLogsRequest { action: "login_failed".into(), ..Default::default() },
+        pb::ListAuditLogsRequest { user_id: 5, ..Default::default() },
+        pb::ListAuditLogsRequest { since: Some(since), until: Some(until), ..Default::default() },
+    ];
+    for filter in filters {
+        let all = pb::ListAuditLogsRequest { limit: 200, ..filter.clone() };
+        let all = audit_api.list_audit_logs(authed(&admin, all)).await.unwrap().into_inner();
+        assert!(all.entries.len() < 200 && !all.entries.is_empty(), "{filter:?}");
+        assert_eq!(all.total as usize, all.entries.len());
+        let (mut paged, mut token) = (Vec::new(), String::new());
+        loop {
+            let request = pb::ListAuditLogsRequest { limit: 4, page_token: token.clone(), ..filter.clone() };
+            let page = audit_api.list_audit_logs(authed(&admin, request)).await.unwrap().into_inner();
+            paged.extend(page.entries.into_iter().map(|e| e.id));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        assert_eq!(paged, all.entries.iter().map(|e| e.id).collect::<Vec<_>>(), "{filter:?}");
+    }
+}
+
+/// A token the listing never gave: INVALID_ARGUMENT naming page_token over gRPC, 400 with that
+/// detail through Envoy, and nothing written (not even an audit row).
+async fn bad_page_tokens_are_refused_and_change_nothing(s: TestServer) {
+    let admin = s.admin_token().await;
+    let mut users_api = s.users().await;
+    let mut audit_api = AuditServiceClient::new(s.channel().await);
+    let count = async |audit_api: &mut AuditServiceClient<_>| {
+        let request = pb::ListAuditLogsRequest { limit: 1, ..Default::default() };
+        audit_api.list_audit_logs(authed(&admin, request)).await.unwrap().into_inner().total
+    };
+    let rows_before = count(&mut audit_api).await;
+    for token in ["x", "a1", "u", "u01", "u-1", "u1 ", "u99999999999999999999", "dTE"] {
+        let request = pb::ListUsersRequest { limit: 5, offset: 0, page_token: token.into() };
+        let message = expect_code(users_api.list_users(authed(&admin, request)).await, Code::InvalidArgument);
+        assert!(message.starts_with("page_token:"), "{token}: {message}");
+        let other = if token == "a1" { "u1".to_owned() } else { token.replace('u', "a") };
+        let request = pb::ListAuditLogsRequest { page_token: other.clone(), ..Default::default() };
+        let message = expect_code(audit_api.list_audit_logs(authed(&admin, request)).await, Code::InvalidArgument);
+        assert!(message.starts_with("page_token:"), "{other}: {message}");
+    }
+    assert_eq!(count(&mut audit_api).await, rows_before, "a refused listing wrote nothing");
+
+    let Some(envoy) = Envoy::start(&[s.upstream()]).await else {
+        return;
+    };
+    let api = Json::new(&envoy.url);
+    let reply = api.get("/api/v1/users?limit=1&page_token=a1", Some(&admin)).await;
+    assert!(reply.detail(400).starts_with("page_token:"), "{reply:?}");
+    let reply = api.get("/api/v1/audit-logs?page_token=zz", Some(&admin)).await;
+    assert!(reply.detail(400).starts_with("page_token:"), "{reply:?}");
+    // A good token through Envoy: the page past it, and the next one's token.
+    let first = api.get("/api/v1/users?limit=1", Some(&admin)).await;
+    assert_eq!((first.status, first.body["next_page_token"].as_str()), (200, Some("")), "one user: {first:?}");
+    let past = api.get("/api/v1/users?limit=1&page_token=u0", Some(&admin)).await;
+    assert_eq!(past.body["users"][0]["id"], first.body["users"][0]["id"]);
+    assert_eq!(past.body["total"], 0, "pages asked by token do not count");
+    assert_eq!(count(&mut audit_api).await, rows_before);
+}
+
+crate::on_both_backends!(
+    keyset_pages_see_every_row_once_despite_concurrent_changes,
+    filtered_keyset_pages_are_the_filtered_rows,
+    bad_page_tokens_are_refused_and_change_nothing,
+);

@@ -1,0 +1,277 @@
+//! The hot queries keep their indexes at size. A database seeded through the storage code (a
+//! fiftieth of issue 18's sizes: big enough that the planners prefer an index wherever one
+//! serves), then the hot RPCs through the real server: GetMe's session lookup,
+//! Login's user lookup, keyset pages of ListUsers, ListAuditLogs by user, by action and by time,
+//! ListMySessions, and the housekeeping purge's batches (ended sessions, old audit rows). Every statement the server's connections
+//! sent meanwhile (diesel's instrumentation hands us its exact SQL and binds) is then explained
+//! on the same database: `EXPLAIN (FORMAT JSON)` with the values bound (PostgreSQL, the custom
+//! plan a request gets) and `EXPLAIN QUERY PLAN` (SQLite). A sequential scan of a big table fails
+//! the test.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+use chrono::{Duration, Utc};
+use diesel::connection::{Instrumentation, InstrumentationEvent};
+use diesel::{QueryableByName, sql_types::Text};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use instachatico_auth::crypto::jwt::Subject;
+use instachatico_auth::db::bulk_seed::{self, ScaleSpec};
+use instachatico_auth::db::models::{audit, sessions};
+use instachatico_auth::model::Role;
+use instachatico_auth::pb::audit_service_client::AuditServiceClient;
+use instachatico_auth::pb::{self};
+
+use crate::common::{Backend, TestServer, USER_PASSWORD, authed};
+
+const BIG_TABLES: [&str; 4] = ["users", "user_backends", "sessions", "audit_logs"];
+
+/// Databases whose statements are being recorded (the tests of both backends run at once).
+static WATCHED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// The recorded statements: database, SQL, then diesel's rendering of the binds.
+static RECORDED: Mutex<BTreeSet<(String, String, String)>> = Mutex::new(BTreeSet::new());
+
+/// One connection's recorder: it learns its database when the connection is established.
+struct Recorder {
+    url: String,
+}
+
+impl Instrumentation for Recorder {
+    fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
+        match event {
+            InstrumentationEvent::StartEstablishConnection { url, .. } => url.clone_into(&mut self.url),
+            InstrumentationEvent::StartQuery { query, .. } if !self.url.is_empty() => {
+                let watched =
+                    WATCHED.lock().unwrap().iter().find(|w| w.contains(&self.url) || self.url.contains(*w)).cloned();
+                if let Some(database) = watched {
+                    let text = query.to_string();
+                    let (sql, binds) = text.split_once(" -- binds: ").unwrap_or((&text, "[]"));
+                    RECORDED.lock().unwrap().insert((database, sql.to_owned(), binds.to_owned()));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn recorder() -> Option<Box<dyn Instrumentation>> {
+    Some(Box::new(Recorder { url: String::new() }))
+}
+
+/// A diesel bind as rendered by `Debug` (numbers, quoted strings, timestamps, `Some(..)`,
+/// `None`) as an SQL literal.
+fn literal(bind: &str) -> String {
+    let bind = bind.trim();
+    if let Some(inner) = bind.strip_prefix("Some(").and_then(|b| b.strip_suffix(')')) {
+        return literal(inner);
+    }
+    if bind == "None" {
+        return "NULL".into();
+    }
+    if let Some(text) = bind.strip_prefix('"').and_then(|b| b.strip_suffix('"')) {
+        return format!("'{}'", text.replace("\\\"", "\"").replace('\'', "''"));
+    }
+    if bind == "true" || bind == "false" || bind.parse::<f64>().is_ok() {
+        return bind.into();
+    }
+    format!("'{bind}'")
+}
+
+/// The top-level items of diesel's `[a, "b, c", Some(d)]`.
+fn binds(list: &str) -> Vec<String> {
+    let inner = list.trim().trim_start_matches('[').trim_end_matches(']');
+    let (mut items, mut current, mut quoted, mut depth, mut escaped) = (Vec::new(), String::new(), false, 0, false);
+    for c in inner.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '(' | '[' if !quoted => depth += 1,
+            ')' | ']' if !quoted => depth -= 1,
+            ',' if !quoted && depth == 0 => {
+                items.push(std::mem::take(&mut current));
+                continue;
+            }
+            _ => {}
+        }
+        current.push(c);
+    }
+    if !current.trim().is_empty() {
+        items.push(current);
+    }
+    items
+}
+
+/// Stops recording `database`; its recorded statements that read or write a big table (not
+/// BEGIN, NOTIFY, ...).
+fn recorded(database: &str) -> Vec<(String, String)> {
+    WATCHED.lock().unwrap().retain(|w| w != database);
+    let all = RECORDED.lock().unwrap().clone();
+    all.into_iter()
+        .filter(|(db, _, _)| db == database)
+        .map(|(_, sql, binds)| (sql, binds))
+        .filter(|(sql, _)| {
+            let head = sql.trim_start().to_ascii_uppercase();
+            ["SELECT", "UPDATE", "DELETE", "WITH"].iter().any(|k| head.starts_with(k))
+                && BIG_TABLES.iter().any(|t| ["\"", "`", " "].iter().any(|q| sql.contains(&format!("{q}{t}{q}"))))
+        })
+        .collect()
+}
+
+/// Sequential scans of big tables in a PostgreSQL JSON plan.
+fn pg_seq_scans(plan: &serde_json::Value, out: &mut Vec<String>) {
+    match plan {
+        serde_json::Value::Object(node) => {
+            if node.get("Node Type").and_then(|t| t.as_str()) == Some("Seq Scan") {
+                let table = node.get("Relation Name").and_then(|t| t.as_str()).unwrap_or_default();
+                if BIG_TABLES.contains(&table) {
+                    out.push(table.to_owned());
+                }
+            }
+            node.values().for_each(|v| pg_seq_scans(v, out));
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| pg_seq_scans(v, out)),
+        _ => {}
+    }
+}
+
+#[derive(QueryableByName)]
+struct PlanLine {
+    #[diesel(sql_type = Text)]
+    detail: String,
+}
+
+#[derive(QueryableByName)]
+struct PgPlan {
+    #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
+    plan: String,
+}
+
+async fn hot_queries_use_indexes_at_size(s: TestServer) {
+    diesel::connection::set_default_instrumentation(recorder).unwrap();
+    let spec = ScaleSpec::divided_by(50);
+    let hash = bcrypt::hash(USER_PASSWORD, 4).unwrap();
+    let token = s.app().cipher().encrypt("backend-token");
+    let now = Utc::now();
+    let seeded = bulk_seed::seed(s.app().db(), &spec, &hash, &token, now).await.unwrap();
+    // Connections made from now on carry the recorder (start-up housekeeping runs again).
+    let s = s.restart(&[]).await;
+
+    let admin = s.admin_token().await;
+    let (mut users, mut audit) = (s.users().await, AuditServiceClient::new(s.channel().await));
+    let (user, session) = seeded.live_sessions[0].clone();
+    let index = seeded.users.iter().position(|u| *u == user).unwrap();
+    let name = bulk_seed::username(index);
+    let subject = Subject { user_id: user, username: &name, role: Role::User, session: &session };
+    let jwt = s.app().jwt().issue(&subject, now, now + Duration::hours(1)).unwrap();
+    let users_page =
+        pb::ListUsersRequest { limit: 50, offset: 0, page_token: format!("u{}", seeded.users[1000].get()) };
+    let since = prost_types::Timestamp { seconds: (now - Duration::days(31)).timestamp(), nanos: 0 };
+    let until = prost_types::Timestamp { seconds: (now - Duration::days(30)).timestamp(), nanos: 0 };
+    let audit_pages = [
+        pb::ListAuditLogsRequest { user_id: user.get(), ..Default::default() },
+        pb::ListAuditLogsRequest { user_id: user.get(), page_token: "a15000".into(), ..Default::default() },
+        pb::ListAuditLogsRequest { action: "logout".into(), page_token: "a15000".into(), ..Default::default() },
+        pb::ListAuditLogsRequest {
+            since: Some(since),
+            until: Some(until),
+            page_token: "a15000".into(),
+            ..Default::default()
+        },
+    ];
+
+    WATCHED.lock().unwrap().push(s.database_url.clone());
+    users.get_me(authed(&jwt, pb::GetMeRequest {})).await.unwrap();
+    users.list_my_sessions(authed(&jwt, pb::ListMySessionsRequest {})).await.unwrap();
+    s.login(&bulk_seed::username(7), USER_PASSWORD).await;
+    s.login(&format!("{}@example.com", bulk_seed::username(8)), USER_PASSWORD).await;
+    users.list_users(authed(&admin, users_page)).await.unwrap();
+    for page in audit_pages {
+        audit.list_audit_logs(authed(&admin, page)).await.unwrap();
+    }
+    // The purge's batches (start-up housekeeping already took the sessions ended a week ago).
+    let mut conn = s.app().db().get().await.unwrap();
+    let sessions_purged = sessions::purge_ended(&mut conn, Utc::now(), 500).await.unwrap();
+    let audit_purged = audit::purge_before(&mut conn, Utc::now() - Duration::days(60), 500).await.unwrap();
+    drop(conn);
+    assert!(sessions_purged > 0 && audit_purged > 0, "the purge had work: {sessions_purged}, {audit_purged}");
+
+    let statements = recorded(&s.database_url);
+    // SQLite's quotes are backticks.
+    let joined = statements.iter().map(|(sql, _)| sql.replace('`', "\"")).collect::<Vec<_>>().join("\n");
+    for expected in
+        ["\"sessions\" INNER JOIN", "lower(\"users\".\"username\")", "DELETE FROM sessions", "DELETE FROM audit_logs"]
+    {
+        assert!(joined.contains(expected), "no statement with {expected:?} recorded:\n{joined}");
+    }
+    // Fresh statistics of the tables as they are now, as autovacuum (PostgreSQL) or `ANALYZE`
+    // (SQLite, by hand) would give; the explaining connections are new, so they read them.
+    let analyze = diesel::sql_query("ANALYZE");
+    match s.backend {
+        Backend::Postgres => {
+            let mut pg = AsyncPgConnection::establish(&s.database_url).await.unwrap();
+            diesel_async::RunQueryDsl::execute(analyze, &mut pg).await.unwrap();
+        }
+        Backend::Sqlite => {
+            let mut lite = <diesel::SqliteConnection as diesel::Connection>::establish(&s.database_url).unwrap();
+            diesel::RunQueryDsl::execute(analyze, &mut lite).unwrap();
+        }
+    }
+    let mut scans = Vec::new();
+    match s.backend {
+        Backend::Postgres => {
+            let mut pg = AsyncPgConnection::establish(&s.database_url).await.unwrap();
+            for (sql, list) in &statements {
+                let mut bound = sql.clone();
+                for (n, value) in binds(list).iter().enumerate().rev() {
+                    bound = bound.replace(&format!("${}", n + 1), &literal(value));
+                }
+                let explain = diesel::sql_query(format!("EXPLAIN (FORMAT JSON) {bound}"));
+                let plan: PgPlan = diesel_async::RunQueryDsl::get_result(explain, &mut pg)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}: {bound}"));
+                let mut found = Vec::new();
+                pg_seq_scans(&serde_json::from_str(&plan.plan).unwrap(), &mut found);
+                scans.extend(found.into_iter().map(|t| format!("Seq Scan on {t}: {bound}\n{}", plan.plan)));
+            }
+        }
+        Backend::Sqlite => {
+            let mut lite = <diesel::SqliteConnection as diesel::Connection>::establish(&s.database_url).unwrap();
+            for (sql, _) in &statements {
+                let explain = diesel::sql_query(format!("EXPLAIN QUERY PLAN {sql}"));
+                let lines: Vec<PlanLine> =
+                    diesel::RunQueryDsl::load(explain, &mut lite).unwrap_or_else(|e| panic!("{e}: {sql}"));
+                for line in lines {
+                    // `SCAN t` reads the whole table; `SCAN t USING (COVERING) INDEX` a whole index.
+                    if BIG_TABLES.iter().any(|t| line.detail.starts_with(&format!("SCAN {t}"))) {
+                        scans.push(format!("{}: {sql}", line.detail));
+                    }
+                }
+            }
+        }
+    }
+    assert!(scans.is_empty(), "hot queries scan big tables:\n{}", scans.join("\n\n"));
+    s.stop().await;
+}
+
+async fn start(backend: Backend) -> Option<TestServer> {
+    TestServer::start(backend).await
+}
+
+mod sqlite {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hot_queries_use_indexes_at_size() {
+        if let Some(s) = super::start(super::Backend::Sqlite).await {
+            super::hot_queries_use_indexes_at_size(s).await;
+        }
+    }
+}
+
+mod postgres {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hot_queries_use_indexes_at_size() {
+        if let Some(s) = super::start(super::Backend::Postgres).await {
+            super::hot_queries_use_indexes_at_size(s).await;
+        }
+    }
+}
