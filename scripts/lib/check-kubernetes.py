@@ -234,9 +234,9 @@ def check_configmap_sizes(r):
         # What `kubectl apply` (client-side) stores in kubectl.kubernetes.io/last-applied-configuration.
         applied = len(json.dumps(cm, separators=(",", ":")).encode())
         assert applied < ANNOTATION_LIMIT - 4096, f"{cm['metadata']['name']}: {applied} bytes, too big for kubectl apply"
-    files = r.configmap("instachatico-auth-envoy")["data"]
-    for name, text in files.items():
-        assert text == Path("envoy", name).read_text(), f"{name}: ConfigMap differs from envoy/"
+    for prefix in ("instachatico-auth-envoy", "instachatico-auth-envoy-docs"):
+        for name, text in r.configmap(prefix)["data"].items():
+            assert text == Path("envoy", name).read_text(), f"{name}: ConfigMap differs from envoy/"
 
 
 def check_autoscaling(r):
