@@ -69,10 +69,11 @@ fn literal(bind: &str) -> String {
         return "NULL".into();
     }
     if let Some(text) = bind.strip_prefix('"').and_then(|b| b.strip_suffix('"')) {
-        // A password hash is planned like any string, and must not reach the log (EXPLAIN's SQL
-        // is logged at debug); nor may its `$` meet the placeholders still to be replaced.
-        if is_bcrypt(text) {
-            return "'bcrypt-hash-left-out'".into();
+        // A password hash or an encrypted token is planned like any string, and must not reach
+        // the log (EXPLAIN's SQL is logged at debug); nor may a hash's `$` meet the placeholders
+        // still to be replaced.
+        if is_bcrypt(text) || text.starts_with("gAAAAA") {
+            return "'secret-left-out'".into();
         }
         return format!("'{}'", text.replace("\\\"", "\"").replace('\'', "''"));
     }
