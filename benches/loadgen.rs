@@ -88,6 +88,11 @@ struct Args {
     /// that every GetMe reads the database).
     #[arg(long, value_delimiter = ',')]
     service_env: Vec<String>,
+    /// The proxy scenario's rows are run this many times, interleaved (each round in a rotated
+    /// order), and each row also gets a line with its medians: on a shared machine one run of
+    /// each row is at the mercy of whatever else ran at that moment.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -261,34 +266,58 @@ async fn run_scenario(
                     Envoy::start(&[fixed]).await,
                 );
                 let (Some(forwarding), Some(checked), Some(fixed)) = floors else { panic!("Envoy starts") };
+                let rounds = args.rounds.max(1);
                 let mut reports = Vec::new();
                 // An instant backend (the proxy's whole cost shows), and one taking 5 ms.
                 for (what, proxied_path, direct_path) in [
                     ("", "/backend/feed?limit=20", "/api/feed?limit=20"),
                     (", backend 5 ms", "/backend/feed?limit=20&sleep_ms=5", "/api/feed?limit=20&sleep_ms=5"),
                 ] {
-                    let name = format!("GET via the backend proxy{what} c={c}");
-                    let call = WrkCall::Get(proxied_path);
-                    reports.push(wrk_measured(name, call, &envoy.url, &proxied, c, seconds, &watched).await);
-                    let here = [("backend", harness_pid)];
-                    let name = format!("GET straight to the backend{what} c={c}");
-                    let call = WrkCall::Get(direct_path);
-                    reports.push(wrk_measured(name, call, &url, &direct, c, seconds, &here).await);
-                    let (mut floor, call) = (Vec::new(), WrkCall::Get(proxied_path));
-                    let name = format!("GET via Envoy alone, no decision{what} c={c}");
-                    floor.push(
-                        wrk_measured(name, call, &forwarding.url, &direct, c, seconds, &[("Envoy", forwarding.pid())])
-                            .await,
-                    );
-                    let name = format!("GET via Envoy with ext_authz only, a decision that costs nothing{what} c={c}");
-                    floor.push(
-                        wrk_measured(name, call, &checked.url, &direct, c, seconds, &[("Envoy", checked.pid())]).await,
-                    );
-                    let name = format!("GET via envoy.yaml, a decision that costs nothing{what} c={c}");
-                    floor.push(
-                        wrk_measured(name, call, &fixed.url, &direct, c, seconds, &[("Envoy", fixed.pid())]).await,
-                    );
-                    reports.extend(floor.into_iter().map(|r| Report { measures_service: false, ..r }));
+                    let names = [
+                        format!("GET via the backend proxy{what} c={c}"),
+                        format!("GET straight to the backend{what} c={c}"),
+                        format!("GET via Envoy alone, no decision{what} c={c}"),
+                        format!("GET via Envoy with ext_authz only, a decision that costs nothing{what} c={c}"),
+                        format!("GET via envoy.yaml, a decision that costs nothing{what} c={c}"),
+                    ];
+                    let mut rows: Vec<Vec<Report>> = names.iter().map(|_| Vec::new()).collect();
+                    for round in 0..rounds {
+                        for row in (0..names.len()).map(|i| (i + round) % names.len()) {
+                            let mut name = names[row].clone();
+                            if rounds > 1 {
+                                name.push_str(&format!(" (round {}/{rounds})", round + 1));
+                            }
+                            let call = WrkCall::Get(if row == 1 { direct_path } else { proxied_path });
+                            let report = match row {
+                                0 => wrk_measured(name, call, &envoy.url, &proxied, c, seconds, &watched).await,
+                                1 => {
+                                    wrk_measured(name, call, &url, &direct, c, seconds, &[("backend", harness_pid)])
+                                        .await
+                                }
+                                _ => {
+                                    let floor = [&forwarding, &checked, &fixed][row - 2];
+                                    let report = wrk_measured(
+                                        name,
+                                        call,
+                                        &floor.url,
+                                        &direct,
+                                        c,
+                                        seconds,
+                                        &[("Envoy", floor.pid())],
+                                    )
+                                    .await;
+                                    Report { measures_service: false, ..report }
+                                }
+                            };
+                            rows[row].push(report);
+                        }
+                    }
+                    for (name, runs) in names.iter().zip(rows) {
+                        let median = (rounds > 1)
+                            .then(|| harness::median_report(&format!("{name} (median of {rounds})"), &runs));
+                        reports.extend(runs);
+                        reports.extend(median);
+                    }
                 }
                 reports
             }

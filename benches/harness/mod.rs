@@ -624,6 +624,28 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     Some(Duration::from_millis(ticks * 10))
 }
 
+/// One line for several runs of the same call: the median of their p50, p90 and p99 and of
+/// their throughput (their counts summed), so that one unlucky run does not decide a row.
+pub fn median_report(name: &str, runs: &[Report]) -> Report {
+    fn median(mut values: Vec<f64>) -> f64 {
+        values.sort_by(f64::total_cmp);
+        let n = values.len();
+        if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 }
+    }
+    let quantile = |q| median(runs.iter().map(|r| r.ms(q)).collect());
+    let mut report = Report::new(name);
+    report.given_ms = Some([quantile(0.5), quantile(0.9), quantile(0.99)]);
+    report.ok = runs.iter().map(|r| r.ok).sum();
+    report.shed = runs.iter().map(|r| r.shed).sum();
+    report.errors = runs.iter().map(|r| r.errors).sum();
+    // Throughput is ok / elapsed: the median run's throughput over the summed count.
+    let throughput = median(runs.iter().map(Report::throughput).collect());
+    report.elapsed = Duration::from_secs_f64(report.ok as f64 / throughput.max(1e-9));
+    report.measures_service = runs.iter().any(|r| r.measures_service);
+    report.peak_rss_kib = runs.iter().filter_map(|r| r.peak_rss_kib).max();
+    report
+}
+
 /// CPU time per answered request of each `(name, pid, before)`, for a report's notes.
 pub fn cpu_per_request(report: &Report, processes: &[(&str, u32, Option<Duration>)]) -> String {
     let requests = (report.ok + report.shed + report.errors).max(1);
