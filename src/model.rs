@@ -167,6 +167,14 @@ pub struct AuditQuery {
     pub until: Option<DateTime<Utc>>,
 }
 
+impl AuditQuery {
+    /// Whether the query bounds the time: its rows are then listed by time, then id (an index
+    /// on both reads a page at any distance from now), not by id alone.
+    pub fn by_time(&self) -> bool {
+        self.since.is_some() || self.until.is_some()
+    }
+}
+
 /// An audit entry, stored or about to be (`id` is 0 until stored).
 #[derive(Debug, Clone)]
 pub struct AuditEntry {

@@ -33,7 +33,9 @@ pub async fn suite(
     let mut users = UserServiceClient::new(channel.clone());
     let me = users.get_me(authed(&target.tokens[0], pb::GetMeRequest {})).await.expect("GetMe").into_inner();
     let first = pb::ListUsersRequest { limit: 50, ..Default::default() };
-    let total = users.list_users(authed(&admin, first.clone())).await.expect("ListUsers").into_inner().total;
+    let counted = pb::ListUsersRequest { include_total: true, ..first.clone() };
+    let total = users.list_users(authed(&admin, counted.clone())).await.expect("ListUsers").into_inner().total;
+    let total = total.expect("counted");
     let deep = DEEP_OFFSET.min(total - 51).max(0);
     let probe = pb::ListUsersRequest { limit: 1, offset: deep, ..Default::default() };
     let token = users.list_users(authed(&admin, probe)).await.expect("ListUsers").into_inner().next_page_token;
@@ -57,8 +59,11 @@ pub async fn suite(
     }
     named(super::login(target, LOGIN_CONCURRENCY, duration).await);
     // Deep pages are named alike in both phases (the ratios pair them by name); the depth is a note.
+    // The pages as a client that pages by `next_page_token` asks them (no count), and the first
+    // pages again with the count a client may opt into (`include_total`), which reads every match.
     for (what, request) in [
         ("first page", first),
+        ("first page with total", counted),
         ("deep by offset", pb::ListUsersRequest { limit: 50, offset: deep, ..Default::default() }),
         ("deep by page_token", pb::ListUsersRequest { limit: 50, page_token: token.clone(), ..Default::default() }),
     ] {
@@ -68,13 +73,14 @@ pub async fn suite(
         }
         named(report);
     }
+    let action = pb::ListAuditLogsRequest { action: "login_success".into(), ..Default::default() };
+    let one_day = pb::ListAuditLogsRequest { since: Some(day(31)), until: Some(day(30)), ..Default::default() };
     for (what, request) in [
         ("one user", pb::ListAuditLogsRequest { user_id: me.id, ..Default::default() }),
-        ("action login_success", pb::ListAuditLogsRequest { action: "login_success".into(), ..Default::default() }),
-        (
-            "one day, 30 days ago",
-            pb::ListAuditLogsRequest { since: Some(day(31)), until: Some(day(30)), ..Default::default() },
-        ),
+        ("action login_success", action.clone()),
+        ("one day, 30 days ago", one_day.clone()),
+        ("action login_success with total", pb::ListAuditLogsRequest { include_total: true, ..action }),
+        ("one day, 30 days ago with total", pb::ListAuditLogsRequest { include_total: true, ..one_day }),
     ] {
         named(list_audit(target, &admin, what, request, concurrency, duration).await);
     }
@@ -101,7 +107,7 @@ pub async fn list_users(
     .await
 }
 
-/// ListAuditLogs (first page, with its count) as `request` asks, by the admin.
+/// ListAuditLogs as `request` asks (its count only when it sets `include_total`), by the admin.
 pub async fn list_audit(
     target: &Target,
     admin: &str,

@@ -186,6 +186,11 @@ impl DbPool {
         })
     }
 
+    /// Whether this is SQLite: one writer at a time, in this process (upkeep paces itself there).
+    pub fn is_sqlite(&self) -> bool {
+        matches!(self, Self::Sqlite(..))
+    }
+
     /// (connections in use, pool size) for metrics.
     pub fn usage(&self) -> (usize, usize) {
         let status = match self {

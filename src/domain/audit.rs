@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::paging::{Listing, Page, Paged};
+use super::paging::{Cursor, Listing, Page, Paged};
 use super::types::{ClientInfo, Scope, UserId};
 use crate::db::DbConn;
 use crate::db::models::audit;
@@ -237,8 +237,9 @@ impl super::App {
         }
     }
 
-    /// Admin: a page of audit rows, newest first, the number of matches (without a page token)
-    /// and the next page's token.
+    /// Admin: a page of audit rows, newest first (by time, then id, when the query bounds the
+    /// time; by id otherwise), the number of matches (when asked, without a page token) and the
+    /// next page's token.
     pub async fn list_audit(
         &self,
         actor: &super::types::Actor<'_>,
@@ -247,8 +248,10 @@ impl super::App {
     ) -> crate::error::Result<Paged<AuditEntry>> {
         actor.require(Scope::AuditRead)?;
         let mut conn = self.db().get().await?;
+        let listing = Listing::audit(filter.by_time());
+        let after = page.after.map(|a| (a.id, a.at));
         let (rows, total) =
-            audit::page(&mut conn, filter, page.limit + 1, page.offset, page.after, page.counts_total()).await?;
-        Ok(Paged::from_rows(Listing::Audit, page, rows, total, |e| e.id))
+            audit::page(&mut conn, filter, page.limit + 1, page.offset, after, page.counts_total()).await?;
+        Ok(Paged::from_rows(listing, page, rows, total, |e| Cursor { id: e.id, at: Some(e.created_at) }))
     }
 }

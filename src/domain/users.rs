@@ -6,7 +6,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::App;
 use super::audit::{Action, Event};
-use super::paging::{Listing, Page, Paged};
+use super::paging::{Cursor, Listing, Page, Paged};
 use super::sessions::user_subject;
 use super::types::{
     Actor, Backend, BackendChange, BackendInput, BackendView, ClientInfo, NewUser, Principal, Role, Scope, UserId,
@@ -205,15 +205,15 @@ impl App {
         .await
     }
 
-    /// Admin: a page of users by id, the number of users (without a page token) and the next
-    /// page's token.
+    /// Admin: a page of users by id, the number of users (when asked, without a page token) and
+    /// the next page's token.
     pub async fn list_users(&self, actor: &Actor<'_>, page: Page) -> Result<Paged<UserView>> {
         actor.require(Scope::UsersRead)?;
         let mut conn = self.db().get().await?;
-        let rows = users::list(&mut conn, page.limit + 1, page.offset, page.after).await?;
+        let rows = users::list(&mut conn, page.limit + 1, page.offset, page.after.map(|a| a.id)).await?;
         let total = if page.counts_total() { Some(users::count(&mut conn).await?) } else { None };
         let views = rows.iter().map(view).collect();
-        Ok(Paged::from_rows(Listing::Users, page, views, total, |u: &UserView| i64::from(u.id.get())))
+        Ok(Paged::from_rows(Listing::Users, page, views, total, |u: &UserView| Cursor::id(i64::from(u.id.get()))))
     }
 
     /// Admin: one user.

@@ -28,11 +28,13 @@ impl AuditService for AuditApi {
         let me = caller(&request)?;
         let body = super::text::body(request)?;
         let query = audit_query(&body)?;
-        let page = Page::parse(Listing::Audit, i64::from(body.limit), i64::from(body.offset), &body.page_token)?;
+        let listing = Listing::audit(query.by_time());
+        let (limit, offset) = (i64::from(body.limit), i64::from(body.offset));
+        let page = Page::parse(listing, limit, offset, &body.page_token, body.include_total)?;
         let listed = self.app.list_audit(&me.actor(), &query, page).await?;
         Ok(Response::new(pb::ListAuditLogsResponse {
             entries: listed.rows.into_iter().map(pb::AuditLog::from).collect(),
-            total: listed.total.map_or(0, |t| i32::try_from(t).unwrap_or(i32::MAX)),
+            total: listed.total.map(|t| i32::try_from(t).unwrap_or(i32::MAX)),
             next_page_token: listed.next_page_token.unwrap_or_default(),
         }))
     }

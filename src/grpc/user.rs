@@ -76,11 +76,12 @@ impl UserService for UserApi {
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
         let me = caller(&request)?;
         let body = super::text::body(request)?;
-        let page = Page::parse(Listing::Users, i64::from(body.limit), i64::from(body.offset), &body.page_token)?;
+        let (limit, offset) = (i64::from(body.limit), i64::from(body.offset));
+        let page = Page::parse(Listing::Users, limit, offset, &body.page_token, body.include_total)?;
         let listed = self.app.list_users(&me.actor(), page).await?;
         Ok(Response::new(pb::ListUsersResponse {
             users: listed.rows.iter().map(pb::User::from).collect(),
-            total: listed.total.map_or(0, |t| i32::try_from(t).unwrap_or(i32::MAX)),
+            total: listed.total.map(|t| i32::try_from(t).unwrap_or(i32::MAX)),
             next_page_token: listed.next_page_token.unwrap_or_default(),
         }))
     }

@@ -80,8 +80,8 @@ pub fn field(message: &str, field: &str) -> Option<Value> {
             json!({"minimum": 0})
         }
         ("ListAuditLogsRequest", "action") => trimmed_text(AUDIT_ACTION_MAX),
-        ("ListUsersRequest", "page_token") => page_token(Listing::Users),
-        ("ListAuditLogsRequest", "page_token") => page_token(Listing::Audit),
+        ("ListUsersRequest", "page_token") => page_token(&[Listing::Users]),
+        ("ListAuditLogsRequest", "page_token") => page_token(&[Listing::Audit, Listing::AuditByTime]),
         // Envoy refuses an escaped slash or backslash in a path (400).
         ("RevokeMySessionRequest", "session_id") => {
             let (any, solid) = (format!("[^{}/\\\\]", *CONTROL), format!("[^{}/\\\\]", &SOLID[2..SOLID.len() - 1]));
@@ -475,8 +475,8 @@ fn cidr() -> Value {
 
 /// A listing's page token: empty, or exactly what its `next_page_token` gives. An offset other
 /// than 0 beside a token is refused too (a rule between fields the document does not state).
-fn page_token(listing: Listing) -> Value {
-    json!({"pattern": listing.token_pattern(),
+fn page_token(listings: &[Listing]) -> Value {
+    json!({"pattern": Listing::token_pattern(listings),
            "description": "Empty for the first page; then the previous page's next_page_token, as given"})
 }
 

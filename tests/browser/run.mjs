@@ -210,7 +210,7 @@ async function main() {
     // logins in the audit log do not move. (The page's own wrong-password login, above, is the
     // positive control: it is counted.)
     const failedLogins = async () => {
-      const r = await jsonCall("ENVOY_URL", "GET", `${envoyUrl}/api/v1/audit-logs?user_id=${created.body.id}&action=login_failed`, {
+      const r = await jsonCall("ENVOY_URL", "GET", `${envoyUrl}/api/v1/audit-logs?user_id=${created.body.id}&action=login_failed&include_total=true`, {
         token: admin.body.access_token,
       });
       if (r.status !== 200) fail(`listing audit logs via ENVOY_URL: HTTP ${r.status} ${JSON.stringify(r.body)}`);

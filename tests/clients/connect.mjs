@@ -52,7 +52,7 @@ async function main() {
       const headers = { authorization: `Bearer ${login.accessToken}` };
       const me = await users.getMe({}, { headers });
       expect(me.username === username && me.id === login.user.id, `${label}: GetMe ${me.username} #${me.id}`);
-      const list = await users.listUsers({ limit: 5 }, { headers });
+      const list = await users.listUsers({ limit: 5, includeTotal: true }, { headers });
       expect(list.users.some((u) => u.id === me.id) && list.total >= 1, `${label}: ListUsers total ${list.total}`);
       const check = await health.check({});
       expect(check.status === "healthy", `${label}: HealthService.Check ${check.status}`);

@@ -115,7 +115,7 @@ async fn scale_scenario_runs(s: TestServer) {
         flows(report);
     }
     let expected =
-        if envoy.is_some() && std::process::Command::new("wrk").arg("--version").output().is_ok() { 10 } else { 9 };
+        if envoy.is_some() && std::process::Command::new("wrk").arg("--version").output().is_ok() { 13 } else { 12 };
     assert_eq!(harness::scale::ratios(&small, &large, 1.5).len(), expected, "every call in both phases");
 
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

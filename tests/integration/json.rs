@@ -299,9 +299,13 @@ async fn admin_routes_in_json(s: TestServer) {
             .await;
         assert_eq!(r.status, 201);
     }
-    let page = api.get("/api/v1/users?limit=2&offset=1", Some(&admin)).await;
+    let page = api.get("/api/v1/users?limit=2&offset=1&include_total=true", Some(&admin)).await;
     clean_success(&page, 200);
     assert_eq!(page.body["total"], 3, "a JSON number");
+    let uncounted = api.get("/api/v1/users?limit=1&offset=1", Some(&admin)).await;
+    clean_success(&uncounted, 200);
+    assert_eq!(uncounted.body.get("total"), None, "not counted unless asked: absent, not 0");
+    assert!(uncounted.body["next_page_token"].as_str().is_some_and(|t| !t.is_empty()), "{uncounted:?}");
     let users = page.body["users"].as_array().unwrap();
     assert_eq!(users.iter().map(|u| u["username"].as_str().unwrap()).collect::<Vec<_>>(), ["gina", "hank"]);
     assert!(users.iter().all(|u| u.get("password_hash").is_none() && u["backend"].get("bearer_token").is_none()));

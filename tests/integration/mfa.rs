@@ -85,8 +85,8 @@ fn with_recovery(mfa_token: &str, code: &str) -> pb::VerifyMfaRequest {
 
 async fn audit_count(s: &TestServer, admin: &str, user_id: i32, action: &str) -> i32 {
     let mut audit = pb::audit_service_client::AuditServiceClient::new(s.channel().await);
-    let filter = pb::ListAuditLogsRequest { user_id, action: action.into(), ..Default::default() };
-    audit.list_audit_logs(authed(admin, filter)).await.unwrap().into_inner().total
+    let filter = pb::ListAuditLogsRequest { user_id, action: action.into(), include_total: true, ..Default::default() };
+    audit.list_audit_logs(authed(admin, filter)).await.unwrap().into_inner().total.expect("counted")
 }
 
 async fn totp_enrol_and_sign_in_over_grpc(s: TestServer) {

@@ -241,8 +241,8 @@ async fn sign_in(
 
 async fn audit_count(s: &TestServer, admin: &str, user_id: i32, action: &str) -> i32 {
     let mut audit = pb::audit_service_client::AuditServiceClient::new(s.channel().await);
-    let filter = pb::ListAuditLogsRequest { user_id, action: action.into(), ..Default::default() };
-    audit.list_audit_logs(authed(admin, filter)).await.unwrap().into_inner().total
+    let filter = pb::ListAuditLogsRequest { user_id, action: action.into(), include_total: true, ..Default::default() };
+    audit.list_audit_logs(authed(admin, filter)).await.unwrap().into_inner().total.expect("counted")
 }
 
 fn methods(reply: &pb::LoginResponse) -> Vec<String> {

@@ -6,7 +6,7 @@
 use chrono::{DateTime, Duration, Utc};
 use instachatico_auth::db::DbConn;
 use instachatico_auth::db::models::{audit, mfa, passkeys, rate_limits, sessions, throttles, users};
-use instachatico_auth::domain::maintenance::{PURGE_BATCH, Purged};
+use instachatico_auth::domain::maintenance::{PURGE_BATCH, Purged, SQLITE_PURGE_BATCH};
 use instachatico_auth::model::{
     AuditEntry, AuditQuery, MfaChallenge, NewUserRecord, PasskeyCeremony, Role, Session, SessionId, UserId,
 };
@@ -165,7 +165,8 @@ async fn housekeeping_purges_beyond_one_batch(s: TestServer) {
     let mut conn = s.app().db().get().await.unwrap();
     let bob = user(&mut conn, "bob", now).await;
     let past = now - Duration::days(30);
-    let due = usize::try_from(2 * PURGE_BATCH).unwrap() + 17;
+    let batch = if s.app().db().is_sqlite() { SQLITE_PURGE_BATCH } else { PURGE_BATCH };
+    let due = usize::try_from(2 * batch).unwrap() + 17;
     sessions_of(&mut conn, bob, due, past, now - Duration::days(8), None).await;
     let alive = sessions_of(&mut conn, bob, 3, now, now + Duration::days(1), None).await;
 

@@ -120,7 +120,7 @@ pub async fn any_since(conn: &mut DbConn, user_id: UserId, actions: &[&str], sin
 pub async fn purge_before(conn: &mut DbConn, before: DateTime<Utc>, limit: i64) -> Result<usize> {
     let before = before.naive_utc();
     db_run!(conn, "audit::purge_before": {
-        delete_batch!(conn, "audit_logs", "created_at < {p}1", limit, Timestamp = before)
+        delete_batch!(conn, "audit_logs", "created_at < {p}1", order_by = "created_at", limit, Timestamp = before)
     })
 }
 
@@ -130,17 +130,20 @@ pub async fn query(conn: &mut DbConn, filter: &AuditQuery, limit: i64, offset: i
     Ok((rows, total.unwrap_or_default()))
 }
 
-/// Up to `limit` matching entries, newest first, skipping `offset`, below id `after` when given
-/// (keyset paging), and the number of matches in all pages when `count`.
+/// Up to `limit` matching entries, newest first, skipping `offset`, past the entry `after` when
+/// given (keyset paging), and the number of matches in all pages when `count`. A query that
+/// bounds the time is listed by (created_at, id), which the index on both reads from the
+/// range's end, and `after` is then an entry's id and time; otherwise by id, and `after` its id.
 pub async fn page(
     conn: &mut DbConn,
     filter: &AuditQuery,
     limit: i64,
     offset: i64,
-    after: Option<i64>,
+    after: Option<(i64, Option<DateTime<Utc>>)>,
     count: bool,
 ) -> Result<(Vec<AuditEntry>, Option<i64>)> {
     let (since, until) = (filter.since.map(|t| t.naive_utc()), filter.until.map(|t| t.naive_utc()));
+    let by_time = filter.by_time();
     // One boxed query per use: the filters apply to the page and to the count alike.
     macro_rules! filtered {
         () => {{
@@ -161,12 +164,26 @@ pub async fn page(
         }};
     }
     let (rows, total): (Vec<AuditRow>, Option<i64>) = db_run!(conn, "audit::page": {
-        let mut page = filtered!().order(audit_logs::id.desc()).limit(limit);
+        let mut page = filtered!().limit(limit);
+        page = if by_time {
+            page.order((audit_logs::created_at.desc(), audit_logs::id.desc()))
+        } else {
+            page.order(audit_logs::id.desc())
+        };
         if offset > 0 {
             page = page.offset(offset);
         }
-        if let Some(after) = after {
-            page = page.filter(audit_logs::id.lt(after));
+        match after {
+            // (created_at, id) < (at, id), spelt so that both databases seek the index to `at`
+            // (`created_at <= at`) and only the rows of that very instant meet the rest.
+            Some((id, Some(at))) if by_time => {
+                let at = at.naive_utc();
+                page = page
+                    .filter(audit_logs::created_at.le(at))
+                    .filter(audit_logs::created_at.lt(at).or(audit_logs::id.lt(id)));
+            }
+            Some((id, _)) => page = page.filter(audit_logs::id.lt(id)),
+            None => {}
         }
         let rows = page.select(AuditRow::as_select()).load(conn).await.map_err(map_err)?;
         let total = if count { Some(filtered!().count().get_result(conn).await.map_err(map_err)?) } else { None };
