@@ -162,12 +162,6 @@ impl App {
         self.inner.relying_party.as_deref().ok_or(Error::FailedPrecondition(OFF))
     }
 
-    /// Whether the user has a passkey (Login then lists "webauthn").
-    pub(super) async fn has_passkey(&self, user_id: UserId) -> Result<bool> {
-        let mut conn = self.db().get().await?;
-        passkeys::has_any(&mut conn, user_id).await
-    }
-
     /// Starts registering a passkey for the caller: options that ask the authenticator for a
     /// discoverable credential (usable passwordless) verified by the user, excluding the
     /// caller's existing ones.

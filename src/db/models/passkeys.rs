@@ -99,14 +99,6 @@ pub async fn list(conn: &mut DbConn, user_id: UserId) -> Result<Vec<PasskeyRecor
     Ok(rows.into_iter().map(PasskeyRecord::from).collect())
 }
 
-/// Whether the user has a passkey.
-pub async fn has_any(conn: &mut DbConn, user_id: UserId) -> Result<bool> {
-    let n: i64 = db_run!(conn, "passkeys::has_any": {
-        passkeys::table.filter(passkeys::user_id.eq(user_id.0)).count().get_result(conn).await.map_err(map_err)
-    })?;
-    Ok(n > 0)
-}
-
 /// The passkey with this credential id (base64url), whoever's it is.
 pub async fn find_by_credential(conn: &mut DbConn, credential_id: &str) -> Result<Option<PasskeyRecord>> {
     let row = db_run!(conn, "passkeys::find_by_credential": {
