@@ -149,6 +149,7 @@ diesel::table! {
         name -> Text,
         created_at -> Timestamp,
         last_used_at -> Nullable<Timestamp>,
+        sign_count -> BigInt,
     }
 }
 
