@@ -169,7 +169,8 @@ impl App {
     /// must enrol first); only its SHA-256 is kept.
     ///
     /// Committed without waiting for the disk (`write_losable`): a crash may lose a token
-    /// issued in its last moments, and the user then signs in again. Nothing the token guards
+    /// issued in its last moments (with its `mfa_required` audit row: the password was right),
+    /// and the user then signs in again. Nothing the token guards
     /// depends on it reaching the disk: the second step that spends it (the code's time step,
     /// the token's end, the session) commits durably, and with it everything committed before.
     pub(super) async fn issue_mfa_challenge(
