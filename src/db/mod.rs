@@ -398,6 +398,21 @@ impl DbPool {
     /// cannot cut it in half), retrying it from the start when it lost to a concurrent
     /// transaction. On SQLite, this process's writers queue for the one write lock in order.
     pub async fn write<T: Send + 'static>(&self, work: WriteWork<T>) -> Result<T, Error> {
+        self.write_with(Commit::Durable, work).await
+    }
+
+    /// [`write`](Self::write) for a transaction whose loss in a crash is harmless (what it
+    /// records can simply be asked for again, and nothing that depends on it can commit before
+    /// it reaches the disk): on PostgreSQL it commits without waiting for its WAL flush
+    /// (`SET LOCAL synchronous_commit = off`, this transaction only, so PgBouncer's transaction
+    /// mode is fine). It is visible to every other transaction as soon as it commits, and a
+    /// later durable commit flushes it too, since the WAL is written in order. SQLite (WAL,
+    /// `synchronous = NORMAL`) does not sync at commit anyway.
+    pub async fn write_losable<T: Send + 'static>(&self, work: WriteWork<T>) -> Result<T, Error> {
+        self.write_with(Commit::Asynchronous, work).await
+    }
+
+    async fn write_with<T: Send + 'static>(&self, durability: Commit, work: WriteWork<T>) -> Result<T, Error> {
         let pool = self.clone();
         detached(async move {
             let mut attempt = 1;
@@ -407,7 +422,7 @@ impl DbPool {
                     Self::Postgres(_) => None,
                 };
                 let mut conn = pool.get().await?;
-                let result = conn.transaction(async |c: &mut DbConn| work(c).await).await;
+                let result = conn.transaction_with(durability, async |c: &mut DbConn| work(c).await).await;
                 drop((conn, turn));
                 match result {
                     Err(Error::Contention) if attempt < WRITE_ATTEMPTS => {
@@ -425,6 +440,15 @@ impl DbPool {
     }
 }
 
+/// Whether a write transaction waits for its commit to reach the disk.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Commit {
+    Durable,
+    /// PostgreSQL: `SET LOCAL synchronous_commit = off`, sent with the `BEGIN` (no extra round
+    /// trip). See [`DbPool::write_losable`].
+    Asynchronous,
+}
+
 impl DbConn {
     /// Runs `work` in a transaction: commit on `Ok`, roll back on `Err`. On SQLite it begins
     /// IMMEDIATE: it takes the write lock up front (waiting its turn) rather than failing with
@@ -434,6 +458,15 @@ impl DbConn {
     /// mid-way (every RPC handler) use [`DbPool::write`] or run it inside [`detached`].
     pub async fn transaction<T>(
         &mut self,
+        work: impl AsyncFnOnce(&mut DbConn) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        self.transaction_with(Commit::Durable, work).await
+    }
+
+    /// [`transaction`](Self::transaction), committing as `durability` says.
+    pub async fn transaction_with<T>(
+        &mut self,
+        durability: Commit,
         work: impl AsyncFnOnce(&mut DbConn) -> Result<T, Error>,
     ) -> Result<T, Error> {
         use diesel::connection::AnsiTransactionManager;
@@ -446,9 +479,21 @@ impl DbConn {
         }
         match self {
             Self::Postgres(c) => {
-                <AsyncPgConnection as AsyncConnection>::TransactionManager::begin_transaction(&mut **c)
-                    .await
-                    .map_err(map_err)?;
+                let begun = match durability {
+                    Commit::Durable => {
+                        <AsyncPgConnection as AsyncConnection>::TransactionManager::begin_transaction(&mut **c).await
+                    }
+                    // One simple-protocol round trip, as a plain BEGIN is; SET LOCAL ends with the
+                    // transaction, so a pooler in transaction mode hands on no changed setting.
+                    Commit::Asynchronous => {
+                        diesel_async::AnsiTransactionManager::begin_transaction_sql(
+                            &mut **c,
+                            "BEGIN; SET LOCAL synchronous_commit = off",
+                        )
+                        .await
+                    }
+                };
+                begun.map_err(map_err)?;
             }
             Self::Sqlite(c) => {
                 c.spawn_blocking(|c| AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE"))

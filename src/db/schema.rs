@@ -86,7 +86,7 @@ diesel::allow_tables_to_appear_in_same_query!(api_keys, service_accounts);
 
 diesel::joinable!(user_backends -> users (user_id));
 diesel::joinable!(sessions -> users (user_id));
-diesel::allow_tables_to_appear_in_same_query!(users, user_backends, sessions, audit_logs);
+diesel::allow_tables_to_appear_in_same_query!(users, user_backends, sessions, audit_logs, mfa_challenges, mfa_totp);
 
 diesel::table! {
     login_throttles (subject, ip_address) {
@@ -149,6 +149,7 @@ diesel::table! {
         name -> Text,
         created_at -> Timestamp,
         last_used_at -> Nullable<Timestamp>,
+        sign_count -> BigInt,
     }
 }
 

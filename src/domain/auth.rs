@@ -182,7 +182,9 @@ impl App {
                             } else {
                                 passwordless = true;
                             }
-                            passkeys::mark_used(c, passkey.passkey_id, &passkey.passkey_json, now).await?;
+                            // False: a concurrent use with a higher counter committed first.
+                            passkeys::mark_used(c, passkey.passkey_id, &passkey.passkey_json, passkey.counter, now)
+                                .await?;
                         }
                     }
                     if !current.is_active {

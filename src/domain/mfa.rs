@@ -152,14 +152,14 @@ pub struct MfaFactors {
 impl App {
     /// The ways `user_id` can complete a sign-in, as Login lists them: empty without a factor
     /// (a correct password then opens a session), else a correct password earns an mfa_token.
+    /// One query, which every Login makes, with a factor or without.
     pub(super) async fn second_factor_methods(&self, user_id: UserId) -> Result<Vec<&'static str>> {
-        let mut conn = self.db().get().await?;
+        let (totp, passkey) = mfa::second_factors(&mut self.db().get().await?, user_id).await?;
         let mut methods = Vec::new();
-        if mfa::has_confirmed_totp(&mut conn, user_id).await? {
+        if totp {
             methods.extend(METHODS);
         }
-        drop(conn);
-        if self.has_passkey(user_id).await? {
+        if passkey {
             methods.push(super::passkeys::METHOD);
         }
         Ok(methods)
@@ -167,6 +167,12 @@ impl App {
 
     /// Issues the mfa_token of a sign-in whose password was right (`enrolment`: of an admin who
     /// must enrol first); only its SHA-256 is kept.
+    ///
+    /// Committed without waiting for the disk (`write_losable`): a crash may lose a token
+    /// issued in its last moments (with its `mfa_required` audit row: the password was right),
+    /// and the user then signs in again. Nothing the token guards
+    /// depends on it reaching the disk: the second step that spends it (the code's time step,
+    /// the token's end, the session) commits durably, and with it everything committed before.
     pub(super) async fn issue_mfa_challenge(
         &self,
         user: &User,
@@ -188,10 +194,10 @@ impl App {
         };
         let (user_id, client) = (user.id, client.clone());
         self.db()
-            .write(Box::new(move |c| {
+            .write_losable(Box::new(move |c| {
                 let (challenge, client) = (challenge.clone(), client.clone());
                 Box::pin(async move {
-                    mfa::insert_challenge(c, &challenge, now).await?;
+                    mfa::insert_challenge(c, &challenge).await?;
                     let event = Event::new(Action::MfaRequired, Some(user_id))
                         .with("purpose", if enrolment { "enrolment" } else { "sign_in" });
                     audit::record(c, event, &client, now).await?.nothing_cached();
@@ -222,12 +228,13 @@ impl App {
             SecondFactor::Totp(code) => Offered::Totp(normalize_code(code.expose_secret())?),
             SecondFactor::RecoveryCode(code) => Offered::Recovery(normalize_recovery_code(code.expose_secret())?),
         };
-        let (token_sha256, challenge) = self.live_challenge(token, false, client, now).await?;
-        let mut conn = self.db().get().await?;
-        let (user, backend) =
-            users::find(&mut conn, challenge.user_id).await?.ok_or(Error::Unauthenticated(TOKEN_REFUSED))?;
-        let totp = mfa::find_totp(&mut conn, user.id).await?.filter(|f| f.confirmed_at.is_some());
-        drop(conn);
+        let token_sha256 = mfa_token_hash(token)?;
+        // The token, its user and the factor in one round trip.
+        let found = mfa::find_sign_in(&mut self.db().get().await?, &token_sha256).await?;
+        let (challenge, (user, backend), totp) = found
+            .filter(|(challenge, _, _)| is_live(challenge, false, client, now))
+            .ok_or(Error::Unauthenticated(TOKEN_REFUSED))?;
+        let totp = totp.filter(|f| f.confirmed_at.is_some());
         let subject = user_subject(user.id);
         self.refuse_if_throttled(Some(user.id), &subject, client, now).await?;
 
@@ -297,19 +304,11 @@ impl App {
         client: &ClientInfo,
         now: DateTime<Utc>,
     ) -> Result<(String, MfaChallenge)> {
-        if token.len() > 128 || !is_mfa_token(token) || token.chars().any(char::is_control) {
-            return Err(Error::Unauthenticated(TOKEN_REFUSED));
-        }
-        let token_sha256 = sha256_hex(token);
+        let token_sha256 = mfa_token_hash(token)?;
         let mut conn = self.db().get().await?;
         let challenge = mfa::find_challenge(&mut conn, &token_sha256)
             .await?
-            .filter(|c| {
-                c.enrolment == enrolment
-                    && c.ended_at.is_none()
-                    && c.expires_at > now
-                    && c.ip_address == client_key(client)
-            })
+            .filter(|c| is_live(c, enrolment, client, now))
             .ok_or(Error::Unauthenticated(TOKEN_REFUSED))?;
         Ok((token_sha256, challenge))
     }
@@ -617,6 +616,23 @@ enum FactorChange {
 enum Offered {
     Totp(String),
     Recovery(String),
+}
+
+/// The SHA-256 an mfa_token is stored by; anything not shaped like one is refused as unknown.
+fn mfa_token_hash(token: &str) -> Result<String> {
+    if token.len() > 128 || !is_mfa_token(token) || token.chars().any(char::is_control) {
+        return Err(Error::Unauthenticated(TOKEN_REFUSED));
+    }
+    Ok(sha256_hex(token))
+}
+
+/// Whether `challenge` still grants its step (`enrolment`: an enrolment grant, else a sign-in)
+/// to this client: not ended, not expired, from the address that signed in.
+fn is_live(challenge: &MfaChallenge, enrolment: bool, client: &ClientInfo, now: DateTime<Utc>) -> bool {
+    challenge.enrolment == enrolment
+        && challenge.ended_at.is_none()
+        && challenge.expires_at > now
+        && challenge.ip_address == client_key(client)
 }
 
 /// SHA-256 of `text`, lower-case hex.

@@ -9,7 +9,8 @@
 //! in `auth::open_session`), so of many concurrent finishes exactly one wins. A failed check
 //! spends the ceremony too. After each use the stored credential is rewritten as the crate
 //! updated it (its signature counter), so a counter that goes backwards (a cloned
-//! authenticator) is refused by the crate at the next use.
+//! authenticator) is refused by the crate at the next use; that rewrite only moves the counter
+//! forward, so of concurrent uses the highest counter stays.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -56,8 +57,10 @@ const PURPOSE_REGISTER: &str = "register";
 const PURPOSE_SECOND_FACTOR: &str = "second_factor";
 const PURPOSE_PASSWORDLESS: &str = "passwordless";
 
-/// The relying party: its id is the host of the first FRONTEND_URL origin, and every
-/// FRONTEND_URL origin on that host (or a subdomain of it) may run ceremonies.
+/// The relying party: its id is the host of the first FRONTEND_URL origin, and exactly the
+/// FRONTEND_URL origins on that host (or a subdomain of it) may run ceremonies: not any other
+/// subdomain, port or scheme, since a page there is not the UI (a subdomain may be another
+/// tenant's, or a forgotten one).
 pub struct RelyingParty {
     webauthn: Webauthn,
     id: String,
@@ -83,8 +86,7 @@ impl RelyingParty {
         let Some(id) = first.domain().map(str::to_owned) else { return Ok(None) };
         let mut builder = WebauthnBuilder::new(&id, first)
             .map_err(|e| anyhow::anyhow!("FRONTEND_URL: {first} cannot be a WebAuthn origin: {e}"))?
-            .rp_name(super::mfa::ISSUER)
-            .allow_subdomains(true);
+            .rp_name(super::mfa::ISSUER);
         for url in &urls[1..] {
             let same_site = url.domain().is_some_and(|d| d == id || d.ends_with(&format!(".{id}")));
             if same_site {
@@ -144,6 +146,8 @@ pub(super) struct PasskeyProof {
     pub ceremony_sha256: String,
     pub passkey_id: i32,
     pub passkey_json: String,
+    /// The signature counter this use presented (stored only if no higher one is).
+    pub counter: u32,
     /// (SHA-256 of the password hash checked, SHA-256 of the mfa_token): a second step.
     pub second_factor: Option<(String, String)>,
 }
@@ -160,12 +164,6 @@ impl std::fmt::Debug for PasskeyProof {
 impl App {
     fn relying_party(&self) -> Result<&RelyingParty> {
         self.inner.relying_party.as_deref().ok_or(Error::FailedPrecondition(OFF))
-    }
-
-    /// Whether the user has a passkey (Login then lists "webauthn").
-    pub(super) async fn has_passkey(&self, user_id: UserId) -> Result<bool> {
-        let mut conn = self.db().get().await?;
-        passkeys::has_any(&mut conn, user_id).await
     }
 
     /// Starts registering a passkey for the caller: options that ask the authenticator for a
@@ -248,7 +246,7 @@ impl App {
         let credential_id = URL_SAFE_NO_PAD.encode::<&[u8]>(passkey.cred_id().as_ref());
         let passkey_json = to_json(&passkey)?;
         let user_handle = state.user_handle.to_string();
-        let id = self
+        let record = self
             .change_user(
                 Acting::owner(principal),
                 Target::user(user_id),
@@ -266,21 +264,21 @@ impl App {
                         if !passkeys::take_ceremony(c, &ceremony_sha256, now).await? {
                             return Err(Error::FailedPrecondition(CEREMONY_REFUSED));
                         }
-                        let id = passkeys::insert(c, user_id, &credential_id, &user_handle, &passkey_json, &name, now)
-                            .await
-                            .map_err(|e| match e {
-                                Error::AlreadyExists { .. } => {
-                                    Error::FailedPrecondition("That passkey is already registered")
-                                }
-                                other => other,
-                            })?;
-                        Ok((id, Event::new(Action::PasskeyRegistered, Some(user_id)).with("passkey_id", id)))
+                        let record =
+                            passkeys::insert(c, user_id, &credential_id, &user_handle, &passkey_json, &name, now)
+                                .await
+                                .map_err(|e| match e {
+                                    Error::AlreadyExists { .. } => {
+                                        Error::FailedPrecondition("That passkey is already registered")
+                                    }
+                                    other => other,
+                                })?;
+                        let event = Event::new(Action::PasskeyRegistered, Some(user_id)).with("passkey_id", record.id);
+                        Ok((record, event))
                     })
                 }),
             )
             .await?;
-        let mut conn = self.db().get().await?;
-        let record = passkeys::find(&mut conn, user_id, id).await?.ok_or(Error::NotFound("passkey"))?;
         Ok(PasskeyView::from(&record))
     }
 
@@ -290,7 +288,8 @@ impl App {
         Ok(passkeys::list(&mut conn, user_id).await?.iter().map(PasskeyView::from).collect())
     }
 
-    /// Renames one of the caller's passkeys.
+    /// Renames one of the caller's passkeys, answering it as renamed (from the same statement:
+    /// a delete that commits right after cannot turn a done rename into NotFound).
     pub async fn rename_passkey(
         &self,
         principal: &Principal,
@@ -301,24 +300,22 @@ impl App {
     ) -> Result<PasskeyView> {
         let name = passkey_name(name, false)?;
         let user_id = principal.user.id;
-        self.change_user(
-            Acting::owner(principal),
-            Target::user(user_id),
-            client,
-            now,
-            Box::new(move |c, _| {
-                let name = name.clone();
-                Box::pin(async move {
-                    if !passkeys::rename(c, user_id, id, &name).await? {
-                        return Err(Error::NotFound("passkey"));
-                    }
-                    Ok(((), Event::new(Action::PasskeyRenamed, Some(user_id)).with("passkey_id", id)))
-                })
-            }),
-        )
-        .await?;
-        let mut conn = self.db().get().await?;
-        let record = passkeys::find(&mut conn, user_id, id).await?.ok_or(Error::NotFound("passkey"))?;
+        let record = self
+            .change_user(
+                Acting::owner(principal),
+                Target::user(user_id),
+                client,
+                now,
+                Box::new(move |c, _| {
+                    let name = name.clone();
+                    Box::pin(async move {
+                        let record =
+                            passkeys::rename(c, user_id, id, &name).await?.ok_or(Error::NotFound("passkey"))?;
+                        Ok((record, Event::new(Action::PasskeyRenamed, Some(user_id)).with("passkey_id", id)))
+                    })
+                }),
+            )
+            .await?;
         Ok(PasskeyView::from(&record))
     }
 
@@ -475,6 +472,7 @@ impl App {
             ceremony_sha256,
             passkey_id: record.id,
             passkey_json: to_json(&passkey)?,
+            counter: result.counter(),
             second_factor: second,
         });
         match self.open_session(user, backend, proof, client, now).await? {

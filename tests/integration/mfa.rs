@@ -714,3 +714,108 @@ crate::on_both_backends!(
     hostile_second_steps_change_nothing,
     admins_enrol_before_a_session_under_the_policy,
 );
+
+/// Login's first step commits without waiting for the disk on PostgreSQL
+/// (`DbPool::write_losable`): what that may lose in a crash, and that what it commits is there
+/// at once for every connection (PgBouncer in transaction mode included).
+mod first_step_commit {
+    use super::*;
+
+    /// An mfa_token whose issuance a crash lost (its row is gone) is refused like any unknown
+    /// one, spends nothing and counts nothing: the user signs in again, with the same code.
+    async fn a_lost_mfa_token_only_means_signing_in_again(s: TestServer) {
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        use instachatico_auth::db::schema::mfa_challenges;
+
+        let admin = s.admin_token().await;
+        let (id, mut app, codes) = enrolled_user(&s, &admin, "crashed").await;
+        let lost = mfa_token(&s, "crashed").await;
+        let sha = instachatico_auth::crypto::hex(&<sha2::Sha256 as sha2::Digest>::digest(lost.as_bytes()));
+        let mut conn = s.app().db().get().await.unwrap();
+        let conn = &mut conn;
+        let gone = instachatico_auth::db_run!(conn, "test::lose_challenge": {
+            diesel::delete(mfa_challenges::table.find(&sha)).execute(conn).await.unwrap()
+        });
+        assert_eq!(gone, 1, "the mfa_token's row is stored under its SHA-256");
+        let code = app.code();
+        let mut auth = s.auth().await;
+        let refused = expect_code(auth.verify_mfa(with_code(&lost, &code)).await, Code::Unauthenticated);
+        assert!(refused.contains("sign in again"), "{refused}");
+        expect_code(auth.verify_mfa(with_recovery(&lost, &codes[0])).await, Code::Unauthenticated);
+        assert_eq!(audit_count(&s, &admin, id, "mfa_failure").await, 0, "not a wrong code");
+        // Neither the code nor the recovery code was spent.
+        auth.verify_mfa(with_code(&mfa_token(&s, "crashed").await, &code)).await.unwrap();
+        auth.verify_mfa(with_recovery(&mfa_token(&s, "crashed").await, &codes[0])).await.unwrap();
+        s.stop().await;
+    }
+
+    /// Round after round, the mfa_token Login just answered is raced by several second steps
+    /// with the same code, each on its own connection (through PgBouncer, on any server
+    /// connection): it is there for all of them at once, and exactly one wins.
+    async fn a_fresh_mfa_token_is_seen_at_once_and_spent_once(s: TestServer) {
+        let s = s.restart(&[("login-throttle-threshold", "1000")]).await;
+        let admin = s.admin_token().await;
+        let (id, mut app, codes) = enrolled_user(&s, &admin, "eager").await;
+        let mut rounds = 0;
+        for code in codes.iter().take(ROUNDS) {
+            let token = mfa_token(&s, "eager").await;
+            let requests = (0..CONTENDERS).map(|_| with_recovery(&token, code)).collect();
+            assert_eq!(race(&s, requests).await, 1, "round {rounds}");
+            rounds += 1;
+        }
+        let token = mfa_token(&s, "eager").await;
+        let code = app.code();
+        assert_eq!(race(&s, (0..CONTENDERS).map(|_| with_code(&token, &code)).collect()).await, 1);
+        rounds += 1;
+        assert_eq!(audit_count(&s, &admin, id, "mfa_required").await, rounds);
+        assert_eq!(audit_count(&s, &admin, id, "mfa_success").await, rounds);
+        s.stop().await;
+    }
+
+    /// PostgreSQL's `synchronous_commit` of the current session.
+    async fn synchronous_commit(conn: &mut instachatico_auth::db::DbConn) -> String {
+        #[derive(diesel::QueryableByName)]
+        struct Setting {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            synchronous_commit: String,
+        }
+        let instachatico_auth::db::DbConn::Postgres(c) = conn else { unreachable!("PostgreSQL only") };
+        let setting: Setting =
+            diesel_async::RunQueryDsl::get_result(diesel::sql_query("SHOW synchronous_commit"), &mut **c)
+                .await
+                .unwrap();
+        setting.synchronous_commit
+    }
+
+    /// The asynchronous commit holds inside the losable transaction only: every pooled
+    /// connection (through PgBouncer, every server connection it reached) commits durably after.
+    async fn asynchronous_commit_stays_in_its_transaction(s: TestServer) {
+        if s.backend != Backend::Postgres {
+            return s.stop().await;
+        }
+        let db = s.app().db();
+        for _ in 0..5 {
+            let inside = db.write_losable(Box::new(|c| Box::pin(async move { Ok(synchronous_commit(c).await) })));
+            assert_eq!(inside.await.unwrap(), "off");
+            let durable = db.write(Box::new(|c| Box::pin(async move { Ok(synchronous_commit(c).await) })));
+            assert_eq!(durable.await.unwrap(), "on");
+        }
+        let (_, size) = db.usage();
+        let mut held = Vec::new();
+        for _ in 0..size {
+            let mut conn = db.get().await.unwrap();
+            assert_eq!(synchronous_commit(&mut conn).await, "on");
+            held.push(conn);
+        }
+        drop(held);
+        s.stop().await;
+    }
+
+    crate::on_both_backends!(
+        and_through_pgbouncer;
+        asynchronous_commit_stays_in_its_transaction,
+        a_lost_mfa_token_only_means_signing_in_again,
+        a_fresh_mfa_token_is_seen_at_once_and_spent_once,
+    );
+}

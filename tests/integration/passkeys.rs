@@ -705,6 +705,139 @@ async fn admin_reset_clears_passkeys(s: TestServer) {
     s.stop().await;
 }
 
+/// A page on another origin, even a subdomain of FRONTEND_URL's host, runs no ceremony: the
+/// relying party accepts FRONTEND_URL's exact origin only.
+async fn a_ceremony_from_a_subdomain_origin_is_refused(s: TestServer) {
+    let admin = s.admin_token().await;
+    let user = s.create_user(&admin, "origins", None).await;
+    let token = s.login("origins", USER_PASSWORD).await;
+    let mut passkeys = passkey_client(&s).await;
+    for origin in ["http://evil.localhost:5173", "http://localhost:5174", "https://localhost:5173"] {
+        // Registration from there: refused, nothing stored.
+        let start = passkeys.start_passkey_registration(authed(&token, pb::StartPasskeyRegistrationRequest {})).await;
+        let start = start.unwrap().into_inner();
+        let mut elsewhere = SoftAuthenticator { origin: origin.to_owned(), credentials: Vec::new() };
+        let credential = elsewhere.create(&from_struct(start.options.unwrap()));
+        let finish = pb::FinishPasskeyRegistrationRequest {
+            ceremony: start.ceremony,
+            name: String::new(),
+            credential: Some(to_struct(credential)),
+        };
+        expect_code(passkeys.finish_passkey_registration(authed(&token, finish)).await, Code::PermissionDenied);
+    }
+    let listed = passkeys.list_passkeys(authed(&token, pb::ListPasskeysRequest {})).await.unwrap().into_inner();
+    assert!(listed.passkeys.is_empty(), "{listed:?}");
+    // A passkey registered from the UI's origin does not sign in from the subdomain, neither
+    // passwordless nor as a second step.
+    let mut device = SoftAuthenticator::new();
+    register(&s, &token, &mut device, "ui").await;
+    let mut moved = device.clone();
+    moved.origin = "http://evil.localhost:5173".to_owned();
+    expect_code(sign_in(&s, &mut moved, "").await, Code::Unauthenticated);
+    let mfa_token = s.login_reply("origins", USER_PASSWORD).await.unwrap().mfa_token.unwrap();
+    expect_code(sign_in(&s, &mut moved, &mfa_token).await, Code::Unauthenticated);
+    // From the UI's origin the same passkey works (its counter is ahead of the refused ones).
+    device.credentials.last_mut().unwrap().counter = moved.credentials.last().unwrap().counter;
+    sign_in(&s, &mut device, &mfa_token).await.unwrap();
+    sign_in(&s, &mut device, "").await.unwrap();
+    assert_eq!(audit_count(&s, &admin, user.id, "passkey_refused").await, 5);
+    s.stop().await;
+}
+
+/// Rounds of the passkey races; contenders per round.
+const ROUNDS: usize = 8;
+const CONTENDERS: usize = 4;
+
+/// Concurrent sign-ins with one credential through separate ceremonies (passwordless, and as
+/// second steps of separate sign-ins): the stored signature counter only moves forward, so it
+/// ends at the highest counter any of them presented, whatever order they commit in.
+async fn the_stored_counter_ends_at_the_highest_under_races(s: TestServer) {
+    let s = s.restart(&[("login-throttle-threshold", "1000")]).await;
+    let admin = s.admin_token().await;
+    s.create_user(&admin, "counted", None).await;
+    let token = s.login("counted", USER_PASSWORD).await;
+    let mut device = SoftAuthenticator::new();
+    register(&s, &token, &mut device, "shared").await;
+    let mut auth = s.auth().await;
+    for round in 0..ROUNDS {
+        let second_step = round % 2 == 1;
+        let mut requests = Vec::new();
+        for _ in 0..CONTENDERS {
+            let mfa_token = if second_step {
+                s.login_reply("counted", USER_PASSWORD).await.unwrap().mfa_token.unwrap()
+            } else {
+                String::new()
+            };
+            let start = auth.start_passkey_sign_in(pb::StartPasskeySignInRequest { mfa_token: mfa_token.clone() });
+            let start = start.await.unwrap().into_inner();
+            // Each assertion carries the next counter value.
+            let credential = device.get(&from_struct(start.options.unwrap()));
+            requests.push(pb::FinishPasskeySignInRequest {
+                ceremony: start.ceremony,
+                credential: Some(to_struct(credential)),
+                mfa_token,
+            });
+        }
+        let send = |mut client: AuthServiceClient<Channel>, request| async move {
+            client.finish_passkey_sign_in(request).await.map(drop)
+        };
+        // Any may lose to one with a higher counter that committed before it was checked
+        // (refused as a counter that went back); the highest never loses.
+        let wins = crate::mfa::race_with(&s, requests, send).await;
+        assert!(wins >= 1, "round {round}");
+        // The stored counter is the highest: the same counter again is refused (a clone)...
+        let highest = device.credentials.last().unwrap().counter;
+        let mut clone = device.clone();
+        clone.credentials.last_mut().unwrap().counter = highest - 1;
+        expect_code(sign_in(&s, &mut clone, "").await, Code::Unauthenticated);
+        // ... and the next one is accepted.
+        device.credentials.last_mut().unwrap().counter = highest;
+        sign_in(&s, &mut device, "").await.unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+    }
+    s.stop().await;
+}
+
+/// Renaming and deleting one passkey at once: it ends up deleted, the rename either happened
+/// before (and answers the new name) or finds nothing, and the audit says exactly that.
+async fn rename_and_delete_race(s: TestServer) {
+    let admin = s.admin_token().await;
+    let user = s.create_user(&admin, "racy", None).await;
+    let token = s.login("racy", USER_PASSWORD).await;
+    let mut renamed = 0;
+    for round in 0..ROUNDS {
+        let mut device = SoftAuthenticator::new();
+        let passkey = register(&s, &token, &mut device, "before").await;
+        let (mut renamer, mut deleter) = (passkey_client(&s).await, passkey_client(&s).await);
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+        let (b1, b2) = (std::sync::Arc::clone(&barrier), barrier);
+        let name = format!("after{round}");
+        let rename = authed(&token, pb::RenamePasskeyRequest { id: passkey.id, name: name.clone() });
+        let delete = authed(&token, pb::DeletePasskeyRequest { id: passkey.id });
+        let rename = tokio::spawn(async move {
+            b1.wait().await;
+            renamer.rename_passkey(rename).await
+        });
+        let delete = tokio::spawn(async move {
+            b2.wait().await;
+            deleter.delete_passkey(delete).await
+        });
+        let (rename, delete) = (rename.await.unwrap(), delete.await.unwrap());
+        delete.unwrap_or_else(|e| panic!("round {round}: the delete failed: {e:?}"));
+        match rename {
+            Ok(reply) => {
+                assert_eq!(reply.into_inner().name, name, "round {round}");
+                renamed += 1;
+            }
+            Err(status) => assert_eq!(status.code(), Code::NotFound, "round {round}: {status:?}"),
+        }
+        let listed = passkey_client(&s).await.list_passkeys(authed(&token, pb::ListPasskeysRequest {})).await;
+        assert!(listed.unwrap().into_inner().passkeys.is_empty(), "round {round}");
+    }
+    assert_eq!(audit_count(&s, &admin, user.id, "passkey_renamed").await, renamed);
+    assert_eq!(audit_count(&s, &admin, user.id, "passkey_deleted").await, i32::try_from(ROUNDS).unwrap());
+    s.stop().await;
+}
+
 crate::on_both_backends!(
     register_list_rename_delete_and_sign_in_over_grpc,
     passkeys_through_envoy_as_json,
@@ -714,4 +847,7 @@ crate::on_both_backends!(
     five_refused_passkeys_end_the_mfa_token,
     hostile_passkey_input_changes_nothing,
     admin_reset_clears_passkeys,
+    a_ceremony_from_a_subdomain_origin_is_refused,
+    the_stored_counter_ends_at_the_highest_under_races,
+    rename_and_delete_race,
 );

@@ -192,13 +192,11 @@ async fn purge_ends_mfa_tokens_and_passkey_ceremonies(s: TestServer) {
         expires_at: expires,
         ended_at: None,
     };
-    // Inserted "an hour ago": the insert's own cleanup of the user's old tokens sees none due.
-    let an_hour_ago = now - Duration::hours(1);
     for n in 0..9 {
-        mfa::insert_challenge(&mut conn, &challenge(n, now - Duration::minutes(1)), an_hour_ago).await.unwrap();
+        mfa::insert_challenge(&mut conn, &challenge(n, now - Duration::minutes(1))).await.unwrap();
     }
     for n in 9..16 {
-        mfa::insert_challenge(&mut conn, &challenge(n, now + Duration::minutes(4)), an_hour_ago).await.unwrap();
+        mfa::insert_challenge(&mut conn, &challenge(n, now + Duration::minutes(4))).await.unwrap();
     }
     // Four of the live ones were used.
     for n in 9..13 {

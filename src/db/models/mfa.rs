@@ -4,15 +4,18 @@
 //! concurrent uses cannot both win on either database.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
+use diesel::dsl::exists;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
+use super::BackendRow;
 use super::delete_batch;
-use crate::db::schema::{mfa_challenges, mfa_recovery_codes, mfa_totp};
+use super::users::{UserRow, with_backend};
+use crate::db::schema::{mfa_challenges, mfa_recovery_codes, mfa_totp, passkeys, user_backends, users};
 use crate::db::{DbConn, map_err};
 use crate::db_run;
 use crate::error::Result;
-use crate::model::{MfaChallenge, TotpFactor, UserId};
+use crate::model::{MfaChallenge, TotpFactor, UserId, UserWithBackend};
 
 const PURPOSE_SIGN_IN: &str = "sign_in";
 const PURPOSE_ENROL: &str = "enrol";
@@ -97,18 +100,19 @@ pub async fn find_totp(conn: &mut DbConn, user_id: UserId) -> Result<Option<Totp
     Ok(row.map(TotpFactor::from))
 }
 
-/// Whether the user has a confirmed TOTP factor.
-pub async fn has_confirmed_totp(conn: &mut DbConn, user_id: UserId) -> Result<bool> {
-    let n: i64 = db_run!(conn, "mfa::has_confirmed_totp": {
-        mfa_totp::table
-            .filter(mfa_totp::user_id.eq(user_id.0))
-            .filter(mfa_totp::confirmed_at.is_not_null())
-            .count()
-            .get_result(conn)
-            .await
-            .map_err(map_err)
-    })?;
-    Ok(n > 0)
+/// Which second factors the user has, in one round trip: (a confirmed TOTP factor, a passkey).
+pub async fn second_factors(conn: &mut DbConn, user_id: UserId) -> Result<(bool, bool)> {
+    db_run!(conn, "mfa::second_factors": {
+        diesel::select((
+            exists(
+                mfa_totp::table.filter(mfa_totp::user_id.eq(user_id.0)).filter(mfa_totp::confirmed_at.is_not_null()),
+            ),
+            exists(passkeys::table.filter(passkeys::user_id.eq(user_id.0))),
+        ))
+        .get_result(conn)
+        .await
+        .map_err(map_err)
+    })
 }
 
 /// Stores a pending factor, replacing a pending one. Returns false (and changes nothing) when
@@ -276,27 +280,12 @@ pub async fn recovery_codes_left(conn: &mut DbConn, user_id: UserId) -> Result<i
     })
 }
 
-/// Stores a new challenge, dropping the user's ended or expired ones.
-pub async fn insert_challenge(conn: &mut DbConn, challenge: &MfaChallenge, now: DateTime<Utc>) -> Result<()> {
-    let (row, now) = (ChallengeRow::from(challenge), now.naive_utc());
+/// Stores a new challenge. Ended and expired ones stay until the housekeeping purge (every
+/// minute), not deleted here: Login's second-factor answer is one statement shorter.
+pub async fn insert_challenge(conn: &mut DbConn, challenge: &MfaChallenge) -> Result<()> {
+    let row = ChallengeRow::from(challenge);
     db_run!(conn, "mfa::insert_challenge": {
-        diesel::delete(
-            mfa_challenges::table
-                .filter(mfa_challenges::user_id.eq(row.user_id))
-                .filter(mfa_challenges::ended_at.is_not_null().or(mfa_challenges::expires_at.le(now))),
-        )
-        .execute(conn)
-        .await
-        .map(drop)
-        .map_err(map_err)
-    })?;
-    db_run!(conn, "mfa::insert_challenge": {
-        diesel::insert_into(mfa_challenges::table)
-            .values(row.clone())
-            .execute(conn)
-            .await
-            .map(drop)
-            .map_err(map_err)
+        diesel::insert_into(mfa_challenges::table).values(row.clone()).execute(conn).await.map(drop).map_err(map_err)
     })
 }
 
@@ -312,6 +301,35 @@ pub async fn find_challenge(conn: &mut DbConn, token_sha256: &str) -> Result<Opt
             .map_err(map_err)
     })?;
     Ok(row.map(MfaChallenge::from))
+}
+
+/// What the second step of a sign-in reads, in one round trip: the challenge whose token
+/// hashes to `token_sha256` (in any state), its user with the backend, and the user's TOTP
+/// factor (pending or confirmed).
+pub async fn find_sign_in(
+    conn: &mut DbConn,
+    token_sha256: &str,
+) -> Result<Option<(MfaChallenge, UserWithBackend, Option<TotpFactor>)>> {
+    let row = db_run!(conn, "mfa::find_sign_in": {
+        mfa_challenges::table
+            .inner_join(users::table.on(users::id.eq(mfa_challenges::user_id)))
+            .left_join(user_backends::table.on(user_backends::user_id.eq(mfa_challenges::user_id)))
+            .left_join(mfa_totp::table.on(mfa_totp::user_id.eq(mfa_challenges::user_id)))
+            .filter(mfa_challenges::token_sha256.eq(token_sha256))
+            .select((
+                ChallengeRow::as_select(),
+                UserRow::as_select(),
+                Option::<BackendRow>::as_select(),
+                Option::<TotpRow>::as_select(),
+            ))
+            .first::<(ChallengeRow, UserRow, Option<BackendRow>, Option<TotpRow>)>(conn)
+            .await
+            .optional()
+            .map_err(map_err)
+    })?;
+    Ok(row.map(|(challenge, user, backend, totp)| {
+        (MfaChallenge::from(challenge), with_backend((user, backend)), totp.map(TotpFactor::from))
+    }))
 }
 
 /// Ends a live challenge: true for the one caller that ends it.

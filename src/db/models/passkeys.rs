@@ -99,14 +99,6 @@ pub async fn list(conn: &mut DbConn, user_id: UserId) -> Result<Vec<PasskeyRecor
     Ok(rows.into_iter().map(PasskeyRecord::from).collect())
 }
 
-/// Whether the user has a passkey.
-pub async fn has_any(conn: &mut DbConn, user_id: UserId) -> Result<bool> {
-    let n: i64 = db_run!(conn, "passkeys::has_any": {
-        passkeys::table.filter(passkeys::user_id.eq(user_id.0)).count().get_result(conn).await.map_err(map_err)
-    })?;
-    Ok(n > 0)
-}
-
 /// The passkey with this credential id (base64url), whoever's it is.
 pub async fn find_by_credential(conn: &mut DbConn, credential_id: &str) -> Result<Option<PasskeyRecord>> {
     let row = db_run!(conn, "passkeys::find_by_credential": {
@@ -135,7 +127,8 @@ pub async fn user_handle(conn: &mut DbConn, user_id: UserId) -> Result<Option<St
     })
 }
 
-/// Stores a new passkey; a credential id already stored is `AlreadyExists { credential_id }`.
+/// Stores a new passkey and returns it; a credential id already stored is
+/// `AlreadyExists { credential_id }`.
 pub async fn insert(
     conn: &mut DbConn,
     user_id: UserId,
@@ -144,9 +137,9 @@ pub async fn insert(
     passkey_json: &str,
     name: &str,
     now: DateTime<Utc>,
-) -> Result<i32> {
+) -> Result<PasskeyRecord> {
     let now = now.naive_utc();
-    db_run!(conn, "passkeys::insert": {
+    let row = db_run!(conn, "passkeys::insert": {
         diesel::insert_into(passkeys::table)
             .values((
                 passkeys::user_id.eq(user_id.0),
@@ -156,23 +149,27 @@ pub async fn insert(
                 passkeys::name.eq(name),
                 passkeys::created_at.eq(now),
             ))
-            .returning(passkeys::id)
-            .get_result(conn)
-            .await
-            .map_err(map_err)
-    })
-}
-
-/// Renames the user's passkey `id`; false when the user has no such passkey.
-pub async fn rename(conn: &mut DbConn, user_id: UserId, id: i32, name: &str) -> Result<bool> {
-    let n = db_run!(conn, "passkeys::rename": {
-        diesel::update(passkeys::table.filter(passkeys::id.eq(id)).filter(passkeys::user_id.eq(user_id.0)))
-            .set(passkeys::name.eq(name))
-            .execute(conn)
+            .returning(PasskeyRow::as_returning())
+            .get_result::<PasskeyRow>(conn)
             .await
             .map_err(map_err)
     })?;
-    Ok(n == 1)
+    Ok(PasskeyRecord::from(row))
+}
+
+/// Renames the user's passkey `id` and returns it as renamed; `None` when the user has no such
+/// passkey.
+pub async fn rename(conn: &mut DbConn, user_id: UserId, id: i32, name: &str) -> Result<Option<PasskeyRecord>> {
+    let row = db_run!(conn, "passkeys::rename": {
+        diesel::update(passkeys::table.filter(passkeys::id.eq(id)).filter(passkeys::user_id.eq(user_id.0)))
+            .set(passkeys::name.eq(name))
+            .returning(PasskeyRow::as_returning())
+            .get_result::<PasskeyRow>(conn)
+            .await
+            .optional()
+            .map_err(map_err)
+    })?;
+    Ok(row.map(PasskeyRecord::from))
 }
 
 /// Deletes the user's passkey `id`; false when the user has no such passkey.
@@ -186,32 +183,25 @@ pub async fn delete(conn: &mut DbConn, user_id: UserId, id: i32) -> Result<bool>
     Ok(n == 1)
 }
 
-/// The user's passkey `id`.
-pub async fn find(conn: &mut DbConn, user_id: UserId, id: i32) -> Result<Option<PasskeyRecord>> {
-    let row = db_run!(conn, "passkeys::find": {
-        passkeys::table
-            .filter(passkeys::id.eq(id))
-            .filter(passkeys::user_id.eq(user_id.0))
-            .select(PasskeyRow::as_select())
-            .first::<PasskeyRow>(conn)
-            .await
-            .optional()
-            .map_err(map_err)
-    })?;
-    Ok(row.map(PasskeyRecord::from))
-}
-
-/// After a use: the credential as the crate updated it (its counter), and when.
-pub async fn mark_used(conn: &mut DbConn, id: i32, passkey_json: &str, now: DateTime<Utc>) -> Result<()> {
-    let now = now.naive_utc();
-    db_run!(conn, "passkeys::mark_used": {
-        diesel::update(passkeys::table.find(id))
-            .set((passkeys::passkey.eq(passkey_json), passkeys::last_used_at.eq(now)))
+/// After a use with signature counter `counter`: the credential as the crate updated it, and
+/// when. Only forward: a concurrent use that stored a higher counter meanwhile stays (it was
+/// checked against the same older value). False when nothing was stored.
+pub async fn mark_used(
+    conn: &mut DbConn,
+    id: i32,
+    passkey_json: &str,
+    counter: u32,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let (now, counter) = (now.naive_utc(), i64::from(counter));
+    let n = db_run!(conn, "passkeys::mark_used": {
+        diesel::update(passkeys::table.filter(passkeys::id.eq(id)).filter(passkeys::sign_count.le(counter)))
+            .set((passkeys::passkey.eq(passkey_json), passkeys::sign_count.eq(counter), passkeys::last_used_at.eq(now)))
             .execute(conn)
             .await
-            .map(drop)
             .map_err(map_err)
-    })
+    })?;
+    Ok(n == 1)
 }
 
 /// Removes all of the user's passkeys and open ceremonies; returns how many passkeys went.
