@@ -545,6 +545,19 @@ mod tests {
         assert_eq!(pg, sqlite, "migrations/postgres and migrations/sqlite must list the same versions");
     }
 
+    /// Diesel records an applied migration by its version alone (the name up to the first `_`):
+    /// two migrations of one version mean a database that applied one skips the other for ever.
+    #[test]
+    fn every_migration_has_a_version_of_its_own() {
+        let (pg, sqlite) = migration_versions();
+        for versions in [pg, sqlite] {
+            let mut unique = versions.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(unique.len(), versions.len(), "a migration version is used twice: {versions:?}");
+        }
+    }
+
     /// Each query's `op` label is `file::function` of the function running it, as it was when
     /// the label was derived from the function's type name.
     #[test]

@@ -379,3 +379,60 @@ fn generated_keys_work_and_sigterm_stops_gracefully() {
     assert!(status.success(), "SIGTERM exits cleanly: {status:?} {rest:?}");
     assert!(rest.iter().any(|l| l.contains("server stopped")), "{rest:?}");
 }
+
+/// A database migrated at the commit that shipped two migrations under one version
+/// (2026-12-04-000001: passkeys, merged first, and listing_indexes) had recorded that version
+/// for passkeys alone, and would have skipped the listing indexes for ever. Rewound to exactly
+/// that state, `migrate` now brings it to the full schema (the two re-versioned migrations are
+/// idempotent), on both databases.
+#[tokio::test]
+async fn a_database_from_the_duplicate_migration_version_upgrades_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    // SQLAlchemy's form, as the service reads it: four slashes for an absolute path.
+    let sqlite_url = format!("sqlite:///{}/upgrade.db", dir.path().display());
+    let pg = PgTestDb::create().await;
+    let mut urls = vec![sqlite_url];
+    urls.extend(pg.as_ref().map(|db| db.url.clone()));
+    for url in urls {
+        let migrate = || run(dir.path(), &[("DATABASE_URL", url.as_str()), ("LOG_LEVEL", "warn")], &["migrate"], "");
+        let out = migrate();
+        assert!(out.status.success(), "{url}: {}", text(&out));
+        let flavour = if url.starts_with("sqlite") { "sqlite" } else { "postgres" };
+        // Undo, newest first, what that commit did not have yet; then its version table.
+        let mut rewind = String::new();
+        for later in [
+            "2026-12-05-000002_passkey_sign_count",
+            "2026-12-05-000001_audit_by_time",
+            "2026-12-04-000002_listing_indexes",
+        ] {
+            let down = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("migrations/{flavour}/{later}/down.sql"));
+            rewind.push_str(&std::fs::read_to_string(down).unwrap());
+            rewind.push('\n');
+        }
+        rewind.push_str(
+            "DELETE FROM __diesel_schema_migrations WHERE version >= '20261204000000';
+             INSERT INTO __diesel_schema_migrations (version) VALUES ('20261204000001');",
+        );
+        // Statements that fail unless the full schema is there (DROP INDEX without IF EXISTS).
+        let whole = "SELECT sign_count FROM passkeys LIMIT 0;
+                     DROP INDEX audit_logs_user_id_id_idx; DROP INDEX audit_logs_action_id_idx;
+                     DROP INDEX audit_logs_created_at_id_idx; DROP INDEX passkeys_user_idx;";
+        execute(&url, &rewind).await.unwrap_or_else(|e| panic!("{url}: rewinding: {e}"));
+        assert!(execute(&url, "SELECT sign_count FROM passkeys LIMIT 0").await.is_err(), "{url}: rewound");
+        let out = migrate();
+        assert!(out.status.success(), "{url}: {}", text(&out));
+        execute(&url, whole).await.unwrap_or_else(|e| panic!("{url}: after the upgrade: {e}"));
+    }
+}
+
+async fn execute(url: &str, sql: &str) -> Result<(), String> {
+    use diesel::connection::SimpleConnection;
+    use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+    if let Some(path) = url.strip_prefix("sqlite:///") {
+        let mut conn = <diesel::SqliteConnection as diesel::Connection>::establish(path).map_err(|e| e.to_string())?;
+        conn.batch_execute(sql).map_err(|e| e.to_string())
+    } else {
+        let mut conn = AsyncPgConnection::establish(url).await.map_err(|e| e.to_string())?;
+        conn.batch_execute(sql).await.map_err(|e| e.to_string())
+    }
+}
