@@ -12,7 +12,7 @@ use clap::{Args, ValueEnum};
 use secrecy::SecretString;
 
 pub use self::keys::{DEV_KEYS_FILE, Keys};
-pub use self::settings::{AdminAccount, Hashing, Settings};
+pub use self::settings::{AUTHZ_SOCKET_NAME, AdminAccount, Hashing, Settings, authz_socket_beside};
 use crate::db::DbTarget;
 
 fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
@@ -185,8 +185,9 @@ pub struct Config {
     pub trusted_proxies: Vec<String>,
 
     /// Unix socket for the Envoy sidecar (mode 0600): only the proxy connects there, so the
-    /// last X-Forwarded-For entry of its requests is believed. Default: DATA_DIR/proxy.sock;
-    /// `off` disables it.
+    /// last X-Forwarded-For entry of its requests is believed. The backend proxy's decisions
+    /// (ext_authz) are served on `authz.sock` beside it. Default: DATA_DIR/proxy.sock; `off`
+    /// disables both.
     #[arg(long, env = "PROXY_SOCKET", global = true)]
     pub proxy_socket: Option<String>,
 

@@ -1,8 +1,9 @@
 //! Assembly: the one way the service starts ([`start`], for `serve` and the tests alike): builds
 //! the [`App`] from checked [`Settings`] (migrations, pool, hashing pool), bootstraps the first
 //! admin, and serves native gRPC, grpc-web (HTTP/1.1 too) with CORS, reflection and
-//! `grpc.health.v1` on one port and the sidecar's socket until shutdown.
+//! `grpc.health.v1` on one port and the sidecar's sockets until shutdown.
 
+mod authz;
 mod background;
 mod proxy_socket;
 
@@ -19,6 +20,8 @@ use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
+use self::authz::AuthzThread;
+use self::proxy_socket::AuthzSocket;
 pub use self::proxy_socket::ProxySocket;
 use crate::config::{AdminAccount, AppEnv, Settings};
 use crate::db::{self, DbPool, DbTarget};
@@ -98,6 +101,8 @@ pub async fn start(
     let app = build_app(&settings).await?;
     bootstrap_admin(&app, settings.admin.as_ref()).await?;
     let proxy = ProxySocket::bind(settings.proxy_socket.as_deref())?;
+    let authz = settings.proxy_socket.as_deref().map(|p| AuthzSocket::bind(crate::config::authz_socket_beside(p)));
+    let authz = authz.transpose()?;
 
     let addr = listener.local_addr()?;
     let metrics_addr = metrics.as_ref().map(TcpListener::local_addr).transpose()?;
@@ -109,7 +114,7 @@ pub async fn start(
             _ = stopped => {}
         }
     };
-    let task = tokio::spawn(serve(app.clone(), settings, listener, proxy, metrics, until));
+    let task = tokio::spawn(serve(app.clone(), settings, listener, (proxy, authz), metrics, until));
     Ok(RunningServer { addr, proxy_socket, metrics_addr, app, stop: Some(stop), task })
 }
 
@@ -200,13 +205,13 @@ async fn bootstrap_admin(app: &App, admin: Option<&AdminAccount>) -> anyhow::Res
     Ok(())
 }
 
-/// Serves on `listener` (and the proxy socket) until `shutdown` completes, then drains
+/// Serves on `listener` (and the sidecar's sockets) until `shutdown` completes, then drains
 /// in-flight requests.
 async fn serve(
     app: App,
     settings: Settings,
     listener: TcpListener,
-    proxy: Option<ProxySocket>,
+    (proxy, authz): (Option<ProxySocket>, Option<AuthzSocket>),
     metrics: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
@@ -304,6 +309,16 @@ async fn serve(
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let tcp = router.clone().serve_with_incoming_shutdown(incoming(listener), until_stopped(stopped.clone()));
+    let mut authz = match authz {
+        Some(socket) => Some(AuthzThread::spawn(app.clone(), socket, settings.request_timeout, stopped.clone())?),
+        None => None,
+    };
+    let decisions = async {
+        match authz.as_mut() {
+            Some(thread) => thread.finished().await,
+            None => Ok(()),
+        }
+    };
     let uds = {
         let stopped = stopped.clone();
         async move {
@@ -319,8 +334,11 @@ async fn serve(
         shutdown.await;
         let _ = stop.send(true);
     };
-    let (result, uds_result, ()) = tokio::join!(tcp, uds, signal);
-    let result = result.and(uds_result);
+    let (result, uds_result, decided, ()) = tokio::join!(tcp, uds, decisions, signal);
+    let result = result.and(uds_result).map_err(anyhow::Error::from).and(decided);
+    if let Some(thread) = authz {
+        thread.release();
+    }
     probe.abort();
     janitor.abort();
     if let Some(task) = listener_task {

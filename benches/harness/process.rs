@@ -55,6 +55,8 @@ impl ServiceProcess {
                 ("LOG_FORMAT", "text"),
             ])
             .envs(env.iter().map(|(k, v)| (k, v)))
+            // An experiment's knob: the service's runtime size, apart from the harness's own.
+            .envs(std::env::var("SERVICE_TOKIO_WORKER_THREADS").ok().map(|n| ("TOKIO_WORKER_THREADS", n)))
             .arg("serve")
             .stderr(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
@@ -230,20 +232,29 @@ impl Envoy {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let template = std::fs::read_to_string(root.join("envoy/envoy.yaml")).expect("envoy.yaml");
         let endpoint_line = "        - endpoint: { address: { pipe: { path: data/proxy.sock } } }";
-        assert!(template.contains(endpoint_line), "envoy.yaml upstream endpoint line changed; update the fixture");
-        let endpoints: Vec<String> = upstreams
-            .iter()
-            .map(|u| match u.clone().into() {
-                Upstream::Tcp(a) => format!(
-                    "        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }}",
-                    a.port()
-                ),
-                Upstream::Unix(path) => {
-                    format!("        - endpoint: {{ address: {{ pipe: {{ path: {} }} }} }}", path.display())
-                }
-            })
-            .collect();
-        let config = template.replace(endpoint_line, &endpoints.join("\n"));
+        let authz_line = "        - endpoint: { address: { pipe: { path: data/authz.sock } } }";
+        for line in [endpoint_line, authz_line] {
+            assert!(template.contains(line), "envoy.yaml upstream endpoint line changed; update the fixture");
+        }
+        // The API's endpoints, and the decisions' (the socket beside each proxy socket; over TCP,
+        // the same port).
+        let endpoints = |decisions: bool| -> String {
+            let lines: Vec<String> = upstreams
+                .iter()
+                .map(|u| match u.clone().into() {
+                    Upstream::Tcp(a) => format!(
+                        "        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }}",
+                        a.port()
+                    ),
+                    Upstream::Unix(path) => {
+                        let path = if decisions { path.with_file_name("authz.sock") } else { path };
+                        format!("        - endpoint: {{ address: {{ pipe: {{ path: {} }} }} }}", path.display())
+                    }
+                })
+                .collect();
+            lines.join("\n")
+        };
+        let config = template.replace(endpoint_line, &endpoints(false)).replace(authz_line, &endpoints(true));
         Self::launch(&edit(&config), "address: 0.0.0.0, port_value: 8080").await
     }
 

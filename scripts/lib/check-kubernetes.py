@@ -188,12 +188,15 @@ def check_socket_shared(r):
     volume = auth_mounts[str(socket.parent)]["name"]
     volumes = {v["name"]: v for v in r.pod["spec"]["volumes"]}
     assert "emptyDir" in volumes[volume], "the socket lives in an emptyDir"
-    pipe = envoy_yaml()["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
-    pipe_path = Path(pipe["endpoint"]["address"]["pipe"]["path"])
-    envoy = r.container("envoy")
-    envoy_dir = str(Path(envoy["workingDir"]) / pipe_path.parent)
-    assert mounts_of(envoy)[envoy_dir]["name"] == volume, f"Envoy must see {volume} at {envoy_dir}"
-    assert pipe_path.name == socket.name
+    clusters = {c["name"]: c for c in envoy_yaml()["static_resources"]["clusters"]}
+    # The API's socket, and the decisions' that the service binds beside it (authz.sock).
+    for cluster, name in (("instachatico_auth", socket.name), ("instachatico_authz", "authz.sock")):
+        pipe = clusters[cluster]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+        pipe_path = Path(pipe["endpoint"]["address"]["pipe"]["path"])
+        envoy = r.container("envoy")
+        envoy_dir = str(Path(envoy["workingDir"]) / pipe_path.parent)
+        assert mounts_of(envoy)[envoy_dir]["name"] == volume, f"Envoy must see {volume} at {envoy_dir}"
+        assert pipe_path.name == name, f"{cluster}: {pipe_path.name} != {name}"
 
 
 def envoy_files():

@@ -259,15 +259,31 @@ fn proxy_socket_path(config: &Config) -> anyhow::Result<Option<PathBuf>> {
         Some(v) if !v.is_empty() => PathBuf::from(v),
         _ => config.data_dir.join("proxy.sock"),
     };
-    let len = path.as_os_str().len();
-    if len > MAX_SOCKET_PATH_BYTES {
-        bail!(
-            "PROXY_SOCKET {} is {len} bytes long; a Unix socket path is at most {MAX_SOCKET_PATH_BYTES} \
-             (set a shorter PROXY_SOCKET or DATA_DIR, or PROXY_SOCKET=off)",
-            path.display()
-        );
+    if path.file_name().is_some_and(|name| name == AUTHZ_SOCKET_NAME) {
+        bail!("PROXY_SOCKET {} is named like the decision socket beside it: choose another name", path.display());
+    }
+    for socket in [&path, &authz_socket_beside(&path)] {
+        let len = socket.as_os_str().len();
+        if len > MAX_SOCKET_PATH_BYTES {
+            bail!(
+                "PROXY_SOCKET {} makes {} {len} bytes long; a Unix socket path is at most \
+                 {MAX_SOCKET_PATH_BYTES} (set a shorter PROXY_SOCKET or DATA_DIR, or PROXY_SOCKET=off)",
+                path.display(),
+                socket.display()
+            );
+        }
     }
     Ok(Some(path))
+}
+
+/// The file name of the backend proxy's decision socket, in PROXY_SOCKET's directory.
+pub const AUTHZ_SOCKET_NAME: &str = "authz.sock";
+
+/// Where the sidecar asks for the backend proxy's decisions (ext_authz), beside PROXY_SOCKET: a
+/// socket of its own, served by a thread of its own (`server::authz`), so that a decision does
+/// not wait for the API's workers.
+pub fn authz_socket_beside(proxy_socket: &std::path::Path) -> PathBuf {
+    proxy_socket.with_file_name(AUTHZ_SOCKET_NAME)
 }
 
 /// The UI origins for CORS, validated as `scheme://host[:port]`.
@@ -489,7 +505,11 @@ mod tests {
     #[test]
     fn a_bad_setting_is_named() {
         let long = format!("/tmp/{}/proxy.sock", "d".repeat(120));
-        let cases: [(&[&str], &str); 12] = [
+        let cases: [(&[&str], &str); 13] = [
+            (
+                &["--proxy-socket", "/tmp/x/authz.sock"],
+                "PROXY_SOCKET /tmp/x/authz.sock is named like the decision socket",
+            ),
             (&["--audit-retention-days=-3"], "AUDIT_RETENTION_DAYS must be a whole number of days"),
             (&["--audit-retention-days", "90d"], "AUDIT_RETENTION_DAYS must be a whole number of days"),
             (&["--audit-retention-days", "99999999"], "AUDIT_RETENTION_DAYS must be a whole number of days"),

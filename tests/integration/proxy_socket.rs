@@ -40,10 +40,14 @@ async fn only_the_sidecar_chooses_client_addresses(s: TestServer) {
 
     use std::os::unix::fs::PermissionsExt;
     let socket = s.running.as_ref().unwrap().proxy_socket.clone().unwrap();
-    assert_eq!(std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777, 0o600);
+    // The backend proxy's decisions have a socket of their own beside it, as private.
+    let decisions = instachatico_auth::config::authz_socket_beside(&socket);
+    for socket in [&socket, &decisions] {
+        assert_eq!(std::fs::metadata(socket).unwrap().permissions().mode() & 0o777, 0o600, "{socket:?}");
+    }
     drop(envoy);
     s.stop().await;
-    assert!(!socket.exists(), "the socket is removed at shutdown");
+    assert!(!socket.exists() && !decisions.exists(), "the sockets are removed at shutdown");
 }
 
 crate::on_both_backends!(only_the_sidecar_chooses_client_addresses);
