@@ -435,10 +435,11 @@ async fn run_scale(database: &Database, seeded: &Seeded, args: &Args) -> Vec<Rep
         let _ = harness::getme_grpc(&target, 8, Duration::from_secs(2)).await;
         harness::scale::suite(&target, name, c, seconds, workdir.path()).await
     };
+    let pool = database.pool().await;
+    harness::scale::seed_month_old_day(&pool).await;
     let small = phase(&env, &format!("{} users", args.users)).await;
 
     let spec = instachatico_auth::db::bulk_seed::ScaleSpec::divided_by(args.scale_divisor);
-    let pool = database.pool().await;
     let cipher =
         instachatico_auth::crypto::secrets::TokenCipher::new(&SecretString::from(FERNET_KEY.to_owned()), &[]).unwrap();
     let took = harness::scale::seed_large(&pool, &cipher, &spec).await;

@@ -175,6 +175,28 @@ pub async fn seed_large(
     started.elapsed()
 }
 
+/// Audit rows a month old in the small database, more than a page of them on the day the time
+/// range asks for: otherwise its page is empty there and full at size, and the ratio would
+/// compare the two pages, not a young log with a large one. Not about any user, and of an action
+/// no other call filters on.
+pub async fn seed_month_old_day(db: &instachatico_auth::db::DbPool) {
+    let start = Utc::now() - chrono::Duration::days(31);
+    let rows: Vec<instachatico_auth::model::AuditEntry> = (0..120)
+        .map(|i| instachatico_auth::model::AuditEntry {
+            id: 0,
+            user_id: None,
+            actor_id: None,
+            action: "token_refresh".to_owned(),
+            ip_address: Some("10.0.0.1".to_owned()),
+            user_agent: None,
+            metadata: serde_json::json!({}),
+            created_at: start + chrono::Duration::minutes(10 * i + 5),
+        })
+        .collect();
+    let mut conn = db.get().await.expect("database");
+    instachatico_auth::db::models::audit::insert_many(&mut conn, &rows).await.expect("audit rows");
+}
+
 /// GetMe while a purge runs: closed-loop runs of `chunk` until `done()` says the purge is over
 /// (at most `limit`), merged into one report; and how long the purge took, as seen from here.
 pub async fn getme_during(
