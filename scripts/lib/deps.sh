@@ -96,7 +96,8 @@ ensure_test_deps() {
   fi
   local dir
   for dir in tests/browser tests/clients; do
-    if [ -f "$dir/package-lock.json" ]; then
+    # npm's own record of what it installed, newer than the lock file: nothing to do.
+    if [ -f "$dir/package-lock.json" ] && ! [ "$dir/node_modules/.package-lock.json" -nt "$dir/package-lock.json" ]; then
       (cd "$dir" && npm ci --silent --no-audit --no-fund)
     fi
   done
