@@ -20,32 +20,43 @@ use secrecy::ExposeSecret;
 /// Ended sessions are kept this long (the audit log keeps the history).
 const KEEP_ENDED_SESSIONS: i64 = 7;
 
-/// Rows one purge statement deletes at most (PostgreSQL). Each batch is its own short
-/// transaction, so a purge of millions of rows never holds a lock for long.
-pub const PURGE_BATCH: i64 = 2000;
-
-/// The same on SQLite, where a batch holds the one write lock (the service's own writes take
-/// their turn between batches) and a row costs about 0.15 ms (it leaves five indexes of the
-/// audit log): 500 rows hold it some 70 ms, not the 300 ms of 2,000.
-pub const SQLITE_PURGE_BATCH: i64 = 500;
-
-/// A purge at full speed takes a core while it deletes: this process's on SQLite (and the one
-/// write lock), the database server's on PostgreSQL, which every request needs too. After each
-/// batch it pauses a multiple ([`purge_pause_factor`]) of what the batch took (at most
-/// [`PURGE_PAUSE_MAX`]), so that a purge of a million rows takes a bounded share of a core,
-/// however long it lasts, and requests on a small host keep their latency (issue 18: GetMe's
-/// p99 during such a purge at full speed was 5x its quiet value on SQLite, 2.5x on PostgreSQL).
-/// Upkeep has no deadline; requests do.
-const PURGE_PAUSE_MAX: std::time::Duration = std::time::Duration::from_millis(250);
-
-/// PostgreSQL's batches are short (some 17 ms for 2,000 rows), so a third of a core costs a
-/// million-row purge seconds, not minutes; at half a core GetMe's p99 during it still came to
-/// 2.2x its quiet value on two shared cores. SQLite's batches hold the write lock ~120 ms and
-/// half a core already keeps GetMe within 2x there; pausing longer would stretch its purge of a
-/// million rows from 4 minutes to 12.
-const fn purge_pause_factor(sqlite: bool) -> u32 {
-    if sqlite { 1 } else { 2 }
+/// How a purge paces itself on one kind of database: rows per statement, and the pause after
+/// each batch as a multiple of what the batch took (at most [`PURGE_PAUSE_MAX`]).
+///
+/// Each batch is its own short write transaction, so a purge of millions of rows never holds a
+/// lock for long. A purge at full speed takes a core while it deletes: this process's on SQLite
+/// (and the one write lock), the database server's on PostgreSQL, which every request needs
+/// too. The pauses bound its share of a core however long it lasts, so requests on a small host
+/// keep their latency (issue 18: GetMe's p99 during a million-row purge at full speed was 5x its
+/// quiet value on SQLite, 2.5x on PostgreSQL). Upkeep has no deadline; requests do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pacing {
+    pub batch: i64,
+    pub pause_factor: u32,
 }
+
+impl Pacing {
+    /// PostgreSQL's batches are short (some 17 ms for 2,000 rows), so a third of a core costs a
+    /// million-row purge seconds, not minutes; at half a core GetMe's p99 during it still came
+    /// to 2.2x its quiet value on two shared cores.
+    pub const POSTGRES: Self = Self { batch: 2000, pause_factor: 2 };
+    /// On SQLite a batch holds the one write lock (the service's own writes take their turn
+    /// between batches) and a row costs about 0.15 ms (it leaves five indexes of the audit log):
+    /// 500 rows hold it some 70 ms, not the 300 ms of 2,000. Half a core already keeps GetMe
+    /// within 2x there; pausing longer would stretch a million-row purge from 4 minutes to 12.
+    pub const SQLITE: Self = Self { batch: 500, pause_factor: 1 };
+
+    pub const fn of(sqlite: bool) -> Self {
+        if sqlite { Self::SQLITE } else { Self::POSTGRES }
+    }
+
+    /// The same pauses with `batch` rows per statement (tests: batches a few rows long).
+    pub const fn with_batch(self, batch: i64) -> Self {
+        Self { batch, ..self }
+    }
+}
+
+const PURGE_PAUSE_MAX: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// What one round of housekeeping deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -107,8 +118,7 @@ impl App {
         if let Some(proxy) = &self.inner.proxy {
             proxy.shrink();
         }
-        let batch = if self.db().is_sqlite() { SQLITE_PURGE_BATCH } else { PURGE_BATCH };
-        let purged = self.purge(now, batch).await?;
+        let purged = self.purge(now, self.purge_pacing()).await?;
         let mut conn = self.db().get().await?;
         let live = sessions::count_live(&mut conn, now).await?;
         crate::metrics::active_sessions(live);
@@ -118,35 +128,44 @@ impl App {
         Ok(purged)
     }
 
-    /// Deletes what has outlived its use as of `now`, `batch` rows per statement: drained
+    /// How this database's purges pace themselves.
+    pub fn purge_pacing(&self) -> Pacing {
+        Pacing::of(self.db().is_sqlite())
+    }
+
+    /// Deletes what has outlived its use as of `now`, paced by `pacing`: drained
     /// rate-limit keys, throttling rows untouched for a day (lock over), sessions ended
     /// [`KEEP_ENDED_SESSIONS`] days ago, mfa_tokens ended or expired and passkey ceremonies
     /// expired (the audit log keeps their history), audit entries older than
     /// AUDIT_RETENTION_DAYS (if set).
-    pub async fn purge(&self, now: DateTime<Utc>, batch: i64) -> Result<Purged> {
+    pub async fn purge(&self, now: DateTime<Utc>, pacing: Pacing) -> Result<Purged> {
         let at = now.timestamp_micros();
         let rate_limits = self
-            .purge_in_batches("rate_limits", batch, Arc::new(move |c, n| Box::pin(rate_limits::purge(c, at, n))))
+            .purge_in_batches("rate_limits", pacing, Arc::new(move |c, n| Box::pin(rate_limits::purge(c, at, n))))
             .await?;
         let idle = now - Duration::days(1);
         let throttles = self
             .purge_in_batches(
                 "login_throttles",
-                batch,
+                pacing,
                 Arc::new(move |c, n| Box::pin(throttles::purge(c, idle, now, n))),
             )
             .await?;
         let ended = now - Duration::days(KEEP_ENDED_SESSIONS);
         let sessions = self
-            .purge_in_batches("sessions", batch, Arc::new(move |c, n| Box::pin(sessions::purge_ended(c, ended, n))))
+            .purge_in_batches("sessions", pacing, Arc::new(move |c, n| Box::pin(sessions::purge_ended(c, ended, n))))
             .await?;
         let mfa_challenges = self
-            .purge_in_batches("mfa_challenges", batch, Arc::new(move |c, n| Box::pin(mfa::purge_challenges(c, now, n))))
+            .purge_in_batches(
+                "mfa_challenges",
+                pacing,
+                Arc::new(move |c, n| Box::pin(mfa::purge_challenges(c, now, n))),
+            )
             .await?;
         let passkey_ceremonies = self
             .purge_in_batches(
                 "passkey_ceremonies",
-                batch,
+                pacing,
                 Arc::new(move |c, n| Box::pin(passkeys::purge_ceremonies(c, now, n))),
             )
             .await?;
@@ -155,7 +174,7 @@ impl App {
                 let before = now - keep;
                 self.purge_in_batches(
                     "audit_logs",
-                    batch,
+                    pacing,
                     Arc::new(move |c, n| Box::pin(audit_rows::purge_before(c, before, n))),
                 )
                 .await?
@@ -167,10 +186,9 @@ impl App {
 
     /// Runs `delete` until a batch comes back short, each batch in its own write transaction,
     /// pausing in between in proportion to how long the batch took; logs and counts what went.
-    async fn purge_in_batches(&self, table: &'static str, batch: i64, delete: Batch) -> Result<usize> {
-        let batch = batch.max(1);
+    async fn purge_in_batches(&self, table: &'static str, pacing: Pacing, delete: Batch) -> Result<usize> {
+        let (batch, pause_factor) = (pacing.batch.max(1), pacing.pause_factor);
         let (started, mut total, mut batches) = (std::time::Instant::now(), 0, 0);
-        let pause_factor = purge_pause_factor(self.db().is_sqlite());
         loop {
             let delete = Arc::clone(&delete);
             let took = std::time::Instant::now();

@@ -123,7 +123,7 @@ async fn scale_scenario_runs(s: TestServer) {
         let (app, done) = (s.app().clone(), std::sync::Arc::clone(&done));
         async move {
             // The seeded sessions that ended over a week ago, ten a batch (no audit retention here).
-            let purged = app.purge(chrono::Utc::now(), 10).await.unwrap();
+            let purged = app.purge(chrono::Utc::now(), app.purge_pacing().with_batch(10)).await.unwrap();
             done.store(true, std::sync::atomic::Ordering::SeqCst);
             purged
         }

@@ -6,7 +6,7 @@
 use chrono::{DateTime, Duration, Utc};
 use instachatico_auth::db::DbConn;
 use instachatico_auth::db::models::{audit, mfa, passkeys, rate_limits, sessions, throttles, users};
-use instachatico_auth::domain::maintenance::{PURGE_BATCH, Purged, SQLITE_PURGE_BATCH};
+use instachatico_auth::domain::maintenance::Purged;
 use instachatico_auth::model::{
     AuditEntry, AuditQuery, MfaChallenge, NewUserRecord, PasskeyCeremony, Role, Session, SessionId, UserId,
 };
@@ -141,7 +141,8 @@ async fn purge_deletes_exactly_what_has_ended(s: TestServer) {
     audit_entries(&mut conn, 10, now - Duration::days(3650)).await;
     let audit_before = audit_count(&mut conn).await;
 
-    let purged = s.app().purge(now, 7).await.unwrap();
+    let pacing = s.app().purge_pacing().with_batch(7);
+    let purged = s.app().purge(now, pacing).await.unwrap();
     assert_eq!(purged, Purged { sessions: 35, rate_limits: 20, throttles: 15, audit: 0, ..Purged::default() });
     assert_eq!(live(&mut conn, &alive, now).await, alive.len(), "live sessions stay");
     assert_eq!(audit_count(&mut conn).await, audit_before, "no AUDIT_RETENTION_DAYS: every audit entry stays");
@@ -153,8 +154,8 @@ async fn purge_deletes_exactly_what_has_ended(s: TestServer) {
     assert!(rate_limits::acquire(&mut conn, "busy:0", us, minute, 0).await.unwrap().is_some());
 
     // Nothing more is due now; what was kept goes once it is due.
-    assert_eq!(s.app().purge(now, 7).await.unwrap(), Purged::default());
-    let later = s.app().purge(now + Duration::days(9), 7).await.unwrap();
+    assert_eq!(s.app().purge(now, pacing).await.unwrap(), Purged::default());
+    let later = s.app().purge(now + Duration::days(9), pacing).await.unwrap();
     assert_eq!(later, Purged { sessions: 5 + 4 + 9, rate_limits: 3, throttles: 2 + 4, audit: 0, ..Purged::default() });
     assert_eq!(live(&mut conn, &alive, now).await, 0);
 }
@@ -165,7 +166,7 @@ async fn housekeeping_purges_beyond_one_batch(s: TestServer) {
     let mut conn = s.app().db().get().await.unwrap();
     let bob = user(&mut conn, "bob", now).await;
     let past = now - Duration::days(30);
-    let batch = if s.app().db().is_sqlite() { SQLITE_PURGE_BATCH } else { PURGE_BATCH };
+    let batch = s.app().purge_pacing().batch;
     let due = usize::try_from(2 * batch).unwrap() + 17;
     sessions_of(&mut conn, bob, due, past, now - Duration::days(8), None).await;
     let alive = sessions_of(&mut conn, bob, 3, now, now + Duration::days(1), None).await;
@@ -219,7 +220,8 @@ async fn purge_ends_mfa_tokens_and_passkey_ceremonies(s: TestServer) {
         passkeys::insert_ceremony(&mut conn, &ceremony(n, now + Duration::minutes(3))).await.unwrap();
     }
 
-    let purged = s.app().purge(now, 4).await.unwrap();
+    let pacing = s.app().purge_pacing().with_batch(4);
+    let purged = s.app().purge(now, pacing).await.unwrap();
     assert_eq!((purged.mfa_challenges, purged.passkey_ceremonies), (9 + 4, 11));
     for n in 13..16 {
         assert!(mfa::find_challenge(&mut conn, &format!("{n:064x}")).await.unwrap().is_some(), "live token {n} stays");
@@ -227,7 +229,7 @@ async fn purge_ends_mfa_tokens_and_passkey_ceremonies(s: TestServer) {
     for n in 11..14 {
         assert!(passkeys::find_ceremony(&mut conn, &format!("{n:064x}"), now).await.unwrap().is_some());
     }
-    let later = s.app().purge(now + Duration::minutes(5), 4).await.unwrap();
+    let later = s.app().purge(now + Duration::minutes(5), pacing).await.unwrap();
     assert_eq!((later.mfa_challenges, later.passkey_ceremonies), (3, 3));
 }
 
@@ -250,7 +252,7 @@ async fn audit_retention_drops_old_entries(backend: Backend) {
     audit_entries(&mut conn, 5, now).await;
 
     // The server's own entries (at start, on the real clock) are a century old by now.
-    let purged = s.app().purge(now, 8).await.unwrap();
+    let purged = s.app().purge(now, s.app().purge_pacing().with_batch(8)).await.unwrap();
     assert_eq!(purged.audit, 40 + 11 + usize::try_from(written_at_start).unwrap());
     assert_eq!(audit_count(&mut conn).await, 6 + 5);
     let old = AuditQuery { until: Some(now - Duration::days(30)), ..AuditQuery::default() };
