@@ -213,6 +213,12 @@ pub struct Config {
     #[arg(long, env = "BACKEND_PROXY_COOKIE", default_value_t = false, action = clap::ArgAction::Set, global = true)]
     pub backend_proxy_cookie: bool,
 
+    /// Threads answering the backend proxy's decisions (ext_authz), each with a runtime of its
+    /// own accepting on the decision socket. One keeps a decision on the thread that was woken
+    /// (two cores shared with Envoy); more serve a larger host, where Envoy's workers ask at once.
+    #[arg(long, env = "PROXY_DECISION_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64), global = true)]
+    pub proxy_decision_threads: u16,
+
     /// Proxied requests per minute per user (per replica); 0 disables.
     #[arg(long, env = "RATE_LIMIT_PROXY_PER_MINUTE", default_value_t = 600, global = true)]
     pub rate_limit_proxy_per_minute: u32,

@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
-use self::authz::AuthzThread;
+use self::authz::AuthzThreads;
 use self::proxy_socket::AuthzSocket;
 pub use self::proxy_socket::ProxySocket;
 use crate::config::{AdminAccount, AppEnv, Settings};
@@ -310,12 +310,14 @@ async fn serve(
     };
     let tcp = router.clone().serve_with_incoming_shutdown(incoming(listener), until_stopped(stopped.clone()));
     let mut authz = match authz {
-        Some(socket) => Some(AuthzThread::spawn(app.clone(), socket, settings.request_timeout, stopped.clone())?),
+        Some(socket) => {
+            Some(AuthzThreads::spawn(&app, socket, settings.decision_threads, settings.request_timeout, &stopped)?)
+        }
         None => None,
     };
     let decisions = async {
         match authz.as_mut() {
-            Some(thread) => thread.finished().await,
+            Some(threads) => threads.finished().await,
             None => Ok(()),
         }
     };
@@ -336,8 +338,8 @@ async fn serve(
     };
     let (result, uds_result, decided, ()) = tokio::join!(tcp, uds, decisions, signal);
     let result = result.and(uds_result).map_err(anyhow::Error::from).and(decided);
-    if let Some(thread) = authz {
-        thread.release();
+    if let Some(threads) = authz {
+        threads.release();
     }
     probe.abort();
     janitor.abort();

@@ -49,6 +49,8 @@ pub struct Settings {
     pub metrics: Option<SocketAddr>,
     /// The Envoy sidecar's Unix socket, when on.
     pub proxy_socket: Option<PathBuf>,
+    /// Threads serving the decision socket beside it.
+    pub decision_threads: usize,
     /// UI origins allowed by CORS (FRONTEND_URL), as response header values.
     pub cors_origins: Vec<HeaderValue>,
     /// WebAuthn's relying party: id and origins from FRONTEND_URL; `None` (passkeys off) when
@@ -140,6 +142,7 @@ impl Settings {
             listen,
             metrics,
             proxy_socket,
+            decision_threads: usize::from(config.proxy_decision_threads),
             cors_origins,
             relying_party,
             trusted_proxies,
@@ -417,9 +420,13 @@ mod tests {
     const FERNET: &str = "KSDEUmaWmBWPfjVWm8Pkru5oXPd2OaHkVt0xXkx-Qbg=";
 
     fn config(args: &[&str]) -> Config {
+        parse(args).unwrap()
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
         let base = ["instachatico-auth", "--jwt-secret-key", "unit-test-jwt-secret-0123456789abcdef"];
         let base = base.iter().chain(&["--encryption-key", FERNET]).chain(args);
-        Cli::try_parse_from(base).unwrap().config
+        Cli::try_parse_from(base).map(|cli| cli.config)
     }
 
     /// DATABASE_URL may carry a password: Config, Settings and DbTarget print it as `***`
@@ -500,6 +507,19 @@ mod tests {
         assert_eq!(retention(&["--audit-retention-days", "0"]), None);
         assert_eq!(retention(&["--audit-retention-days", " 30 "]), Some(chrono::Duration::days(30)));
         assert_eq!(retention(&["--audit-retention-days", "36500"]), Some(chrono::Duration::days(36_500)));
+    }
+
+    /// One decision thread unless asked; a count outside 1-64 is refused by name.
+    #[test]
+    fn decision_threads_are_bounded() {
+        assert_eq!(Settings::from_config(&config(&[])).unwrap().decision_threads, 1);
+        let four = config(&["--proxy-decision-threads", "4"]);
+        assert_eq!(Settings::from_config(&four).unwrap().decision_threads, 4);
+        for bad in ["0", "65", "-1", "two"] {
+            let arg = format!("--proxy-decision-threads={bad}");
+            let error = parse(&[arg.as_str()]).map(drop).unwrap_err().to_string();
+            assert!(error.contains("--proxy-decision-threads"), "{bad}: {error}");
+        }
     }
 
     #[test]

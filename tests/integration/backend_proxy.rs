@@ -515,10 +515,13 @@ async fn the_cookie_variant_needs_the_uis_origin_for_unsafe_methods(db: Backend)
 }
 
 /// Proxied requests race the logout that ends their session: every request sent after the
-/// logout's reply is refused, on every round.
+/// logout's reply is refused, on every round. Three decision threads answer Envoy's workers at
+/// once (PROXY_DECISION_THREADS), so a decision may be made on a thread other than the one that
+/// saw the session before.
 async fn revocation_wins_every_race_with_proxied_requests(db: Backend) {
     let backend = FakeBackend::start("r").await;
-    let Some(p) = Proxy::start(db, &backend.addr.to_string(), Options::default()).await else { return };
+    let threads = Options::default().arg("proxy-decision-threads", "3");
+    let Some(p) = Proxy::start(db, &backend.addr.to_string(), threads).await else { return };
     p.s.create_user(&p.admin, "rey", Some((&base(&backend, "/"), "proxied-backend-token-rey"))).await;
     for round in 0..15 {
         let (access, credential) = p.login("rey").await;
