@@ -4,6 +4,7 @@
 //! Follows vaultwarden's `db_run!`: one Diesel code path, dispatched per backend.
 
 pub mod bulk_seed;
+mod limit;
 pub mod models;
 pub mod notify;
 mod redact;

@@ -289,6 +289,55 @@ async fn hot_queries_use_indexes_at_size(s: TestServer) {
     s.stop().await;
 }
 
+/// A statement in this connection's cache and how often PostgreSQL planned it afresh.
+#[derive(QueryableByName, Debug)]
+struct Prepared {
+    #[diesel(sql_type = Text)]
+    statement: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    generic_plans: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    custom_plans: i64,
+}
+
+/// ListUsers' pages keep one plan at size (PostgreSQL): with `LIMIT $1` PostgreSQL judged its
+/// generic plan by a tenth of the table and planned every execution afresh from 10,000 users up,
+/// which cost more than the execution; with the limit in the text it plans five times (its
+/// rule before it trusts a generic plan) and then reuses the plan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_users_pages_reuse_their_plan_at_size() {
+    use diesel_async::RunQueryDsl;
+    use instachatico_auth::db::DbConn;
+    use instachatico_auth::db::models::users;
+    let Some(s) = start(Backend::Postgres).await else { return };
+    let spec = ScaleSpec { users: 10_000, audit_rows: 0, live_sessions: 0, ended_sessions: 0, days: 1 };
+    let hash = bcrypt::hash(USER_PASSWORD, 4).unwrap();
+    let token = s.app().cipher().encrypt("backend-token");
+    let seeded = bulk_seed::seed(s.app().db(), &spec, &hash, &token, Utc::now()).await.unwrap();
+    let after = i64::from(seeded.users[9_000].get());
+    let mut conn = s.app().db().get().await.unwrap();
+    let DbConn::Postgres(pg) = &mut conn else { panic!("a PostgreSQL connection") };
+    diesel::sql_query("ANALYZE users, user_backends").execute(&mut **pg).await.unwrap();
+    for _ in 0..12 {
+        assert_eq!(users::list(&mut conn, 51, 0, None).await.unwrap().len(), 51);
+        assert_eq!(users::list(&mut conn, 51, 0, Some(after)).await.unwrap().len(), 51);
+    }
+    let DbConn::Postgres(pg) = &mut conn else { unreachable!() };
+    let cached: Vec<Prepared> =
+        diesel::sql_query("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")
+            .load(&mut **pg)
+            .await
+            .unwrap();
+    let pages: Vec<&Prepared> =
+        cached.iter().filter(|p| p.statement.contains("LEFT OUTER JOIN \"user_backends\"")).collect();
+    assert_eq!(pages.len(), 2, "the first page and a keyset page: {cached:?}");
+    for page in pages {
+        assert!(page.custom_plans <= 5 && page.generic_plans >= 7, "planned afresh: {page:?}");
+    }
+    drop(conn);
+    s.stop().await;
+}
+
 async fn start(backend: Backend) -> Option<TestServer> {
     TestServer::start(backend).await
 }

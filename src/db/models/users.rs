@@ -5,6 +5,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
 use super::{BackendRow, lower};
+use crate::db::limit::LimitDsl;
 use crate::db::schema::{user_backends, users};
 use crate::db::{DbConn, map_err};
 use crate::db_run;
@@ -161,6 +162,8 @@ pub async fn find_by_login(conn: &mut DbConn, login: &str) -> Result<Option<User
 }
 
 /// Up to `limit` users by id, skipping `offset`, past id `after` when given (keyset paging).
+/// The limit is written into the statement (`db::limit`):
+/// PostgreSQL then keeps one plan for it at any size instead of planning every page afresh.
 pub async fn list(conn: &mut DbConn, limit: i64, offset: i64, after: Option<i64>) -> Result<Vec<UserWithBackend>> {
     // Ids are 32-bit: past a larger one there is nothing.
     let after = after.map(|id| i32::try_from(id).unwrap_or(i32::MAX));
@@ -170,9 +173,8 @@ pub async fn list(conn: &mut DbConn, limit: i64, offset: i64, after: Option<i64>
                 users::table
                     .left_join(user_backends::table)
                     .order(users::id.asc())
-                    .limit(limit)
-                    .offset(offset)
                     .select((UserRow::as_select(), Option::<BackendRow>::as_select()))
+                    .limited(limit, offset)
                     .load(conn)
                     .await
             }
@@ -186,9 +188,8 @@ pub async fn list(conn: &mut DbConn, limit: i64, offset: i64, after: Option<i64>
                     .left_join(backends)
                     .filter(users::id.gt(after))
                     .order(users::id.asc())
-                    .limit(limit)
-                    .offset(offset)
                     .select((UserRow::as_select(), Option::<BackendRow>::as_select()))
+                    .limited(limit, offset)
                     .load(conn)
                     .await
             }
