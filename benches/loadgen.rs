@@ -140,6 +140,9 @@ async fn run(args: Args) {
             if scenario == "scale" {
                 for report in run_scale(&database, &seeded, &args).await {
                     println!("[{db}] {}", report.summary());
+                    for note in &report.notes {
+                        println!("         {note}");
+                    }
                     all.push((db.clone(), report));
                 }
                 continue;
@@ -433,7 +436,8 @@ async fn run_scale(database: &Database, seeded: &Seeded, args: &Args) -> Vec<Rep
         let envoy = Envoy::start(&[Upstream::Unix(service.socket.clone())]).await;
         let target = scale_target(&service, envoy.as_ref(), seeded);
         let _ = harness::getme_grpc(&target, 8, Duration::from_secs(2)).await;
-        harness::scale::suite(&target, name, c, seconds, workdir.path()).await
+        let clock = service.metrics_url().map(harness::scale::ServiceClock::new);
+        harness::scale::suite(&target, name, c, seconds, workdir.path(), clock.as_ref()).await
     };
     let pool = database.pool().await;
     harness::scale::seed_month_old_day(&pool).await;
@@ -455,7 +459,11 @@ async fn run_scale(database: &Database, seeded: &Seeded, args: &Args) -> Vec<Rep
     database.settle().await;
     println!("[{}] after the bulk seed: {}", database.kind, database.size_note().await);
     let large_name = format!("{} users", spec.users + args.users);
+    let checkpoints = database.checkpoints().await;
     let large = phase(&env, &large_name).await;
+    if let (Some(before), Some(after)) = (checkpoints, database.checkpoints().await) {
+        println!("[{}] checkpoints during the {large_name} phase: {}", database.kind, after - before);
+    }
 
     println!("\n[{}] p99 of {large_name} against {} users (target <= 1.5x):", database.kind, args.users);
     println!("| call | small p50 ms | small p99 ms | large p50 ms | large p99 ms | p50 ratio | p99 ratio | |");
@@ -623,15 +631,34 @@ impl Database {
         instachatico_auth::db::DbPool::connect(&target, options).await.unwrap()
     }
 
-    /// After a bulk load: PostgreSQL's `VACUUM ANALYZE`, what autovacuum does soon after (done
-    /// now so that it does not run during the measurement). SQLite: nothing (the service never
-    /// analyzes; its planner's defaults favour indexes).
+    /// After a bulk load: PostgreSQL's `VACUUM ANALYZE`, what autovacuum does soon after, and a
+    /// `CHECKPOINT`, what the checkpointer would otherwise spread over the next minutes (the
+    /// load's and the vacuum's dirty pages, hundreds of MB written behind the first calls
+    /// measured); both done now so that neither runs during the measurement. SQLite: nothing
+    /// (the service never analyzes, its planner's defaults favour indexes; its WAL is the
+    /// service's to checkpoint).
     async fn settle(&self) {
         use diesel_async::{AsyncConnection, RunQueryDsl};
         if self.pg_admin.is_some() {
             let mut conn = diesel_async::AsyncPgConnection::establish(&self.url).await.unwrap();
             diesel::sql_query("VACUUM ANALYZE").execute(&mut conn).await.unwrap();
+            diesel::sql_query("CHECKPOINT").execute(&mut conn).await.unwrap();
         }
+    }
+
+    /// PostgreSQL's checkpoints so far (timed and requested, the whole server); None on SQLite.
+    /// Two readings around a phase say whether the checkpointer wrote behind its measurement.
+    async fn checkpoints(&self) -> Option<i64> {
+        use diesel_async::{AsyncConnection, RunQueryDsl};
+        #[derive(diesel::QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        self.pg_admin.as_ref()?;
+        let mut conn = diesel_async::AsyncPgConnection::establish(&self.url).await.unwrap();
+        let query = "SELECT checkpoints_timed + checkpoints_req AS n FROM pg_stat_bgwriter";
+        Some(diesel::sql_query(query).get_result::<Count>(&mut conn).await.unwrap().n)
     }
 
     /// The database's size on disk: SQLite's file and its WAL, or PostgreSQL's database size.

@@ -88,6 +88,14 @@ impl ServiceProcess {
         format!("http://{}", self.addr)
     }
 
+    /// Its Prometheus endpoint, from its start-up log (which logs the server at info).
+    pub fn metrics_url(&self) -> Option<String> {
+        let log = self.log();
+        let line = log.iter().find(|l| l.contains("serving Prometheus metrics"))?;
+        let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
+        Some(format!("http://{addr}/metrics"))
+    }
+
     pub fn log(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
     }

@@ -19,14 +19,84 @@ pub const DEEP_OFFSET: i32 = 90_000;
 /// Logins' concurrency: bcrypt-bound, more only queues.
 const LOGIN_CONCURRENCY: usize = 2;
 
+/// The service's own time per call, read from its Prometheus endpoint around a run: the RPC's
+/// (request in, reply out) and each database statement's, so that a ratio splits into the
+/// database's part and the rest.
+pub struct ServiceClock {
+    url: String,
+}
+
+/// Seconds and calls per series (`metric{labels}`) of the service's histograms.
+type Sums = std::collections::HashMap<String, (f64, f64)>;
+
+impl ServiceClock {
+    pub fn new(metrics_url: String) -> Self {
+        Self { url: metrics_url }
+    }
+
+    async fn sums(&self) -> Sums {
+        let text = reqwest::get(&self.url).await.expect("metrics").text().await.expect("metrics text");
+        let mut sums = Sums::new();
+        for line in text.lines() {
+            let Some((series, value)) = line.rsplit_once(' ') else { continue };
+            let Ok(value) = value.parse::<f64>() else { continue };
+            let (name, labels) = series.split_once('{').map_or((series, ""), |(n, l)| (n, l));
+            let watched = ["auth_rpc_duration_seconds", "auth_db_query_seconds"];
+            for (suffix, slot) in [("_sum", 0), ("_count", 1)] {
+                if let Some(base) = name.strip_suffix(suffix).filter(|b| watched.contains(b)) {
+                    let entry = sums.entry(format!("{base}{{{labels}")).or_default();
+                    if slot == 0 { entry.0 = value } else { entry.1 = value }
+                }
+            }
+        }
+        sums
+    }
+
+    /// Runs `run` and notes on its report the service's milliseconds per answered call for
+    /// every series that counted at least one per call.
+    async fn around(&self, run: impl std::future::Future<Output = Report>) -> Report {
+        let before = self.sums().await;
+        let mut report = run.await;
+        let after = self.sums().await;
+        let calls = report.ok.max(1) as f64;
+        let mut parts: Vec<(f64, String)> = after
+            .iter()
+            .filter_map(|(series, (sum, count))| {
+                let (sum0, count0) = before.get(series).copied().unwrap_or_default();
+                let per_call = (count - count0) / calls;
+                (per_call >= 0.9).then(|| {
+                    let ms = (sum - sum0) / (count - count0) * 1e3;
+                    (ms * per_call, format!("{series} {ms:.3} ms x {per_call:.1}"))
+                })
+            })
+            .collect();
+        parts.sort_by(|a, b| b.0.total_cmp(&a.0));
+        report.notes.push(format!(
+            "in the service, per call: {}",
+            parts.into_iter().map(|p| p.1).collect::<Vec<_>>().join("; ")
+        ));
+        report
+    }
+}
+
+/// `run`, timed inside the service too when there is a `clock`.
+async fn timed(clock: Option<&ServiceClock>, run: impl std::future::Future<Output = Report>) -> Report {
+    match clock {
+        Some(clock) => clock.around(run).await,
+        None => run.await,
+    }
+}
+
 /// The calls of one phase, each a closed loop of `concurrency` (logins: 2) for `duration`, with
-/// `phase` in their names; GetMe as JSON too when Envoy runs (and wrk is installed).
+/// `phase` in their names; GetMe as JSON too when Envoy runs (and wrk is installed). With a
+/// `clock`, the listings note the service's own time per call.
 pub async fn suite(
     target: &Target,
     phase: &str,
     concurrency: usize,
     duration: Duration,
     workdir: &std::path::Path,
+    clock: Option<&ServiceClock>,
 ) -> Vec<Report> {
     let admin = target.admin_token.clone().expect("the target's admin");
     let channel = channels(&target.grpc_url, 1).await.remove(0);
@@ -67,7 +137,8 @@ pub async fn suite(
         ("deep by offset", pb::ListUsersRequest { limit: 50, offset: deep, ..Default::default() }),
         ("deep by page_token", pb::ListUsersRequest { limit: 50, page_token: token.clone(), ..Default::default() }),
     ] {
-        let mut report = list_users(target, &admin, what, request, concurrency, duration).await;
+        let run = list_users(target, &admin, what, request, concurrency, duration);
+        let mut report = timed(clock, run).await;
         if what.starts_with("deep") {
             report.notes.push(format!("{total} users; the page after the first {deep}"));
         }
@@ -82,9 +153,14 @@ pub async fn suite(
         ("action login_success with total", pb::ListAuditLogsRequest { include_total: true, ..action }),
         ("one day, 30 days ago with total", pb::ListAuditLogsRequest { include_total: true, ..one_day }),
     ] {
-        named(list_audit(target, &admin, what, request, concurrency, duration).await);
+        let run = list_audit(target, &admin, what, request, concurrency, duration);
+        named(timed(clock, run).await);
     }
-    named(list_my_sessions(target, concurrency, duration).await);
+    let run = list_my_sessions(target, concurrency, duration);
+    named(timed(clock, run).await);
+    // The first page once more, last: whether its cost is the size's or the moment's.
+    let again = pb::ListUsersRequest { limit: 50, ..Default::default() };
+    named(timed(clock, list_users(target, &admin, "first page, again last", again, concurrency, duration)).await);
     reports
 }
 
