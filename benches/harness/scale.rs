@@ -26,6 +26,9 @@ pub struct ServiceClock {
     url: String,
 }
 
+/// The service's histograms a [`ServiceClock`] reads.
+const WATCHED: [&str; 2] = ["auth_rpc_duration_seconds", "auth_db_query_seconds"];
+
 /// Seconds and calls per series (`metric{labels}`) of the service's histograms.
 type Sums = std::collections::HashMap<String, (f64, f64)>;
 
@@ -40,13 +43,11 @@ impl ServiceClock {
         for line in text.lines() {
             let Some((series, value)) = line.rsplit_once(' ') else { continue };
             let Ok(value) = value.parse::<f64>() else { continue };
-            let (name, labels) = series.split_once('{').map_or((series, ""), |(n, l)| (n, l));
-            let watched = ["auth_rpc_duration_seconds", "auth_db_query_seconds"];
-            for (suffix, slot) in [("_sum", 0), ("_count", 1)] {
-                if let Some(base) = name.strip_suffix(suffix).filter(|b| watched.contains(b)) {
-                    let entry = sums.entry(format!("{base}{{{labels}")).or_default();
-                    if slot == 0 { entry.0 = value } else { entry.1 = value }
-                }
+            let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+            if let Some(base) = name.strip_suffix("_sum").filter(|b| WATCHED.contains(b)) {
+                sums.entry(format!("{base}{{{labels}")).or_default().0 = value;
+            } else if let Some(base) = name.strip_suffix("_count").filter(|b| WATCHED.contains(b)) {
+                sums.entry(format!("{base}{{{labels}")).or_default().1 = value;
             }
         }
         sums

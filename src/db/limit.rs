@@ -6,8 +6,9 @@
 //! execution, and planning cost more than running it (0.2 ms of 0.35-0.47 at the first page,
 //! against 0.2 with 200 users, where the generic plan was kept; BENCHMARKS.md, "Scale"). With
 //! the limit in the text the generic plan is the right one and is reused. Page sizes are
-//! bounded, so a connection caches a bounded number of variants of a statement. The offset stays a parameter and is left out when zero (every first page and
-//! every keyset page): an unknown offset also makes the generic plan look dear.
+//! bounded, so a connection caches a bounded number of variants of a statement. The offset
+//! stays a parameter and is left out when zero (every first page and every keyset page): an
+//! unknown offset also makes the generic plan look dear.
 
 use diesel::QueryResult;
 use diesel::backend::Backend;
