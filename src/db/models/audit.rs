@@ -5,6 +5,7 @@ use diesel::prelude::*;
 use diesel::sql_types::Timestamp;
 use diesel_async::RunQueryDsl;
 
+use crate::db::limit::LimitDsl;
 use crate::db::models::delete_batch;
 use crate::db::schema::audit_logs;
 use crate::db::{DbConn, map_err};
@@ -134,6 +135,8 @@ pub async fn query(conn: &mut DbConn, filter: &AuditQuery, limit: i64, offset: i
 /// given (keyset paging), and the number of matches in all pages when `count`. A query that
 /// bounds the time is listed by (created_at, id), which the index on both reads from the
 /// range's end, and `after` is then an entry's id and time; otherwise by id, and `after` its id.
+/// The limit is written into the statement, as ListUsers' (`db::limit`): with `LIMIT $n`
+/// PostgreSQL planned the pages by action afresh on every call at a million rows.
 pub async fn page(
     conn: &mut DbConn,
     filter: &AuditQuery,
@@ -164,15 +167,12 @@ pub async fn page(
         }};
     }
     let (rows, total): (Vec<AuditRow>, Option<i64>) = db_run!(conn, "audit::page": {
-        let mut page = filtered!().limit(limit);
+        let mut page = filtered!();
         page = if by_time {
             page.order((audit_logs::created_at.desc(), audit_logs::id.desc()))
         } else {
             page.order(audit_logs::id.desc())
         };
-        if offset > 0 {
-            page = page.offset(offset);
-        }
         match after {
             // (created_at, id) < (at, id), spelt so that both databases seek the index to `at`
             // (`created_at <= at`) and only the rows of that very instant meet the rest.
@@ -185,7 +185,7 @@ pub async fn page(
             Some((id, _)) => page = page.filter(audit_logs::id.lt(id)),
             None => {}
         }
-        let rows = page.select(AuditRow::as_select()).load(conn).await.map_err(map_err)?;
+        let rows = page.select(AuditRow::as_select()).limited(limit, offset).load(conn).await.map_err(map_err)?;
         let total = if count { Some(filtered!().count().get_result(conn).await.map_err(map_err)?) } else { None };
         Ok((rows, total))
     })?;
