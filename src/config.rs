@@ -291,6 +291,16 @@ pub struct Config {
     #[arg(long, env = "AUDIT_RETENTION_DAYS", global = true)]
     pub audit_retention_days: Option<String>,
 
+    /// Rows each statement of a housekeeping purge deletes (default: 2000 on PostgreSQL, 500 on
+    /// SQLite, where a batch holds the one write lock).
+    #[arg(long, env = "PURGE_BATCH_ROWS", value_parser = clap::value_parser!(u32).range(1..=100_000), global = true)]
+    pub purge_batch_rows: Option<u32>,
+
+    /// A purge's pause after each batch, as a multiple of what the batch took (default: 2 on
+    /// PostgreSQL, 1 on SQLite); 0 purges at full speed. Bounds the purge's share of a core.
+    #[arg(long, env = "PURGE_PAUSE_FACTOR", value_parser = clap::value_parser!(u32).range(0..=20), global = true)]
+    pub purge_pause_factor: Option<u32>,
+
     /// Database connections per process.
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=512), global = true)]
     pub db_pool_size: u32,

@@ -100,7 +100,11 @@ impl Settings {
         let relying_party = relying_party.map(std::sync::Arc::new);
         let trusted_proxies = trusted_proxies(&config.trusted_proxies)?;
         let hashing = hashing(config)?;
-        let retention = RetentionPolicy { audit: audit_retention(config.audit_retention_days.as_deref())? };
+        let retention = RetentionPolicy {
+            audit: audit_retention(config.audit_retention_days.as_deref())?,
+            purge_batch: config.purge_batch_rows.map(i64::from),
+            purge_pause_factor: config.purge_pause_factor,
+        };
         let admin = admin_account(config)?;
         let backends = backend_policy(config)?;
         let keys = Resolved::read(config)?;
@@ -507,6 +511,23 @@ mod tests {
         assert_eq!(retention(&["--audit-retention-days", "0"]), None);
         assert_eq!(retention(&["--audit-retention-days", " 30 "]), Some(chrono::Duration::days(30)));
         assert_eq!(retention(&["--audit-retention-days", "36500"]), Some(chrono::Duration::days(36_500)));
+    }
+
+    /// A purge's pacing is the database's unless set; values out of range are refused by name.
+    #[test]
+    fn purge_pacing_is_bounded() {
+        let retention = |args: &[&str]| Settings::from_config(&config(args)).unwrap().retention;
+        let default = retention(&[]);
+        assert_eq!((default.purge_batch, default.purge_pause_factor), (None, None));
+        let set = retention(&["--purge-batch-rows", "250", "--purge-pause-factor", "0"]);
+        assert_eq!((set.purge_batch, set.purge_pause_factor), (Some(250), Some(0)));
+        for bad in
+            ["--purge-batch-rows=0", "--purge-batch-rows=100001", "--purge-pause-factor=21", "--purge-pause-factor=-1"]
+        {
+            let error = parse(&[bad]).map(drop).unwrap_err().to_string();
+            let name = bad.split('=').next().unwrap();
+            assert!(error.contains(name), "{bad}: {error}");
+        }
     }
 
     /// One decision thread unless asked; a count outside 1-64 is refused by name.

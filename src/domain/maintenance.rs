@@ -128,9 +128,14 @@ impl App {
         Ok(purged)
     }
 
-    /// How this database's purges pace themselves.
+    /// How this database's purges pace themselves: PURGE_BATCH_ROWS and PURGE_PAUSE_FACTOR
+    /// where set, the database's defaults otherwise.
     pub fn purge_pacing(&self) -> Pacing {
-        Pacing::of(self.db().is_sqlite())
+        let (default, policy) = (Pacing::of(self.db().is_sqlite()), &self.inner.retention);
+        Pacing {
+            batch: policy.purge_batch.unwrap_or(default.batch),
+            pause_factor: policy.purge_pause_factor.unwrap_or(default.pause_factor),
+        }
     }
 
     /// Deletes what has outlived its use as of `now`, paced by `pacing`: drained

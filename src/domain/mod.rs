@@ -62,11 +62,15 @@ pub struct SecurityPolicy {
     pub mfa_required_for_admins: bool,
 }
 
-/// What housekeeping keeps.
+/// What housekeeping keeps, and how it paces deleting the rest.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RetentionPolicy {
     /// How long audit entries are kept (AUDIT_RETENTION_DAYS); `None` keeps them forever.
     pub audit: Option<Duration>,
+    /// PURGE_BATCH_ROWS; `None`: the database's default ([`maintenance::Pacing`]).
+    pub purge_batch: Option<i64>,
+    /// PURGE_PAUSE_FACTOR; `None`: the database's default.
+    pub purge_pause_factor: Option<u32>,
 }
 
 /// Which backends users may store, and the backend proxy when it is on.

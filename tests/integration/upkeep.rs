@@ -6,7 +6,7 @@
 use chrono::{DateTime, Duration, Utc};
 use instachatico_auth::db::DbConn;
 use instachatico_auth::db::models::{audit, mfa, passkeys, rate_limits, sessions, throttles, users};
-use instachatico_auth::domain::maintenance::Purged;
+use instachatico_auth::domain::maintenance::{Pacing, Purged};
 use instachatico_auth::model::{
     AuditEntry, AuditQuery, MfaChallenge, NewUserRecord, PasskeyCeremony, Role, Session, SessionId, UserId,
 };
@@ -259,6 +259,31 @@ async fn audit_retention_drops_old_entries(backend: Backend) {
     assert_eq!(audit::query(&mut conn, &old, 1, 0).await.unwrap().1, 0, "nothing older than 30 days");
     assert_eq!(s.app().housekeeping(now).await.unwrap().audit, 0);
     assert_eq!(s.app().housekeeping(now + Duration::days(2)).await.unwrap().audit, 6);
+}
+
+/// PURGE_BATCH_ROWS and PURGE_PAUSE_FACTOR replace the database's pacing; a round still
+/// removes a backlog of many batches.
+async fn purge_pacing_follows_its_settings(backend: Backend) {
+    let options = Options::default().arg("purge-batch-rows", "7").arg("purge-pause-factor", "0");
+    let Some(s) = TestServer::start_with(backend, options).await else { return };
+    assert_eq!(s.app().purge_pacing(), Pacing { batch: 7, pause_factor: 0 });
+    let now = now();
+    let mut conn = s.app().db().get().await.unwrap();
+    let bob = user(&mut conn, "bob", now).await;
+    sessions_of(&mut conn, bob, 7 * 5 + 3, now - Duration::days(30), now - Duration::days(8), None).await;
+    let alive = sessions_of(&mut conn, bob, 2, now, now + Duration::days(1), None).await;
+    assert_eq!(s.app().housekeeping(now).await.unwrap().sessions, 7 * 5 + 3, "six batches of at most 7");
+    assert_eq!(live(&mut conn, &alive, now).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_pacing_follows_its_settings_sqlite() {
+    purge_pacing_follows_its_settings(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_pacing_follows_its_settings_postgres() {
+    purge_pacing_follows_its_settings(Backend::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
