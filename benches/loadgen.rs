@@ -475,6 +475,7 @@ async fn run_scale(database: &Database, seeded: &Seeded, args: &Args) -> Vec<Rep
     // The purge: housekeeping runs at start-up.
     let mut purge_env = env.clone();
     purge_env.push(("AUDIT_RETENTION_DAYS".to_owned(), "1".to_owned()));
+    let vacuums = database.audit_autovacuums().await;
     let service = ServiceProcess::spawn(&purge_env);
     let target = scale_target(&service, None, seeded);
     let done = || service.log().iter().any(|l| l.contains("purged") && l.contains("audit_logs"));
@@ -482,18 +483,30 @@ async fn run_scale(database: &Database, seeded: &Seeded, args: &Args) -> Vec<Rep
         harness::scale::getme_during(&target, c, Duration::from_secs(2), Duration::from_secs(1800), done).await;
     let purged: Vec<String> = service.log().into_iter().filter(|l| l.contains("purged")).collect();
     let quiet = harness::getme_grpc(&target, c, seconds).await;
+    // The same quiet load measured as the purge's was (runs of 2 s, each on new connections):
+    // what the method itself adds to a tail.
+    let (mut windowed, _) = harness::scale::getme_during(&target, c, Duration::from_secs(2), seconds, || false).await;
     let before = large.iter().find(|r| r.scenario.contains("getme grpc")).expect("GetMe at size");
     during.notes.push(format!(
-        "purge seen for {:.1} s; {purged:?}; p99 during / before = {:.2}, during / after = {:.2} (target < 2)",
+        "purge seen for {:.1} s; {purged:?}; p99 during / before = {:.2}, during / after = {:.2}, \
+         during / after in 2 s runs = {:.2} (target < 2)",
         took.as_secs_f64(),
         during.ms(0.99) / before.ms(0.99),
-        during.ms(0.99) / quiet.ms(0.99)
+        during.ms(0.99) / quiet.ms(0.99),
+        during.ms(0.99) / windowed.ms(0.99)
     ));
-    println!("[{}] {}\n         {}", database.kind, during.summary(), during.notes[0]);
+    if let (Some(before), Some(after)) = (vacuums, database.audit_autovacuums().await) {
+        during
+            .notes
+            .push(format!("autovacuums of audit_logs during the purge and the window after: {}", after - before));
+    }
+    println!("[{}] {}\n         {}", database.kind, during.summary(), during.notes.join("\n         "));
     println!("[{}] after the purge: {}", database.kind, database.size_note().await);
     let mut quiet = quiet;
     quiet.scenario = format!("after the purge: {}", quiet.scenario);
-    small.into_iter().chain(large).chain([during, quiet]).collect()
+    windowed.scenario = format!("after the purge, in 2 s runs: getme grpc c={c}");
+    println!("[{}] {}\n         {}", database.kind, windowed.summary(), windowed.notes.join("\n         "));
+    small.into_iter().chain(large).chain([during, quiet, windowed]).collect()
 }
 
 /// Waits until `service`'s start-up housekeeping round has ended (its debug line: the service
@@ -649,6 +662,16 @@ impl Database {
     /// PostgreSQL's checkpoints so far (timed and requested, the whole server); None on SQLite.
     /// Two readings around a phase say whether the checkpointer wrote behind its measurement.
     async fn checkpoints(&self) -> Option<i64> {
+        self.pg_count("SELECT checkpoints_timed + checkpoints_req AS n FROM pg_stat_bgwriter").await
+    }
+
+    /// How often autovacuum has vacuumed audit_logs (PostgreSQL).
+    async fn audit_autovacuums(&self) -> Option<i64> {
+        self.pg_count("SELECT autovacuum_count AS n FROM pg_stat_user_tables WHERE relname = 'audit_logs'").await
+    }
+
+    /// The number `query` reads (as `n`) on PostgreSQL; None on SQLite.
+    async fn pg_count(&self, query: &str) -> Option<i64> {
         use diesel_async::{AsyncConnection, RunQueryDsl};
         #[derive(diesel::QueryableByName)]
         struct Count {
@@ -657,7 +680,6 @@ impl Database {
         }
         self.pg_admin.as_ref()?;
         let mut conn = diesel_async::AsyncPgConnection::establish(&self.url).await.unwrap();
-        let query = "SELECT checkpoints_timed + checkpoints_req AS n FROM pg_stat_bgwriter";
         Some(diesel::sql_query(query).get_result::<Count>(&mut conn).await.unwrap().n)
     }
 

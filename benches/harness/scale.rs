@@ -285,9 +285,10 @@ pub async fn getme_during(
 ) -> (Report, Duration) {
     let started = std::time::Instant::now();
     let mut all = Report::new(&format!("getme grpc during the purge c={concurrency}"));
-    let mut elapsed = Duration::ZERO;
+    let (mut elapsed, mut windows) = (Duration::ZERO, Vec::new());
     while !done() && started.elapsed() < limit {
         let part = super::getme_grpc(target, concurrency, chunk).await;
+        windows.push(format!("{:.1}", part.ms(0.99)));
         all.ok += part.ok;
         all.shed += part.shed;
         all.errors += part.errors;
@@ -295,5 +296,7 @@ pub async fn getme_during(
         elapsed += part.elapsed;
     }
     all.elapsed = elapsed;
+    // Whether the tail is spread over the purge or bunched in a few moments.
+    all.notes.push(format!("p99 ms of each {} s window: {}", chunk.as_secs_f64(), windows.join(" ")));
     (all, started.elapsed())
 }

@@ -143,6 +143,7 @@ async fn scale_scenario_runs(s: TestServer) {
     let purged = purge.await.unwrap();
     assert!(purged.sessions > 0, "{purged:?}");
     assert_eq!(during.0.errors, 0, "{}", during.0.summary());
+    assert!(during.0.notes.iter().any(|n| n.starts_with("p99 ms of each 0.2 s window:")), "{:?}", during.0.notes);
     s.stop().await;
 }
 
