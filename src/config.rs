@@ -291,7 +291,7 @@ pub struct Config {
     #[arg(long, env = "AUDIT_RETENTION_DAYS", global = true)]
     pub audit_retention_days: Option<String>,
 
-    /// Rows each statement of a housekeeping purge deletes (default: 2000 on PostgreSQL, 500 on
+    /// Rows each statement of a housekeeping purge deletes (default: 200 on PostgreSQL, 500 on
     /// SQLite, where a batch holds the one write lock).
     #[arg(long, env = "PURGE_BATCH_ROWS", value_parser = clap::value_parser!(u32).range(1..=100_000), global = true)]
     pub purge_batch_rows: Option<u32>,

@@ -36,10 +36,12 @@ pub struct Pacing {
 }
 
 impl Pacing {
-    /// PostgreSQL's batches are short (some 17 ms for 2,000 rows), so a third of a core costs a
-    /// million-row purge seconds, not minutes; at half a core GetMe's p99 during it still came
-    /// to 2.2x its quiet value on two shared cores.
-    pub const POSTGRES: Self = Self { batch: 2000, pause_factor: 2 };
+    /// On PostgreSQL what a request meets is one batch at work, not the purge's share of a
+    /// core: with 2,000 rows a batch (some 11 ms) GetMe's p99 during a million-row purge was
+    /// about 4.3 ms whether the pauses left the purge a third of a core or a sixth (2.0-2.4x
+    /// its quiet value on two shared cores). With 200 rows a batch it was 3.1 ms (1.6x); the
+    /// purge takes a minute instead of 16 s (BENCHMARKS.md, "Scale").
+    pub const POSTGRES: Self = Self { batch: 200, pause_factor: 2 };
     /// On SQLite a batch holds the one write lock (the service's own writes take their turn
     /// between batches) and a row costs about 0.15 ms (it leaves five indexes of the audit log):
     /// 500 rows hold it some 70 ms, not the 300 ms of 2,000. Half a core already keeps GetMe
@@ -177,10 +179,22 @@ impl App {
         let audit = match self.inner.retention.audit {
             Some(keep) => {
                 let before = now - keep;
+                // Each batch starts where the last one ended (`audit::purge_before`).
+                let from = Arc::new(std::sync::Mutex::new(None));
                 self.purge_in_batches(
                     "audit_logs",
                     pacing,
-                    Arc::new(move |c, n| Box::pin(audit_rows::purge_before(c, before, n))),
+                    Arc::new(move |c, n| {
+                        let from = Arc::clone(&from);
+                        Box::pin(async move {
+                            let start = *from.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                            let (deleted, newest) = audit_rows::purge_before(c, before, start, n).await?;
+                            if newest.is_some() {
+                                *from.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = newest;
+                            }
+                            Ok(deleted)
+                        })
+                    }),
                 )
                 .await?
             }

@@ -71,7 +71,7 @@ fn churn(s: &TestServer, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(Hash
             let older = AuditQuery { until: Some(before), ..Default::default() };
             let doomed = audit::query(&mut conn, &older, 1000, 0).await.unwrap().0;
             gone_rows.extend(doomed.iter().map(|e| e.id));
-            audit::purge_before(&mut conn, before, 1000).await.unwrap();
+            audit::purge_before(&mut conn, before, None, 1000).await.unwrap();
             drop(conn);
             tokio::task::yield_now().await;
         }

@@ -232,7 +232,11 @@ async fn hot_queries_use_indexes_at_size(s: TestServer) {
     // The purge's batches (start-up housekeeping already took the sessions ended a week ago).
     let mut conn = s.app().db().get().await.unwrap();
     let sessions_purged = sessions::purge_ended(&mut conn, Utc::now(), 500).await.unwrap();
-    let audit_purged = audit::purge_before(&mut conn, Utc::now() - Duration::days(60), 500).await.unwrap();
+    // A batch from the log's start, then one from where it ended.
+    let before = Utc::now() - Duration::days(60);
+    let (first, newest) = audit::purge_before(&mut conn, before, None, 500).await.unwrap();
+    let (audit_purged, _) = audit::purge_before(&mut conn, before, newest, 500).await.unwrap();
+    assert!(first == 500 && newest.is_some_and(|t| t < before), "{first}, {newest:?}");
     drop(conn);
     assert!(sessions_purged > 0 && audit_purged > 0, "the purge had work: {sessions_purged}, {audit_purged}");
 

@@ -6,7 +6,7 @@ use diesel::sql_types::Timestamp;
 use diesel_async::RunQueryDsl;
 
 use crate::db::limit::LimitDsl;
-use crate::db::models::delete_batch;
+use crate::db::models::delete_batch_sql;
 use crate::db::schema::audit_logs;
 use crate::db::{DbConn, map_err};
 use crate::db_run;
@@ -117,12 +117,41 @@ pub async fn any_since(conn: &mut DbConn, user_id: UserId, actions: &[&str], sin
     Ok(found > 0)
 }
 
-/// Deletes up to `limit` entries written before `before`; returns how many.
-pub async fn purge_before(conn: &mut DbConn, before: DateTime<Utc>, limit: i64) -> Result<usize> {
+/// Deletes up to `limit` of the oldest entries written before `before` and not before `from`;
+/// returns how many, and the newest time among them: the next batch's `from`.
+///
+/// Starting each batch where the last one ended matters at size: the entries a batch deletes
+/// stay in the (created_at, id) index until a vacuum, and a batch that began at the log's start
+/// read past all of them (a million-row purge then read some 6,000 dead index pages a batch by
+/// its end, on PostgreSQL). Entries are written at the time of writing, so none appears behind
+/// `from` once `before` is past.
+pub async fn purge_before(
+    conn: &mut DbConn,
+    before: DateTime<Utc>,
+    from: Option<DateTime<Utc>>,
+    limit: i64,
+) -> Result<(usize, Option<DateTime<Utc>>)> {
+    #[derive(QueryableByName)]
+    struct Gone {
+        #[diesel(sql_type = Timestamp)]
+        created_at: NaiveDateTime,
+    }
     let before = before.naive_utc();
-    db_run!(conn, "audit::purge_before": {
-        delete_batch!(conn, "audit_logs", "created_at < {p}1", order_by = "created_at", limit, Timestamp = before)
-    })
+    // Year 1: before anything, and written alike by both databases.
+    let first = chrono::NaiveDate::from_ymd_opt(1, 1, 1).unwrap_or_default().and_time(chrono::NaiveTime::MIN);
+    let from = from.map_or(first, |f| f.naive_utc());
+    let gone: Vec<Gone> = db_run!(conn, "audit::purge_before": {
+        let pred = "created_at < {p}1 AND created_at >= {p}2";
+        let sql = delete_batch_sql(&*conn, "audit_logs", pred, " ORDER BY created_at", limit) + " RETURNING created_at";
+        diesel::sql_query(sql)
+            .bind::<Timestamp, _>(before)
+            .bind::<Timestamp, _>(from)
+            .load(conn)
+            .await
+            .map_err(map_err)
+    })?;
+    let newest = gone.iter().map(|g| g.created_at).max().map(|t| t.and_utc());
+    Ok((gone.len(), newest))
 }
 
 /// One page of matching entries, newest first, and the number of matches.

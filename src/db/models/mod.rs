@@ -65,12 +65,7 @@ macro_rules! delete_batch {
         $crate::db::models::delete_batch!(@ $conn, $table, $pred, concat!(" ORDER BY ", $order), $limit $(, $ty = $val)*)
     };
     (@ $conn:ident, $table:literal, $pred:literal, $order:expr, $limit:expr $(, $ty:ty = $val:expr)*) => {{
-        let (row, among, p) = $crate::db::models::dialect(&*$conn);
-        let pred = format!($pred, p = p);
-        let limit: i64 = $limit;
-        let sub = format!("SELECT {row} FROM {table} WHERE ({pred}){order} LIMIT {limit}", table = $table, order = $order);
-        let among = among.replace("{row}", row).replace("{sub}", &sub);
-        let sql = format!("DELETE FROM {table} WHERE {among} AND ({pred})", table = $table);
+        let sql = $crate::db::models::delete_batch_sql(&*$conn, $table, $pred, $order, $limit);
         diesel::sql_query(sql)$(.bind::<$ty, _>($val))*.execute($conn).await.map_err($crate::db::map_err)
     }};
     ($conn:ident, $table:literal, $pred:literal, $limit:expr $(, $ty:ty = $val:expr)* $(,)?) => {
@@ -78,3 +73,13 @@ macro_rules! delete_batch {
     };
 }
 pub(crate) use delete_batch;
+
+/// The statement of [`delete_batch!`]: `pred` writes its parameters as `{p}1`, `{p}2`, ...;
+/// `order` is empty or ` ORDER BY column`.
+pub(crate) fn delete_batch_sql<C: Dialect>(conn: &C, table: &str, pred: &str, order: &str, limit: i64) -> String {
+    let (row, among, p) = dialect(conn);
+    let pred = pred.replace("{p}", &p.to_string());
+    let sub = format!("SELECT {row} FROM {table} WHERE ({pred}){order} LIMIT {limit}");
+    let among = among.replace("{row}", row).replace("{sub}", &sub);
+    format!("DELETE FROM {table} WHERE {among} AND ({pred})")
+}
