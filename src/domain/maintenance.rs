@@ -179,7 +179,9 @@ impl App {
         let audit = match self.inner.retention.audit {
             Some(keep) => {
                 let before = now - keep;
-                // Each batch starts where the last one ended (`audit::purge_before`).
+                // Each batch starts where the last one ended (`audit::purge_before`). Were a
+                // batch's transaction rolled back after this moved on, its rows would only wait
+                // for the next round, which starts from the log's start again.
                 let from = Arc::new(std::sync::Mutex::new(None));
                 self.purge_in_batches(
                     "audit_logs",
