@@ -115,6 +115,8 @@ pub struct AppInner {
     pub(crate) proxy: Option<proxy::ProxyState>,
     /// Set by the start-up key check when stored backend tokens do not decrypt.
     pub(crate) keys_unreadable: std::sync::atomic::AtomicBool,
+    /// Housekeeping rounds that ended (see `App::housekeeping_rounds`).
+    pub(crate) housekeeping_rounds: std::sync::atomic::AtomicU64,
 }
 
 impl App {
@@ -149,6 +151,7 @@ impl App {
                 allowed_hosts: backends.allowed_hosts,
                 proxy: backends.proxy.map(proxy::ProxyState::new),
                 keys_unreadable: std::sync::atomic::AtomicBool::new(false),
+                housekeeping_rounds: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }

@@ -272,6 +272,15 @@ impl TestServer {
             .into_inner()
     }
 
+    /// Waits (at most a minute) until this server's start-up housekeeping round has ended.
+    pub async fn housekeeping_done(&self) {
+        let started = std::time::Instant::now();
+        while self.app().housekeeping_rounds() == 0 {
+            assert!(started.elapsed() < std::time::Duration::from_secs(60), "no housekeeping round ended");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn stop(mut self) {
         if let Some(running) = self.running.take() {
             running.stop().await.expect("clean shutdown");

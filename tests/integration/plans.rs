@@ -119,12 +119,8 @@ fn binds(list: &str) -> Vec<String> {
     items
 }
 
-/// Statements that count a whole set by design, not a request's: housekeeping's gauge of live
-/// sessions, once a minute (recorded when the start-up round ends after the watch began).
-const WHOLE_COUNTS: [&str; 1] = ["SELECT COUNT(*) FROM \"sessions\" WHERE ((\"sessions\".\"revoked_at\" IS NULL)"];
-
 /// Stops recording `database`; its recorded statements that read or write a big table (not
-/// BEGIN, NOTIFY, ...) but count no whole set.
+/// BEGIN, NOTIFY, ...).
 fn recorded(database: &str) -> Vec<(String, String)> {
     WATCHED.lock().unwrap().retain(|w| w != database);
     let all = RECORDED.lock().unwrap().clone();
@@ -135,7 +131,6 @@ fn recorded(database: &str) -> Vec<(String, String)> {
             let head = sql.trim_start().to_ascii_uppercase();
             ["SELECT", "UPDATE", "DELETE", "WITH"].iter().any(|k| head.starts_with(k))
                 && BIG_TABLES.iter().any(|t| ["\"", "`", " "].iter().any(|q| sql.contains(&format!("{q}{t}{q}"))))
-                && !WHOLE_COUNTS.iter().any(|c| sql.replace('`', "\"").starts_with(c))
         })
         .collect()
 }
@@ -194,8 +189,11 @@ async fn hot_queries_use_indexes_at_size(s: TestServer) {
     let token = s.app().cipher().encrypt("backend-token");
     let now = Utc::now();
     let seeded = bulk_seed::seed(s.app().db(), &spec, &hash, &token, now).await.unwrap();
-    // Connections made from now on carry the recorder (start-up housekeeping runs again).
+    // Connections made from now on carry the recorder. Start-up housekeeping runs again, and
+    // is let end first: its purges' plans depend on how much it has left (a backlog of ended
+    // sessions is best read in table order), and the test's purges below measure their own.
     let s = s.restart(&[]).await;
+    s.housekeeping_done().await;
 
     let admin = s.admin_token().await;
     let (mut users, mut audit) = (s.users().await, AuditServiceClient::new(s.channel().await));
