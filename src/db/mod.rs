@@ -8,6 +8,7 @@ mod limit;
 pub mod models;
 pub mod notify;
 mod redact;
+mod row_less;
 pub mod schema;
 pub mod seed_source;
 
@@ -28,6 +29,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
 pub use self::redact::redact_url;
+pub use self::row_less::row_less;
 use crate::error::Error;
 
 pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
