@@ -255,8 +255,35 @@ async fn bad_page_tokens_are_refused_and_change_nothing(s: TestServer) {
     assert_eq!(count(&mut audit_api).await, rows_before);
 }
 
+/// A well-formed token of a time range that points outside it (a client can write one): one
+/// after the range's end lists the range from its end, one before its start lists nothing.
+async fn tokens_outside_a_range_stay_within_it(s: TestServer) {
+    seed(&s).await;
+    let admin = s.admin_token().await;
+    let mut audit_api = AuditServiceClient::new(s.channel().await);
+    let now = Utc::now();
+    let at = |t: chrono::DateTime<Utc>| prost_types::Timestamp { seconds: t.timestamp(), nanos: 0 };
+    let range = pb::ListAuditLogsRequest {
+        since: Some(at(now - Duration::days(20))),
+        until: Some(at(now - Duration::days(15))),
+        limit: 200,
+        ..Default::default()
+    };
+    let mut list = async |token: String| {
+        let request = pb::ListAuditLogsRequest { page_token: token, ..range.clone() };
+        let page = audit_api.list_audit_logs(authed(&admin, request)).await.unwrap().into_inner();
+        page.entries.into_iter().map(|e| e.id).collect::<Vec<_>>()
+    };
+    let whole = list(String::new()).await;
+    assert!(!whole.is_empty());
+    let token = |t: chrono::DateTime<Utc>| format!("t{}.000000000_999999", t.timestamp());
+    assert_eq!(list(token(now - Duration::days(10))).await, whole, "a token after the range's end");
+    assert!(list(token(now - Duration::days(25))).await.is_empty(), "a token before the range's start");
+}
+
 crate::on_both_backends!(
     keyset_pages_see_every_row_once_despite_concurrent_changes,
     filtered_keyset_pages_are_the_filtered_rows,
+    tokens_outside_a_range_stay_within_it,
     bad_page_tokens_are_refused_and_change_nothing,
 );
