@@ -177,13 +177,30 @@ async fn forwards_requests_as_sent_with_the_backend_token(db: Backend) {
     let everything = format!("{:?}", got.headers);
     assert!(!everything.contains(&credential), "the proxy credential reaches the backend: {got:?}");
 
-    // Envoy keeps its connections to the backend: sequential requests share them.
+    // Envoy keeps its connections to the backend: sequential requests share them. A new backend
+    // address can open a connection or two more at first: a worker that asks before the main
+    // thread has published the address's host makes a host (and a pool) of its own
+    // (ORIGINAL_DST's addHost). So first wait until five requests in a row open none.
+    let mut settled = false;
+    for _ in 0..20 {
+        let before = backend.connections();
+        for _ in 0..5 {
+            assert_eq!(p.get("/warm", &credential).await.0, 200);
+        }
+        if backend.connections() == before {
+            settled = true;
+            break;
+        }
+    }
+    assert!(settled, "proxied requests kept opening backend connections: {}", backend.connections());
     let before = backend.connections();
     for _ in 0..20 {
         assert_eq!(p.get("/again", &credential).await.0, 200);
     }
     let opened = backend.connections() - before;
-    assert!(opened <= 2, "20 proxied requests opened {opened} backend connections");
+    // At most one: should the client reconnect, its new connection may land on a worker
+    // without a pool yet.
+    assert!(opened <= 1, "20 proxied requests opened {opened} backend connections");
 
     // Methods and bodies as sent, binary included.
     let payload: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
