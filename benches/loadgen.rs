@@ -51,6 +51,11 @@ struct Args {
     /// The scale scenario's sizes are issue 18's divided by this (1: full size).
     #[arg(long, default_value_t = 1)]
     scale_divisor: usize,
+    /// The scale scenario measures only GetMe during the purge against GetMe before it (on the
+    /// seeded database) and after: no 200-user phase, no other call. A few minutes a run, so
+    /// the purge's pacing can be compared over several runs.
+    #[arg(long)]
+    scale_purge_only: bool,
     /// Concurrency of the scale scenario's calls (Login: 2).
     #[arg(long, default_value_t = 4)]
     scale_concurrency: usize,
@@ -436,12 +441,17 @@ async fn run_scale(database: &Database, seeded: &Seeded, args: &Args) -> Vec<Rep
         let envoy = Envoy::start(&[Upstream::Unix(service.socket.clone())]).await;
         let target = scale_target(&service, envoy.as_ref(), seeded);
         let _ = harness::getme_grpc(&target, 8, Duration::from_secs(2)).await;
+        if args.scale_purge_only {
+            let mut getme = harness::getme_grpc(&target, c, seconds).await;
+            getme.scenario = format!("{name}: {}", getme.scenario);
+            return vec![getme];
+        }
         let clock = service.metrics_url().map(harness::scale::ServiceClock::new);
         harness::scale::suite(&target, name, c, seconds, workdir.path(), clock.as_ref()).await
     };
     let pool = database.pool().await;
     harness::scale::seed_month_old_day(&pool).await;
-    let small = phase(&env, &format!("{} users", args.users)).await;
+    let small = if args.scale_purge_only { Vec::new() } else { phase(&env, &format!("{} users", args.users)).await };
 
     let spec = instachatico_auth::db::bulk_seed::ScaleSpec::divided_by(args.scale_divisor);
     let cipher =
@@ -465,11 +475,13 @@ async fn run_scale(database: &Database, seeded: &Seeded, args: &Args) -> Vec<Rep
         println!("[{}] checkpoints during the {large_name} phase: {}", database.kind, after - before);
     }
 
-    println!("\n[{}] p99 of {large_name} against {} users (target <= 1.5x):", database.kind, args.users);
-    println!("| call | small p50 ms | small p99 ms | large p50 ms | large p99 ms | p50 ratio | p99 ratio | |");
-    println!("|---|---|---|---|---|---|---|---|");
-    for line in harness::scale::ratios(&small, &large, 1.5) {
-        println!("{line}");
+    if !args.scale_purge_only {
+        println!("\n[{}] p99 of {large_name} against {} users (target <= 1.5x):", database.kind, args.users);
+        println!("| call | small p50 ms | small p99 ms | large p50 ms | large p99 ms | p50 ratio | p99 ratio | |");
+        println!("|---|---|---|---|---|---|---|---|");
+        for line in harness::scale::ratios(&small, &large, 1.5) {
+            println!("{line}");
+        }
     }
 
     // The purge: housekeeping runs at start-up.
