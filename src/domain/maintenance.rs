@@ -42,11 +42,15 @@ impl Pacing {
     /// its quiet value on two shared cores). With 200 rows a batch it was 3.1 ms (1.6x); the
     /// purge takes a minute instead of 16 s (BENCHMARKS.md, "Scale").
     pub const POSTGRES: Self = Self { batch: 200, pause_factor: 2 };
-    /// On SQLite a batch holds the one write lock (the service's own writes take their turn
-    /// between batches) and a row costs about 0.15 ms (it leaves five indexes of the audit log):
-    /// 500 rows hold it some 70 ms, not the 300 ms of 2,000. Half a core already keeps GetMe
-    /// within 2x there; pausing longer would stretch a million-row purge from 4 minutes to 12.
-    pub const SQLITE: Self = Self { batch: 500, pause_factor: 1 };
+    /// On SQLite the purge deletes in this process, beside the requests' own reads, and a batch
+    /// holds the one write lock (the service's own writes take their turn between batches). A
+    /// row costs some 0.1 ms (it leaves five indexes of the audit log), so 500 rows kept a core
+    /// for some 40 ms at a time, far longer than a request's own work (GetMe's p99 during a
+    /// million-row purge 2.3-3.2x its quiet value, however long the pauses). With 25 rows a batch
+    /// (a few milliseconds, and as long a wait for a writer) it was 1.5-2.4x at half a core,
+    /// 1.0-1.6x at a third; the purge of a million rows takes 7 minutes instead of 3
+    /// (BENCHMARKS.md, "thirteenth").
+    pub const SQLITE: Self = Self { batch: 25, pause_factor: 2 };
 
     pub const fn of(sqlite: bool) -> Self {
         if sqlite { Self::SQLITE } else { Self::POSTGRES }
