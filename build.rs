@@ -26,6 +26,9 @@ const STANDARD_PROTOS: [&str; 3] =
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    // `embed_migrations!` reads migrations/ at compile time but cannot tell cargo so: a new
+    // migration would otherwise not reach a binary built incrementally.
+    println!("cargo:rerun-if-changed=migrations");
 
     // The vendored protoc keeps fresh machines free of system packages.
     let mut config = tonic_prost_build::Config::new();

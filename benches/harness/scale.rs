@@ -2,7 +2,7 @@
 //! a large one (`instachatico_auth::db::bulk_seed`), in one run, so that their ratio says what
 //! size alone costs. GetMe (gRPC and JSON), Login, ListUsers (first page, a page at offset
 //! 90,000, and the same depth by `page_token`), ListAuditLogs (one user, one action, one day
-//! a month ago) and ListMySessions; and GetMe while housekeeping purges a million rows.
+//! a month ago, and that day for one user or one action) and ListMySessions; and GetMe while housekeeping purges a million rows.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -151,6 +151,12 @@ pub async fn suite(
         ("one user", pb::ListAuditLogsRequest { user_id: me.id, ..Default::default() }),
         ("action login_success", action.clone()),
         ("one day, 30 days ago", one_day.clone()),
+        // A time range with a user or an action as well: PostgreSQL plans these per call.
+        ("one user, one day", pb::ListAuditLogsRequest { user_id: me.id, ..one_day.clone() }),
+        (
+            "action login_success, one day",
+            pb::ListAuditLogsRequest { action: action.action.clone(), ..one_day.clone() },
+        ),
         ("action login_success with total", pb::ListAuditLogsRequest { include_total: true, ..action }),
         ("one day, 30 days ago with total", pb::ListAuditLogsRequest { include_total: true, ..one_day }),
     ] {

@@ -401,6 +401,7 @@ async fn a_database_from_the_duplicate_migration_version_upgrades_whole() {
         // Undo, newest first, what that commit did not have yet; then its version table.
         let mut rewind = String::new();
         for later in [
+            "2026-12-06-000001_audit_action_by_time",
             "2026-12-05-000002_passkey_sign_count",
             "2026-12-05-000001_audit_by_time",
             "2026-12-04-000002_listing_indexes",
@@ -416,7 +417,8 @@ async fn a_database_from_the_duplicate_migration_version_upgrades_whole() {
         // Statements that fail unless the full schema is there (DROP INDEX without IF EXISTS).
         let whole = "SELECT sign_count FROM passkeys LIMIT 0;
                      DROP INDEX audit_logs_user_id_id_idx; DROP INDEX audit_logs_action_id_idx;
-                     DROP INDEX audit_logs_created_at_id_idx; DROP INDEX passkeys_user_idx;";
+                     DROP INDEX audit_logs_created_at_id_idx; DROP INDEX passkeys_user_idx;
+                     DROP INDEX audit_logs_action_created_at_id_idx;";
         execute(&url, &rewind).await.unwrap_or_else(|e| panic!("{url}: rewinding: {e}"));
         assert!(execute(&url, "SELECT sign_count FROM passkeys LIMIT 0").await.is_err(), "{url}: rewound");
         let out = migrate();

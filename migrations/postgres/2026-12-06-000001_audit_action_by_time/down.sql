@@ -1,0 +1,1 @@
+DROP INDEX audit_logs_action_created_at_id_idx;
