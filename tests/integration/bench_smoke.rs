@@ -123,7 +123,7 @@ async fn scale_scenario_runs(s: TestServer) {
         assert!(noted, "{}: {:?}", report.scenario, report.notes);
     }
     let expected =
-        if envoy.is_some() && std::process::Command::new("wrk").arg("--version").output().is_ok() { 14 } else { 13 };
+        if envoy.is_some() && std::process::Command::new("wrk").arg("--version").output().is_ok() { 16 } else { 15 };
     assert_eq!(harness::scale::ratios(&small, &large, 1.5).len(), expected, "every call in both phases");
 
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
