@@ -2,7 +2,8 @@
 //! a large one (`instachatico_auth::db::bulk_seed`), in one run, so that their ratio says what
 //! size alone costs. GetMe (gRPC and JSON), Login, ListUsers (first page, a page at offset
 //! 90,000, and the same depth by `page_token`), ListAuditLogs (one user, one action, one day
-//! a month ago, and that day for one user or one action) and ListMySessions; and GetMe while housekeeping purges a million rows.
+//! a month ago, and that day for one user or one action) and ListMySessions; and GetMe while
+//! housekeeping purges a million rows.
 
 use std::sync::Arc;
 use std::time::Duration;
