@@ -450,12 +450,13 @@ async fn run_scale(database: &Database, seeded: &Seeded, args: &Args) -> Vec<Rep
         harness::scale::suite(&target, name, c, seconds, workdir.path(), clock.as_ref()).await
     };
     let pool = database.pool().await;
-    harness::scale::seed_month_old_day(&pool).await;
+    let cipher =
+        instachatico_auth::crypto::secrets::TokenCipher::new(&SecretString::from(FERNET_KEY.to_owned()), &[]).unwrap();
+    let usernames: Vec<String> = seeded.users.iter().map(|(name, _)| name.clone()).collect();
+    harness::scale::seed_like_large(&pool, &cipher, &usernames).await;
     let small = if args.scale_purge_only { Vec::new() } else { phase(&env, &format!("{} users", args.users)).await };
 
     let spec = instachatico_auth::db::bulk_seed::ScaleSpec::divided_by(args.scale_divisor);
-    let cipher =
-        instachatico_auth::crypto::secrets::TokenCipher::new(&SecretString::from(FERNET_KEY.to_owned()), &[]).unwrap();
     let took = harness::scale::seed_large(&pool, &cipher, &spec).await;
     println!("[{}] bulk seed {spec:?}: {:.1} s", database.kind, took.as_secs_f64());
     // A service's start-up housekeeping purges the seeded sessions that ended over a week ago:

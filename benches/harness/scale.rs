@@ -259,26 +259,54 @@ pub async fn seed_large(
     started.elapsed()
 }
 
-/// Audit rows a month old in the small database, more than a page of them on the day the time
-/// range asks for: otherwise its page is empty there and full at size, and the ratio would
-/// compare the two pages, not a young log with a large one. Not about any user, and of an action
-/// no other call filters on.
-pub async fn seed_month_old_day(db: &instachatico_auth::db::DbPool) {
-    let start = Utc::now() - chrono::Duration::days(31);
-    let rows: Vec<instachatico_auth::model::AuditEntry> = (0..120)
-        .map(|i| instachatico_auth::model::AuditEntry {
-            id: 0,
-            user_id: None,
-            actor_id: None,
-            action: "token_refresh".to_owned(),
-            ip_address: Some("10.0.0.1".to_owned()),
-            user_agent: None,
-            metadata: serde_json::json!({}),
-            created_at: start + chrono::Duration::minutes(10 * i + 5),
+/// The young database made to hold what the large one's rows hold, so that a ratio compares
+/// sizes and not contents: a backend for each of its users (every bulk-seeded user has one, and
+/// a listing's or GetMe's rows carry it), and audit rows a month old, more than a page of them
+/// on the day the time ranges ask for (otherwise a page that is full at size is empty there).
+/// The day holds rows not about any user, of an action no other call filters on, and rows of
+/// `login_success` about `me` (the first seeded user), for the day of one action and of one user.
+pub async fn seed_like_large(
+    db: &instachatico_auth::db::DbPool,
+    cipher: &instachatico_auth::crypto::secrets::TokenCipher,
+    usernames: &[String],
+) {
+    use instachatico_auth::db::models::{audit, backends, users};
+    let mut conn = db.get().await.expect("database");
+    let mut ids = Vec::with_capacity(usernames.len());
+    for name in usernames {
+        let (user, _) = users::find_by_login(&mut conn, name).await.expect("user").expect("seeded user");
+        ids.push(user.id);
+    }
+    let token = cipher.encrypt("scale-backend-token");
+    let records: Vec<instachatico_auth::model::BackendRecord> = ids
+        .iter()
+        .map(|id| instachatico_auth::model::BackendRecord {
+            user_id: *id,
+            instagram_username: format!("ig_{}", id.get()),
+            api_base_url: "http://127.0.0.1:4291/api/v1".to_owned(),
+            encrypted_token: token.clone(),
+            updated_at: Utc::now(),
         })
         .collect();
-    let mut conn = db.get().await.expect("database");
-    instachatico_auth::db::models::audit::insert_many(&mut conn, &rows).await.expect("audit rows");
+    for part in records.chunks(100) {
+        backends::insert_many(&mut conn, part).await.expect("backends");
+    }
+    let start = Utc::now() - chrono::Duration::days(31);
+    let entry = |i: i64, user_id, action: &str| instachatico_auth::model::AuditEntry {
+        id: 0,
+        user_id,
+        actor_id: user_id,
+        action: action.to_owned(),
+        ip_address: Some("10.0.0.1".to_owned()),
+        // As long as a bulk-seeded row's.
+        user_agent: Some("Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0".to_owned()),
+        metadata: serde_json::json!({}),
+        created_at: start + chrono::Duration::minutes(10 * i + 5),
+    };
+    let me = ids.first().copied();
+    let rows: Vec<_> =
+        (0..120).flat_map(|i| [entry(i, None, "token_refresh"), entry(i, me, "login_success")]).collect();
+    audit::insert_many(&mut conn, &rows).await.expect("audit rows");
 }
 
 /// GetMe while a purge runs: closed-loop runs of `chunk` until `done()` says the purge is over
