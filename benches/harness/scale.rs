@@ -270,6 +270,7 @@ pub async fn seed_like_large(
     cipher: &instachatico_auth::crypto::secrets::TokenCipher,
     usernames: &[String],
 ) {
+    use instachatico_auth::db::bulk_seed;
     use instachatico_auth::db::models::{audit, backends, users};
     let mut conn = db.get().await.expect("database");
     let mut ids = Vec::with_capacity(usernames.len());
@@ -278,16 +279,7 @@ pub async fn seed_like_large(
         ids.push(user.id);
     }
     let token = cipher.encrypt("scale-backend-token");
-    let records: Vec<instachatico_auth::model::BackendRecord> = ids
-        .iter()
-        .map(|id| instachatico_auth::model::BackendRecord {
-            user_id: *id,
-            instagram_username: format!("ig_{}", id.get()),
-            api_base_url: "http://127.0.0.1:4291/api/v1".to_owned(),
-            encrypted_token: token.clone(),
-            updated_at: Utc::now(),
-        })
-        .collect();
+    let records: Vec<_> = ids.iter().map(|id| bulk_seed::backend(*id, &token, Utc::now())).collect();
     for part in records.chunks(100) {
         backends::insert_many(&mut conn, part).await.expect("backends");
     }
@@ -298,8 +290,7 @@ pub async fn seed_like_large(
         actor_id: user_id,
         action: action.to_owned(),
         ip_address: Some("10.0.0.1".to_owned()),
-        // As long as a bulk-seeded row's.
-        user_agent: Some("Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0".to_owned()),
+        user_agent: Some(bulk_seed::USER_AGENTS[0].to_owned()),
         metadata: serde_json::json!({}),
         created_at: start + chrono::Duration::minutes(10 * i + 5),
     };

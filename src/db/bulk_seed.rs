@@ -78,7 +78,8 @@ const ACTIONS: [(&str, usize); 9] = [
     ("user_update", 1),
 ];
 
-const USER_AGENTS: [&str; 4] = [
+/// The user agents of the seeded sessions and audit rows, in turn.
+pub const USER_AGENTS: [&str; 4] = [
     "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0",
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) Safari/605.1.15",
     "Mozilla/5.0 (iPhone; CPU iPhone OS 18_0 like Mac OS X) Mobile/15E148",
@@ -118,16 +119,7 @@ pub async fn seed(
             .collect();
         let ids = in_transaction(&mut conn, records, async |c, part| {
             let ids = users::insert_many(c, part).await?;
-            let backends: Vec<BackendRecord> = ids
-                .iter()
-                .map(|id| BackendRecord {
-                    user_id: *id,
-                    instagram_username: format!("ig_{}", id.get()),
-                    api_base_url: "http://127.0.0.1:4291/api/v1".to_owned(),
-                    encrypted_token: encrypted_token.to_owned(),
-                    updated_at: created,
-                })
-                .collect();
+            let backends: Vec<BackendRecord> = ids.iter().map(|id| backend(*id, encrypted_token, created)).collect();
             backends::insert_many(c, &backends).await?;
             Ok(ids)
         })
@@ -185,6 +177,17 @@ pub async fn seed(
         in_transaction(&mut conn, rows, async |c, part| audit::insert_many(c, part).await).await?;
     }
     Ok(Seeded { users: user_ids, live_sessions: live })
+}
+
+/// The backend every seeded user gets: the same address, `encrypted_token`, as of `at`.
+pub fn backend(user_id: UserId, encrypted_token: &str, at: DateTime<Utc>) -> BackendRecord {
+    BackendRecord {
+        user_id,
+        instagram_username: format!("ig_{}", user_id.get()),
+        api_base_url: "http://127.0.0.1:4291/api/v1".to_owned(),
+        encrypted_token: encrypted_token.to_owned(),
+        updated_at: at,
+    }
 }
 
 fn session(
